@@ -1,0 +1,114 @@
+//! The command line: clap definitions, and their conversion into the library's option types.
+//! Library modules never see clap.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vitalake",
+    version,
+    about = "FHIR drops, device streams and hospital databases into one Delta Lake",
+    after_help = "Example:\n  vitalake ingest fhir samples/drop --lake ./lake\n  vitalake generate fhir --patients 50 --seed 7 --out /tmp/drop"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./vitalake.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Lake root: a folder or abfss://<container>@<account>.dfs.core.windows.net/<path>.
+    /// Overrides `lake.root` and VITALAKE_LAKE_ROOT.
+    #[arg(long, global = true, value_name = "ROOT")]
+    pub lake: Option<String>,
+    /// More log output (-v: debug, -vv: trace). Logs never contain patient data.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load data into the lake.
+    #[command(subcommand)]
+    Ingest(IngestCommand),
+    /// Make synthetic data.
+    #[command(subcommand)]
+    Generate(GenerateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IngestCommand {
+    /// Ingest FHIR R4 files (resources, Bundles of any type, NDJSON; optionally .gz) into bronze.
+    ///
+    /// Folders are read recursively. Files already ingested (same SHA-256) are skipped. Invalid
+    /// records go to silver/quarantine with their reasons.
+    #[command(
+        after_help = "Example:\n  vitalake ingest fhir samples/drop ../more/Patient.ndjson.gz --lake ./lake\n  vitalake ingest fhir abfss://landing@myaccount.dfs.core.windows.net/2026-11-23 --json"
+    )]
+    Fhir(IngestFhirArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestFhirArgs {
+    /// Files or folders, local or abfss://.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Print the run report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GenerateCommand {
+    /// Write a deterministic synthetic FHIR drop: patients from eight countries with several
+    /// versions, blood pressure and heart rate Observations, MedicationDispenses.
+    #[command(
+        after_help = "Example:\n  vitalake generate fhir --patients 100 --seed 42 --out /tmp/drop"
+    )]
+    Fhir(GenerateFhirArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateFhirArgs {
+    #[arg(long, default_value_t = 100)]
+    pub patients: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Output folder (created).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Bundles, NDJSON, or both.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Both)]
+    pub format: OutputFormat,
+    /// Readings per patient (blood pressure; heart rate comes with each).
+    #[arg(long, default_value_t = 6)]
+    pub readings: usize,
+    /// Add a handful of invalid records, for trying quarantine.
+    #[arg(long)]
+    pub invalid: bool,
+    /// gzip the NDJSON files.
+    #[arg(long)]
+    pub gzip: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OutputFormat {
+    Bundle,
+    Ndjson,
+    Both,
+}
+
+impl GenerateFhirArgs {
+    pub fn options(&self) -> vitalake::generate::GenerateOptions {
+        vitalake::generate::GenerateOptions {
+            patients: self.patients,
+            seed: self.seed,
+            readings_per_patient: self.readings,
+            bundles: matches!(self.format, OutputFormat::Bundle | OutputFormat::Both),
+            ndjson: matches!(self.format, OutputFormat::Ndjson | OutputFormat::Both),
+            invalid: self.invalid,
+            gzip: self.gzip,
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Configuration: `vitalake.toml` (optional) plus environment overrides.
+//!
+//! Secrets never live in the file: cloud credentials come from the environment variables the Azure
+//! SDKs already know (`AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_CLIENT_ID`/`AZURE_CLIENT_SECRET`/
+//! `AZURE_TENANT_ID`, or a managed identity), read by `object_store` when a store is built.
+//!
+//! ```toml
+//! [lake]
+//! # A local folder, or abfss://<container>@<account>.dfs.core.windows.net/<path> on ADLS Gen2.
+//! root = "./lake"
+//!
+//! [ingest]
+//! # Resources larger than this go to quarantine (rule `size`) instead of bronze.
+//! max_resource_bytes = 16777216
+//! # A commit to the lake happens after this many records or this many bytes of raw JSON.
+//! chunk_records = 50000
+//! chunk_bytes = 33554432
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where the default configuration file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "vitalake.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid value {value:?} in environment variable {var}: {reason}")]
+    Env {
+        var: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub lake: LakeConfig,
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// Lake root: a local folder or an `abfss://` URL. Overridden by `VITALAKE_LAKE_ROOT` and `--lake`.
+    pub root: String,
+}
+
+impl Default for LakeConfig {
+    fn default() -> Self {
+        LakeConfig {
+            root: "./lake".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Larger resources are quarantined (rule `size`): a 50 MB string in a Patient is a broken feed,
+    /// and one such row would slow every later scan of its bronze table.
+    pub max_resource_bytes: usize,
+    /// Records per lake commit; bounds memory while a 1 GB NDJSON file streams through.
+    pub chunk_records: usize,
+    /// Raw JSON bytes per lake commit.
+    pub chunk_bytes: usize,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_resource_bytes: 16 << 20,
+            chunk_records: 50_000,
+            chunk_bytes: 32 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (which must exist), or `./vitalake.toml` if present, or the defaults; then
+    /// applies the environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|var| std::env::var(var).ok())?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Environment overrides, `VITALAKE_<SECTION>_<KEY>`. `lookup` is injected so tests need not
+    /// touch the process environment.
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(root) = lookup("VITALAKE_LAKE_ROOT") {
+            self.lake.root = root;
+        }
+        let numbers: [(&'static str, &mut usize); 3] = [
+            (
+                "VITALAKE_INGEST_MAX_RESOURCE_BYTES",
+                &mut self.ingest.max_resource_bytes,
+            ),
+            (
+                "VITALAKE_INGEST_CHUNK_RECORDS",
+                &mut self.ingest.chunk_records,
+            ),
+            ("VITALAKE_INGEST_CHUNK_BYTES", &mut self.ingest.chunk_bytes),
+        ];
+        for (var, slot) in numbers {
+            if let Some(value) = lookup(var) {
+                *slot = value
+                    .parse()
+                    .map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                        var,
+                        value: value.clone(),
+                        reason: e.to_string(),
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in the module documentation is the one users copy: it must parse to the defaults
+    /// it claims.
+    #[test]
+    fn documented_example_round_trips() {
+        let doc = include_str!("config.rs");
+        let example: String = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: Config = toml::from_str(&example).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<Config>("[lake]\nrot = 'x'").unwrap_err();
+        assert!(err.to_string().contains("unknown field `rot`"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        let mut config = Config::default();
+        config
+            .apply_env(|v| match v {
+                "VITALAKE_LAKE_ROOT" => Some("abfss://c@a.dfs.core.windows.net/lake".into()),
+                "VITALAKE_INGEST_CHUNK_RECORDS" => Some("7".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(config.lake.root, "abfss://c@a.dfs.core.windows.net/lake");
+        assert_eq!(config.ingest.chunk_records, 7);
+        let err = config
+            .apply_env(|v| (v == "VITALAKE_INGEST_CHUNK_BYTES").then(|| "lots".into()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("VITALAKE_INGEST_CHUNK_BYTES"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,436 @@
+//! One JSON text into resources: a single resource, or a Bundle of any type whose
+//! `entry[].resource`s are what count (Bundles inside Bundles are opened too).
+//!
+//! Each resource is parsed twice, on purpose: once into a small [`Head`] that borrows the entries as
+//! raw text (so a Bundle's entries are never re-serialized and land in bronze byte for byte), and
+//! once by the strict structural check. Every input ends as exactly one [`Decoded`] per resource or
+//! per rejected piece, so counts reconcile.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::issue::Issue;
+
+use super::structure;
+
+/// Bundles nested deeper than this are rejected rather than opened: real feeds nest one or two levels.
+const MAX_BUNDLE_DEPTH: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct DecodeOptions {
+    /// Resources (or whole texts) larger than this are rejected with rule `size`.
+    pub max_resource_bytes: usize,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            max_resource_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Where a record sits inside its source: the NDJSON line, and the path of Bundle entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Location {
+    /// 1-based line of an NDJSON file or stream.
+    pub line: Option<u64>,
+    /// Indices of `entry` in each enclosing Bundle, outermost first.
+    pub entries: Vec<u32>,
+}
+
+impl Location {
+    pub fn line(line: u64) -> Self {
+        Location {
+            line: Some(line),
+            entries: Vec::new(),
+        }
+    }
+
+    fn entry(&self, index: usize) -> Self {
+        let mut child = self.clone();
+        child.entries.push(index as u32);
+        child
+    }
+
+    /// The index in the innermost Bundle, if the record came from one.
+    pub fn entry_index(&self) -> Option<u32> {
+        self.entries.last().copied()
+    }
+
+    /// JSONPath of the record inside its text, `$` for the text itself.
+    pub fn json_path(&self) -> String {
+        let mut path = String::from("$");
+        for index in &self.entries {
+            path.push_str(&format!(".entry[{index}].resource"));
+        }
+        path
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line} ")?;
+        }
+        f.write_str(&self.json_path())
+    }
+}
+
+/// A structurally valid resource with the fields bronze keys on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceRecord {
+    pub resource_type: String,
+    pub id: Option<String>,
+    pub version_id: Option<String>,
+    /// `meta.lastUpdated` in microseconds since the epoch (UTC).
+    pub last_updated: Option<i64>,
+    /// The Bundle entry's `fullUrl`, which identifies resources that carry no `id` yet.
+    pub full_url: Option<String>,
+    pub raw: String,
+    pub location: Location,
+}
+
+/// A piece of input that is not a valid resource, with every reason found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub resource_type: Option<String>,
+    pub id: Option<String>,
+    pub raw: String,
+    pub location: Location,
+    pub issues: Vec<Issue>,
+}
+
+impl Rejected {
+    pub fn new(raw: impl Into<String>, location: Location, issue: Issue) -> Self {
+        Rejected {
+            resource_type: None,
+            id: None,
+            raw: raw.into(),
+            location,
+            issues: vec![issue],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    Resource(ResourceRecord),
+    Rejected(Rejected),
+}
+
+/// The fields read before the full check. Entries stay raw text borrowed from the input.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
+    id: Option<String>,
+    meta: Option<MetaHead>,
+    #[serde(borrow)]
+    entry: Option<Vec<EntryHead<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct MetaHead {
+    #[serde(rename = "versionId")]
+    version_id: Option<String>,
+    #[serde(rename = "lastUpdated")]
+    last_updated: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EntryHead<'a> {
+    #[serde(rename = "fullUrl")]
+    full_url: Option<String>,
+    #[serde(borrow)]
+    resource: Option<&'a RawValue>,
+}
+
+/// Decodes `text`, found at `location`, appending one [`Decoded`] per resource or rejected piece.
+pub fn decode(text: &str, location: Location, options: &DecodeOptions, out: &mut Vec<Decoded>) {
+    decode_at_depth(text, location, None, options, 0, out)
+}
+
+fn decode_at_depth(
+    text: &str,
+    location: Location,
+    full_url: Option<String>,
+    options: &DecodeOptions,
+    depth: usize,
+    out: &mut Vec<Decoded>,
+) {
+    let reject = |issue: Issue| Decoded::Rejected(Rejected::new(text, location.clone(), issue));
+    match text.trim_start().as_bytes().first() {
+        None => {
+            return out.push(reject(Issue::error(
+                "json",
+                "$",
+                "empty input: no JSON at all",
+            )));
+        }
+        Some(b'{') => {}
+        Some(b'[') => {
+            return out.push(reject(Issue::error(
+                "json",
+                "$",
+                "a top-level JSON array is not a FHIR resource; expected an object with resourceType \
+                 (for many resources use a Bundle or NDJSON, one per line)",
+            )));
+        }
+        Some(_) => {
+            return out.push(reject(Issue::error(
+                "json",
+                "$",
+                match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                    Err(e) => format!("not JSON: {e}"),
+                    Ok(_) => "a JSON value that is not an object is not a FHIR resource".into(),
+                },
+            )));
+        }
+    }
+    let head: Head = match serde_json::from_str(text) {
+        Ok(head) => head,
+        Err(err) if err.is_data() => {
+            // Valid JSON of the wrong shape (e.g. a numeric id): the structural check names it best.
+            let resource_type = resource_type_of(text).unwrap_or_else(|| "Resource".into());
+            let issue = structure::check(text, &resource_type)
+                .err()
+                .unwrap_or_else(|| Issue::error("structure", resource_type, err.to_string()));
+            return out.push(reject(issue));
+        }
+        Err(err) => {
+            return out.push(reject(Issue::error(
+                "json",
+                "$",
+                format!("invalid JSON: {err}"),
+            )));
+        }
+    };
+    let Some(resource_type) = head.resource_type else {
+        return out.push(reject(Issue::error(
+            "resourceType",
+            "$",
+            "no resourceType: this JSON object is not a FHIR resource",
+        )));
+    };
+    if resource_type == "Bundle"
+        && let Some(entries) = head.entry
+    {
+        if depth >= MAX_BUNDLE_DEPTH {
+            return out.push(reject(Issue::error(
+                "bundle",
+                "Bundle",
+                format!("Bundles nested more than {MAX_BUNDLE_DEPTH} deep are not opened"),
+            )));
+        }
+        for (index, entry) in entries.into_iter().enumerate() {
+            let entry_location = location.entry(index);
+            match entry.resource {
+                Some(resource) => decode_at_depth(
+                    resource.get(),
+                    entry_location,
+                    entry.full_url,
+                    options,
+                    depth + 1,
+                    out,
+                ),
+                None => out.push(Decoded::Rejected(Rejected::new(
+                    "",
+                    entry_location,
+                    Issue::error(
+                        "bundle-entry",
+                        format!("Bundle.entry[{index}]"),
+                        "Bundle entry has no resource; nothing to ingest \
+                         (a request or response without a resource carries no data)",
+                    ),
+                ))),
+            }
+        }
+        return;
+    }
+    let mut issues = Vec::new();
+    // The limit applies to resources, not to the Bundles that carry them.
+    if text.len() > options.max_resource_bytes {
+        issues.push(Issue::error(
+            "size",
+            resource_type.as_str(),
+            format!(
+                "{} bytes is larger than the limit of {} bytes (ingest.max_resource_bytes)",
+                text.len(),
+                options.max_resource_bytes
+            ),
+        ));
+    } else if let Err(issue) = structure::check(text, &resource_type) {
+        issues.push(issue);
+    }
+    let (version_id, last_updated) = match head.meta {
+        Some(meta) => (meta.version_id, meta.last_updated),
+        None => (None, None),
+    };
+    let last_updated = match last_updated.as_deref().map(parse_instant) {
+        Some(Ok(micros)) => Some(micros),
+        Some(Err(message)) => {
+            issues.push(Issue::error(
+                "structure",
+                format!("{resource_type}.meta.lastUpdated"),
+                message,
+            ));
+            None
+        }
+        None => None,
+    };
+    if issues.is_empty() {
+        out.push(Decoded::Resource(ResourceRecord {
+            resource_type,
+            id: head.id,
+            version_id,
+            last_updated,
+            full_url,
+            raw: text.to_string(),
+            location,
+        }));
+    } else {
+        out.push(Decoded::Rejected(Rejected {
+            resource_type: Some(resource_type),
+            id: head.id,
+            raw: text.to_string(),
+            location,
+            issues,
+        }));
+    }
+}
+
+/// A FHIR `instant` (always with seconds and a time zone) in microseconds since the epoch.
+fn parse_instant(value: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| t.timestamp_micros())
+        .map_err(|e| format!("malformed instant {value:?}: {e}"))
+}
+
+/// `resourceType` of a JSON object whose other fields may not fit [`Head`].
+fn resource_type_of(text: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TypeOnly {
+        #[serde(rename = "resourceType")]
+        resource_type: Option<String>,
+    }
+    serde_json::from_str::<TypeOnly>(text).ok()?.resource_type
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(text: &str) -> Vec<Decoded> {
+        let mut out = Vec::new();
+        decode(
+            text,
+            Location::default(),
+            &DecodeOptions::default(),
+            &mut out,
+        );
+        out
+    }
+
+    fn rejected(text: &str) -> Rejected {
+        match run(text).pop().unwrap() {
+            Decoded::Rejected(r) => r,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn single_resource_keeps_its_identity() {
+        let out = run(
+            r#"{"resourceType":"Patient","id":"p1","meta":{"versionId":"3","lastUpdated":"2024-01-02T03:04:05Z"}}"#,
+        );
+        let Decoded::Resource(r) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            (r.resource_type.as_str(), r.id.as_deref()),
+            ("Patient", Some("p1"))
+        );
+        assert_eq!(r.version_id.as_deref(), Some("3"));
+        assert_eq!(r.last_updated, Some(1_704_164_645_000_000));
+        assert_eq!(r.location.json_path(), "$");
+    }
+
+    #[test]
+    fn bundles_inside_bundles_are_opened_and_entries_without_resource_reported() {
+        let text = r#"{"resourceType":"Bundle","type":"collection","entry":[
+            {"fullUrl":"urn:uuid:1","resource":{"resourceType":"Patient","id":"a"}},
+            {"request":{"method":"DELETE","url":"Patient/x"}},
+            {"resource":{"resourceType":"Bundle","type":"batch","entry":[
+                {"resource":{"resourceType":"Observation","status":"final","code":{"text":"x"}}}]}}]}"#;
+        let out = run(text);
+        assert_eq!(out.len(), 3);
+        let Decoded::Resource(patient) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(patient.full_url.as_deref(), Some("urn:uuid:1"));
+        assert_eq!(patient.raw, r#"{"resourceType":"Patient","id":"a"}"#);
+        let Decoded::Rejected(no_resource) = &out[1] else {
+            panic!()
+        };
+        assert_eq!(no_resource.issues[0].rule, "bundle-entry");
+        assert_eq!(no_resource.location.json_path(), "$.entry[1].resource");
+        let Decoded::Resource(obs) = &out[2] else {
+            panic!()
+        };
+        assert_eq!(
+            obs.location.json_path(),
+            "$.entry[2].resource.entry[0].resource"
+        );
+        assert_eq!(obs.location.entry_index(), Some(0));
+    }
+
+    #[test]
+    fn bad_inputs_get_rules() {
+        assert_eq!(rejected("").issues[0].rule, "json");
+        assert_eq!(rejected("{\"resourceType\":\"Pat").issues[0].rule, "json");
+        assert!(rejected("[{}]").issues[0].message.contains("array"));
+        assert_eq!(rejected("hello, world").issues[0].rule, "json");
+        assert_eq!(rejected(r#"{"id":"x"}"#).issues[0].rule, "resourceType");
+        let unknown = rejected(r#"{"resourceType":"Spaceship","id":"x"}"#);
+        assert_eq!(unknown.issues[0].rule, "resourceType");
+        assert_eq!(unknown.resource_type.as_deref(), Some("Spaceship"));
+        let numeric_id = rejected(r#"{"resourceType":"Patient","id":7}"#);
+        assert_eq!(numeric_id.issues[0].location, "Patient.id");
+        let bad_instant =
+            rejected(r#"{"resourceType":"Patient","meta":{"lastUpdated":"yesterday"}}"#);
+        assert_eq!(bad_instant.issues[0].location, "Patient.meta.lastUpdated");
+    }
+
+    #[test]
+    fn deep_nesting_is_rejected_not_a_crash() {
+        let nested = r#"{"url":"u","extension":["#.repeat(1000) + &"]}".repeat(1000);
+        let text = format!(r#"{{"resourceType":"Patient","extension":[{nested}]}}"#);
+        let r = rejected(&text);
+        assert!(
+            r.issues[0].message.contains("recursion limit"),
+            "{:?}",
+            r.issues
+        );
+    }
+
+    #[test]
+    fn oversized_resource_is_rejected_with_size() {
+        let mut out = Vec::new();
+        let text = format!(r#"{{"resourceType":"Patient","id":"{}"}}"#, "x".repeat(100));
+        decode(
+            &text,
+            Location::default(),
+            &DecodeOptions {
+                max_resource_bytes: 50,
+            },
+            &mut out,
+        );
+        let Decoded::Rejected(r) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(r.issues[0].rule, "size");
+    }
+}

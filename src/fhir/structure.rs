@@ -1,0 +1,259 @@
+//! The strict structural check of one resource against the FHIR R4 model.
+//!
+//! `fhirbolt` deserializes into the generated R4 structs in strict mode: unknown elements, wrong
+//! JSON types (a string where a boolean belongs), malformed decimals and integers, duplicate keys
+//! and unknown resource types are errors. It checks no cardinality, bindings or invariants: that is
+//! profile validation's job.
+
+use std::borrow::Cow;
+
+use fhirbolt::model::r4::{Resource, resources};
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use crate::issue::Issue;
+
+use super::location::path_at;
+
+/// Checks `raw`, one resource's JSON, returning the first structural error as an [`Issue`] whose
+/// location is a FHIRPath into the resource.
+///
+/// `fhirbolt` offers two paths and each has a gap, so the verdict combines them: the catch-all
+/// `Resource` enum is authoritative but buffers the input first (no error position, duplicate keys
+/// silently merged); the per-type structs report positions and precise messages but reject every
+/// JSON number in a `decimal`. So: duplicate keys by our own scan, the verdict from the enum, and
+/// the message and location from the typed path when its error is not that decimal artefact.
+pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
+    if !is_resource_type(resource_type) {
+        return Err(Issue::error(
+            "resourceType",
+            resource_type,
+            format!("unknown resourceType {resource_type:?}: not a FHIR R4 resource type"),
+        ));
+    }
+    if let Err(err) = serde_json::from_str::<NoDuplicateKeys>(raw) {
+        return Err(located(raw, resource_type, &err));
+    }
+    let Err(verdict) = fhirbolt::json::from_str::<Resource>(raw, None) else {
+        return Ok(());
+    };
+    match check_typed(raw, resource_type) {
+        Some(Err(err))
+            if !is_decimal_artefact(&err)
+                || strip_position(&err.to_string()) == strip_position(&verdict.to_string()) =>
+        {
+            Err(located(raw, resource_type, &err))
+        }
+        _ => Err(Issue::error(
+            "structure",
+            unknown_field_location(raw, resource_type, &verdict),
+            strip_position(&verdict.to_string()),
+        )),
+    }
+}
+
+/// Whether `name` is a FHIR R4 resource type.
+pub fn is_resource_type(name: &str) -> bool {
+    check_typed("", name).is_some()
+}
+
+fn located(raw: &str, resource_type: &str, err: &serde_json::Error) -> Issue {
+    let location = path_at(raw, err.line(), err.column(), resource_type);
+    Issue::error("structure", location, describe(err))
+}
+
+/// The typed path's complaint about a number where its decimal wants a string.
+fn is_decimal_artefact(err: &serde_json::Error) -> bool {
+    let message = err.to_string();
+    (message.starts_with("invalid type: integer")
+        || message.starts_with("invalid type: number")
+        || message.starts_with("invalid type: floating point"))
+        && message.contains("expected a string")
+}
+
+/// For "unknown field `x`" from the buffered path: where key `x` first appears.
+fn unknown_field_location(raw: &str, resource_type: &str, err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    let field = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next());
+    let Some(offset) = field.and_then(|f| raw.find(&format!("\"{f}\""))) else {
+        return resource_type.to_string();
+    };
+    let line = raw[..offset].matches('\n').count() + 1;
+    let column = offset - raw[..offset].rfind('\n').map_or(0, |i| i + 1) + 2;
+    path_at(raw, line, column, resource_type)
+}
+
+/// Walks any JSON value and fails on the first object with a repeated key; `serde_json` keeps the
+/// position and enforces its nesting limit on the way.
+struct NoDuplicateKeys;
+
+impl<'de> Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NoDuplicateKeysVisitor)
+    }
+}
+
+struct NoDuplicateKeysVisitor;
+
+impl<'de> Visitor<'de> for NoDuplicateKeysVisitor {
+    type Value = NoDuplicateKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NoDuplicateKeys, A::Error> {
+        let mut seen: Vec<Cow<'de, str>> = Vec::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if seen.contains(&key) {
+                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            seen.push(key);
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NoDuplicateKeys, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(NoDuplicateKeys)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+    fn visit_unit<E>(self) -> Result<NoDuplicateKeys, E> {
+        Ok(NoDuplicateKeys)
+    }
+}
+
+macro_rules! typed_check {
+    ($($name:ident)*;) => {
+        /// `None` for an unknown type; otherwise the strict typed deserialization's outcome.
+        fn check_typed(raw: &str, resource_type: &str) -> Option<Result<(), serde_json::Error>> {
+            match resource_type {
+                $(stringify!($name) => Some(
+                    fhirbolt::json::from_str::<resources::$name>(raw, None).map(|_| ())
+                ),)*
+                _ => None,
+            }
+        }
+    };
+}
+
+typed_check! {
+        Account ActivityDefinition AdverseEvent AllergyIntolerance Appointment AppointmentResponse
+        AuditEvent Basic Binary BiologicallyDerivedProduct BodyStructure Bundle
+        CapabilityStatement CarePlan CareTeam CatalogEntry ChargeItem ChargeItemDefinition
+        Claim ClaimResponse ClinicalImpression CodeSystem Communication CommunicationRequest
+        CompartmentDefinition Composition ConceptMap Condition Consent Contract
+        Coverage CoverageEligibilityRequest CoverageEligibilityResponse DetectedIssue Device DeviceDefinition
+        DeviceMetric DeviceRequest DeviceUseStatement DiagnosticReport DocumentManifest DocumentReference
+        EffectEvidenceSynthesis Encounter Endpoint EnrollmentRequest EnrollmentResponse EpisodeOfCare
+        EventDefinition Evidence EvidenceVariable ExampleScenario ExplanationOfBenefit FamilyMemberHistory
+        Flag Goal GraphDefinition Group GuidanceResponse HealthcareService
+        ImagingStudy Immunization ImmunizationEvaluation ImmunizationRecommendation ImplementationGuide InsurancePlan
+        Invoice Library Linkage List Location Measure
+        MeasureReport Media Medication MedicationAdministration MedicationDispense MedicationKnowledge
+        MedicationRequest MedicationStatement MedicinalProduct MedicinalProductAuthorization MedicinalProductContraindication MedicinalProductIndication
+        MedicinalProductIngredient MedicinalProductInteraction MedicinalProductManufactured MedicinalProductPackaged MedicinalProductPharmaceutical MedicinalProductUndesirableEffect
+        MessageDefinition MessageHeader MolecularSequence NamingSystem NutritionOrder Observation
+        ObservationDefinition OperationDefinition OperationOutcome Organization OrganizationAffiliation Parameters
+        Patient PaymentNotice PaymentReconciliation Person PlanDefinition Practitioner
+        PractitionerRole Procedure Provenance Questionnaire QuestionnaireResponse RelatedPerson
+        RequestGroup ResearchDefinition ResearchElementDefinition ResearchStudy ResearchSubject RiskAssessment
+        RiskEvidenceSynthesis Schedule SearchParameter ServiceRequest Slot Specimen
+        SpecimenDefinition StructureDefinition StructureMap Subscription Substance SubstanceNucleicAcid
+        SubstancePolymer SubstanceProtein SubstanceReferenceInformation SubstanceSourceMaterial SubstanceSpecification SupplyDelivery
+        SupplyRequest Task TerminologyCapabilities TestReport TestScript ValueSet
+        VerificationResult VisionPrescription;
+}
+
+/// `serde_json`'s message without the long "expected one of …" list (the location already says
+/// where) and with the position in words.
+fn describe(err: &serde_json::Error) -> String {
+    format!(
+        "{} (line {}, column {})",
+        strip_position(&err.to_string()),
+        err.line(),
+        err.column()
+    )
+}
+
+fn strip_position(message: &str) -> String {
+    let message = message.split(" at line ").next().unwrap_or(message);
+    message
+        .split(", expected one of")
+        .next()
+        .unwrap_or(message)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_a_valid_observation() {
+        let raw = r#"{"resourceType":"Observation","status":"final","code":{"text":"bp"},
+            "component":[{"code":{"text":"sys"},"valueQuantity":{"value":120,"unit":"mm[Hg]"}}]}"#;
+        check(raw, "Observation").unwrap();
+    }
+
+    #[test]
+    fn unknown_element_is_located() {
+        let raw = r#"{"resourceType":"Patient","name":[{"family":"X","nickname":"Y"}]}"#;
+        let issue = check(raw, "Patient").unwrap_err();
+        assert_eq!(issue.rule, "structure");
+        assert_eq!(issue.location, "Patient.name[0].nickname");
+        assert!(
+            issue.message.contains("unknown field `nickname`"),
+            "{}",
+            issue.message
+        );
+        assert!(
+            !issue.message.contains("expected one of"),
+            "{}",
+            issue.message
+        );
+    }
+
+    #[test]
+    fn wrong_json_type_is_rejected() {
+        let raw = r#"{"resourceType":"Patient","active":"yes"}"#;
+        let issue = check(raw, "Patient").unwrap_err();
+        assert_eq!(issue.location, "Patient.active");
+    }
+
+    #[test]
+    fn unknown_resource_type_is_its_own_rule() {
+        let issue = check(r#"{"resourceType":"Spaceship"}"#, "Spaceship").unwrap_err();
+        assert_eq!(issue.rule, "resourceType");
+        assert!(is_resource_type("MedicationDispense") && !is_resource_type("Spaceship"));
+    }
+
+    #[test]
+    fn duplicate_keys_are_rejected() {
+        let raw = r#"{"resourceType":"Patient","gender":"male","gender":"female"}"#;
+        let issue = check(raw, "Patient").unwrap_err();
+        assert!(
+            issue.message.contains("duplicate key `gender`"),
+            "{}",
+            issue.message
+        );
+        assert_eq!(issue.location, "Patient.gender");
+    }
+}

@@ -1,0 +1,226 @@
+//! Ingestion: inputs into bronze and quarantine, exactly once per file.
+//!
+//! - [`source`]: listing, hashing and opening the files of a drop (local or `abfss://`).
+//! - [`produce`]: decoding files into chunks on a plain thread, in parallel.
+//! - [`tables`]: the Arrow shapes of bronze, quarantine and the ingest log.
+//! - [`runs`]: run bookkeeping: skipping known files, rolling back interrupted runs.
+//! - [`report`]: the run report.
+//!
+//! [`ingest_fhir`] ties them together: roll back what an interrupted run left, list the drop,
+//! decode on one thread while this task commits chunks to Delta, then mark the run finished.
+
+pub mod produce;
+pub mod report;
+pub mod runs;
+pub mod source;
+pub mod tables;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deltalake::DeltaTable;
+use tokio::sync::mpsc;
+
+use crate::fhir::DecodeOptions;
+use crate::lake::{AppendBuilder, Lake, LakeError};
+use crate::validate::Check;
+
+pub use report::IngestReport;
+
+use produce::{PreparedChunk, ProduceContext};
+use tables::{INGEST_LOG_TABLE, QUARANTINE_TABLE, bronze_fhir_table, ingest_log_batch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot read input {path}: {source}")]
+    Input {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("landing folder {uri}: {reason}")]
+    Remote { uri: String, reason: String },
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error("another `vitalake ingest` holds the lake lock {path}; wait for it to finish")]
+    Locked { path: String },
+    #[error("decoding stopped unexpectedly: {0}")]
+    Decoder(String),
+}
+
+/// Options for one `ingest fhir` run.
+#[derive(Clone)]
+pub struct IngestOptions {
+    pub decode: DecodeOptions,
+    pub chunk_records: usize,
+    pub chunk_bytes: usize,
+    /// Checks run on every structurally valid resource (profile validation plugs in here).
+    pub checks: Vec<Arc<dyn Check>>,
+    /// Called with bytes done; the total is given by `on_total` first.
+    pub progress: Arc<dyn Fn(u64) + Send + Sync>,
+    pub on_total: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+impl IngestOptions {
+    pub fn from_config(config: &crate::config::IngestConfig) -> Self {
+        IngestOptions {
+            decode: DecodeOptions {
+                max_resource_bytes: config.max_resource_bytes,
+            },
+            chunk_records: config.chunk_records.max(1),
+            chunk_bytes: config.chunk_bytes.max(1),
+            checks: Vec::new(),
+            progress: Arc::new(|_| {}),
+            on_total: Arc::new(|_| {}),
+        }
+    }
+}
+
+/// Ingests the FHIR files under `paths` into `lake`.
+pub async fn ingest_fhir(
+    lake: &Lake,
+    paths: &[String],
+    options: IngestOptions,
+) -> Result<IngestReport, IngestError> {
+    let started = Instant::now();
+    let _lock = lock(lake)?;
+    let rolled_back_runs = runs::roll_back_unfinished(lake).await?;
+    let known = runs::ingested_hashes(lake).await?;
+    let files = source::list(paths).await?;
+    (options.on_total)(files.iter().map(|f| f.size).sum());
+
+    let batch_id = uuid::Uuid::now_v7().to_string();
+    runs::mark(lake, &batch_id, "started", None).await?;
+    tracing::info!(batch_id, files = files.len(), "ingest run started");
+
+    let ctx = ProduceContext {
+        batch_id: batch_id.clone(),
+        ingested_at: chrono::Utc::now().timestamp_micros(),
+        decode: options.decode.clone(),
+        chunk_records: options.chunk_records,
+        chunk_bytes: options.chunk_bytes,
+        checks: options.checks.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        progress: options.progress.clone(),
+    };
+    let (tx, rx) = mpsc::channel(1);
+    let producer = tokio::task::spawn_blocking(move || produce::produce(files, known, &ctx, tx));
+    let written = write_chunks(lake, rx, &batch_id).await;
+    let stats = producer
+        .await
+        .map_err(|e| IngestError::Decoder(e.to_string()))?;
+    let written = written?;
+
+    let duration = started.elapsed().as_secs_f64().max(1e-9);
+    let resources: u64 = stats.resources_by_type.values().sum();
+    let report = IngestReport {
+        batch_id: batch_id.clone(),
+        lake: lake.root().to_string(),
+        rolled_back_runs,
+        bronze_rows: written.bronze_rows,
+        quarantine_rows: written.quarantine_rows,
+        commits: written.commits,
+        duration_secs: duration,
+        resources_per_sec: (resources + stats.quarantined) as f64 / duration,
+        mb_per_sec: stats.bytes_read as f64 / 1e6 / duration,
+        stats,
+    };
+    let summary = serde_json::to_string(&report).ok();
+    runs::mark(lake, &batch_id, "finished", summary).await?;
+    tracing::info!(
+        batch_id,
+        bronze_rows = report.bronze_rows,
+        quarantined = report.quarantine_rows,
+        skipped = report.stats.files_skipped.len(),
+        "ingest run finished"
+    );
+    Ok(report)
+}
+
+#[derive(Default)]
+struct Written {
+    bronze_rows: u64,
+    quarantine_rows: u64,
+    commits: u64,
+}
+
+/// Commits each chunk: bronze tables, then quarantine, then the ingest-log rows of the files the
+/// chunk completes, so a file is logged only once all its records are in.
+async fn write_chunks(
+    lake: &Lake,
+    mut rx: mpsc::Receiver<PreparedChunk>,
+    batch_id: &str,
+) -> Result<Written, IngestError> {
+    let mut tables: HashMap<String, DeltaTable> = HashMap::new();
+    let mut written = Written::default();
+    while let Some(chunk) = rx.recv().await {
+        let commit_started = Instant::now();
+        let mut appends = chunk.bronze;
+        if let Some(quarantine) = chunk.quarantine {
+            appends.push((QUARANTINE_TABLE.to_string(), quarantine));
+        }
+        if !chunk.files.is_empty() {
+            let at = chrono::Utc::now().timestamp_micros();
+            appends.push((
+                INGEST_LOG_TABLE.to_string(),
+                ingest_log_batch(&chunk.files, batch_id, at),
+            ));
+        }
+        for (name, batch) in appends {
+            let path = match name.as_str() {
+                QUARANTINE_TABLE | INGEST_LOG_TABLE => name.clone(),
+                resource_type => bronze_fhir_table(resource_type),
+            };
+            let table = match tables.remove(&path) {
+                Some(table) => table,
+                None => lake.table(&path).await?,
+            };
+            let (table, metrics) = AppendBuilder::new(table, path.clone(), vec![batch])
+                .with_metadata("vitalake.batch_id", batch_id)
+                .with_metadata("vitalake.operation", "ingest fhir")
+                .execute()
+                .await?;
+            match name.as_str() {
+                QUARANTINE_TABLE => written.quarantine_rows += metrics.rows as u64,
+                INGEST_LOG_TABLE => {}
+                _ => written.bronze_rows += metrics.rows as u64,
+            }
+            written.commits += 1;
+            tables.insert(path, table);
+        }
+        tracing::debug!(
+            batch_id,
+            ms = commit_started.elapsed().as_millis() as u64,
+            "chunk committed"
+        );
+    }
+    Ok(written)
+}
+
+/// One ingest at a time per local lake: a second one would take the first's run for an
+/// interrupted one and roll it back. (A remote lake relies on the operator for this.)
+fn lock(lake: &Lake) -> Result<Option<std::fs::File>, IngestError> {
+    let Some(root) = lake.local_path() else {
+        return Ok(None);
+    };
+    let path = root.join(".vitalake-ingest.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| IngestError::Input {
+            path: path.display().to_string(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(IngestError::Locked {
+            path: path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(IngestError::Input {
+            path: path.display().to_string(),
+            source,
+        }),
+    }
+}

@@ -1,0 +1,462 @@
+//! The decoding side of an ingest run: files in, chunks of Arrow batches out.
+//!
+//! Runs on a plain thread (never on the async reactor) and decodes in parallel with `rayon`: small
+//! JSON files a group at a time, NDJSON files a block of lines at a time, so a 1 GB NDJSON file
+//! streams through in bounded memory. A chunk is handed to the writer once it holds
+//! `chunk_records` records or `chunk_bytes` of JSON; the bounded channel makes decoding wait while
+//! the writer is behind.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, Read};
+use std::sync::Arc;
+
+use deltalake::arrow::record_batch::RecordBatch;
+use rayon::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::fhir::ndjson::{LineContent, NdjsonLines};
+use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, ResourceRecord, decode};
+use crate::issue::{Issue, Severity};
+use crate::validate::Check;
+
+use super::report::ProduceStats;
+use super::source::{Fetched, Format, SourceFile};
+use super::tables::{FileLogEntry, Provenance, bronze_batch, quarantine_batch};
+
+/// What the writer commits in one go.
+pub struct PreparedChunk {
+    /// One batch per resource type.
+    pub bronze: Vec<(String, RecordBatch)>,
+    pub quarantine: Option<RecordBatch>,
+    /// Files whose last records are in this chunk (or before it).
+    pub files: Vec<FileLogEntry>,
+}
+
+pub struct ProduceContext {
+    pub batch_id: String,
+    pub ingested_at: i64,
+    pub decode: DecodeOptions,
+    pub chunk_records: usize,
+    pub chunk_bytes: usize,
+    pub checks: Vec<Arc<dyn Check>>,
+    pub runtime: tokio::runtime::Handle,
+    /// Called with the number of input bytes done, for a progress bar.
+    pub progress: Arc<dyn Fn(u64) + Send + Sync>,
+}
+
+/// JSON files up to this size are read whole and decoded a group at a time.
+const SMALL_FILE_BYTES: u64 = 8 << 20;
+const GROUP_FILES: usize = 64;
+const NDJSON_BLOCK_LINES: usize = 2048;
+
+/// Decodes `files` (skipping those whose hash is in `known`), sending chunks to `tx`.
+pub fn produce(
+    files: Vec<SourceFile>,
+    mut known: HashSet<String>,
+    ctx: &ProduceContext,
+    tx: mpsc::Sender<PreparedChunk>,
+) -> ProduceStats {
+    let mut out = ChunkBuffer::new(ctx, tx);
+    let mut index = 0;
+    while index < files.len() && !out.closed {
+        let file = &files[index];
+        if Format::from_name(file.name()) == Format::Ndjson {
+            stream_ndjson(file, &mut known, ctx, &mut out);
+            index += 1;
+            continue;
+        }
+        let mut end = index;
+        while end < files.len()
+            && end - index < GROUP_FILES
+            && files[end].size <= SMALL_FILE_BYTES
+            && Format::from_name(files[end].name()) != Format::Ndjson
+        {
+            end += 1;
+        }
+        let group = &files[index..end.max(index + 1)];
+        let results: Vec<_> = group.par_iter().map(|file| read_whole(file, ctx)).collect();
+        for (file, result) in group.iter().zip(results) {
+            match result {
+                Err(error) => out.file_failed(file, error),
+                Ok((fetched, _)) if known.contains(&fetched.sha256) => out.skipped(file),
+                Ok((fetched, (format, decoded))) => {
+                    known.insert(fetched.sha256.clone());
+                    let provenance = out.provenance(file, &fetched.sha256);
+                    let mut entry = log_entry(file, &fetched.sha256, format);
+                    out.push_all(decoded, &provenance, &mut entry);
+                    out.file_done(entry);
+                }
+            }
+            (ctx.progress)(file.size);
+        }
+        index += group.len();
+    }
+    out.finish()
+}
+
+fn log_entry(file: &SourceFile, sha256: &str, format: &str) -> FileLogEntry {
+    FileLogEntry {
+        source_uri: file.uri.clone(),
+        source_sha256: sha256.to_string(),
+        size_bytes: file.size,
+        format: format.to_string(),
+        status: "ingested".into(),
+        resources: 0,
+        quarantined: 0,
+        error: None,
+    }
+}
+
+/// Reads a JSON (or unknown) file whole and decodes it.
+fn read_whole(
+    file: &SourceFile,
+    ctx: &ProduceContext,
+) -> std::io::Result<(Fetched, (&'static str, Vec<Decoded>))> {
+    let fetched = file.fetch(&ctx.runtime)?;
+    let mut bytes = Vec::new();
+    let read = fetched.open()?.read_to_end(&mut bytes);
+    let mut decoded = Vec::new();
+    if let Err(e) = read {
+        let raw = String::from_utf8_lossy(&bytes).into_owned();
+        decoded.push(Decoded::Rejected(Rejected::new(
+            raw,
+            Location::default(),
+            Issue::error(
+                "read",
+                "$",
+                format!("the file could not be read to its end: {e}"),
+            ),
+        )));
+        return Ok((fetched, ("json", decoded)));
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            let raw = String::from_utf8_lossy(e.as_bytes()).into_owned();
+            decoded.push(Decoded::Rejected(Rejected::new(
+                raw,
+                Location::default(),
+                Issue::error(
+                    "utf8",
+                    "$",
+                    format!("not UTF-8 (FHIR JSON must be): {}", e.utf8_error()),
+                ),
+            )));
+            return Ok((fetched, ("json", decoded)));
+        }
+    };
+    if Format::from_name(file.name()) == Format::Unknown && looks_like_ndjson(&text) {
+        let lines = NdjsonLines::new(text.as_bytes(), usize::MAX);
+        let block: Vec<_> = lines.filter_map(Result::ok).collect();
+        decoded = block
+            .par_iter()
+            .flat_map_iter(|line| decode_line(line, ctx))
+            .collect();
+        return Ok((fetched, ("ndjson", decoded)));
+    }
+    decode_checked(&text, Location::default(), ctx, &mut decoded);
+    Ok((fetched, ("json", decoded)))
+}
+
+/// A file of unknown name holds NDJSON if its first line is a JSON object on its own and more follows.
+fn looks_like_ndjson(text: &str) -> bool {
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or_default();
+    first.trim_start().starts_with('{')
+        && serde_json::from_str::<serde::de::IgnoredAny>(first).is_ok()
+        && lines.next().is_some()
+}
+
+fn stream_ndjson(
+    file: &SourceFile,
+    known: &mut HashSet<String>,
+    ctx: &ProduceContext,
+    out: &mut ChunkBuffer,
+) {
+    let fetched = match file.fetch(&ctx.runtime) {
+        Ok(fetched) => fetched,
+        Err(error) => return out.file_failed(file, error),
+    };
+    if !known.insert(fetched.sha256.clone()) {
+        (ctx.progress)(file.size);
+        return out.skipped(file);
+    }
+    let reader: Box<dyn BufRead + Send> = match fetched.open() {
+        Ok(reader) => reader,
+        Err(error) => return out.file_failed(file, error),
+    };
+    let provenance = out.provenance(file, &fetched.sha256);
+    let mut entry = log_entry(file, &fetched.sha256, "ndjson");
+    // Lines are kept whole up to the resource limit; longer ones are cut and rejected as `size`.
+    let mut lines = NdjsonLines::new(reader, ctx.decode.max_resource_bytes);
+    let mut last_line = 0;
+    loop {
+        let mut block = Vec::with_capacity(NDJSON_BLOCK_LINES);
+        let mut failure = None;
+        for line in lines.by_ref().take(NDJSON_BLOCK_LINES) {
+            match line {
+                Ok(line) => block.push(line),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let Some(last) = block.last() else {
+            if let Some(error) = failure {
+                out.push_all(
+                    vec![read_failure(last_line + 1, &error)],
+                    &provenance,
+                    &mut entry,
+                );
+            }
+            break;
+        };
+        last_line = last.number;
+        let decoded: Vec<Decoded> = block
+            .par_iter()
+            .flat_map_iter(|line| decode_line(line, ctx))
+            .collect();
+        out.push_all(decoded, &provenance, &mut entry);
+        if let Some(error) = failure {
+            out.push_all(
+                vec![read_failure(last_line + 1, &error)],
+                &provenance,
+                &mut entry,
+            );
+            break;
+        }
+        if out.closed {
+            return;
+        }
+    }
+    (ctx.progress)(file.size);
+    out.file_done(entry);
+}
+
+/// The file stopped being readable part-way (a corrupt gzip stream, a failing disk): what came
+/// before has landed, the rest is recorded as one quarantined record at the line where reading stopped.
+fn read_failure(line: u64, error: &std::io::Error) -> Decoded {
+    Decoded::Rejected(Rejected::new(
+        "",
+        Location::line(line),
+        Issue::error(
+            "read",
+            "$",
+            format!("reading stopped at line {line}: {error}"),
+        ),
+    ))
+}
+
+fn decode_line(line: &crate::fhir::ndjson::Line, ctx: &ProduceContext) -> Vec<Decoded> {
+    let location = Location::line(line.number);
+    let mut out = Vec::with_capacity(1);
+    match &line.content {
+        LineContent::Text(text) => decode_checked(text, location, ctx, &mut out),
+        LineContent::InvalidUtf8(bytes) => out.push(Decoded::Rejected(Rejected::new(
+            String::from_utf8_lossy(bytes),
+            location,
+            Issue::error("utf8", "$", "line is not UTF-8 (FHIR JSON must be)"),
+        ))),
+        LineContent::TooLong { prefix, len } => out.push(Decoded::Rejected(Rejected::new(
+            String::from_utf8_lossy(prefix),
+            location,
+            Issue::error(
+                "size",
+                "$",
+                format!(
+                    "line of {len} bytes is larger than the limit of {} bytes (ingest.max_resource_bytes)",
+                    ctx.decode.max_resource_bytes
+                ),
+            ),
+        ))),
+    }
+    out
+}
+
+/// Decodes and runs the configured checks; a resource with an error-level finding is rejected.
+fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mut Vec<Decoded>) {
+    let start = out.len();
+    decode(text, location, &ctx.decode, out);
+    if ctx.checks.is_empty() {
+        return;
+    }
+    for decoded in &mut out[start..] {
+        if let Decoded::Resource(resource) = decoded {
+            let issues: Vec<Issue> = ctx
+                .checks
+                .iter()
+                .flat_map(|c| c.check(&resource.resource_type, &resource.raw))
+                .collect();
+            if issues
+                .iter()
+                .any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
+            {
+                let r = std::mem::replace(resource, empty_record());
+                *decoded = Decoded::Rejected(Rejected {
+                    resource_type: Some(r.resource_type),
+                    id: r.id,
+                    raw: r.raw,
+                    location: r.location,
+                    issues,
+                });
+            }
+        }
+    }
+}
+
+fn empty_record() -> ResourceRecord {
+    ResourceRecord {
+        resource_type: String::new(),
+        id: None,
+        version_id: None,
+        last_updated: None,
+        full_url: None,
+        raw: String::new(),
+        location: Location::default(),
+    }
+}
+
+/// Records waiting for the next commit.
+struct ChunkBuffer<'a> {
+    ctx: &'a ProduceContext,
+    tx: mpsc::Sender<PreparedChunk>,
+    resources: Vec<(ResourceRecord, Arc<Provenance>)>,
+    rejected: Vec<(Rejected, Arc<Provenance>)>,
+    files: Vec<FileLogEntry>,
+    bytes: usize,
+    stats: ProduceStats,
+    /// The writer has gone away (it failed): stop decoding.
+    closed: bool,
+}
+
+impl<'a> ChunkBuffer<'a> {
+    fn new(ctx: &'a ProduceContext, tx: mpsc::Sender<PreparedChunk>) -> Self {
+        ChunkBuffer {
+            ctx,
+            tx,
+            resources: Vec::new(),
+            rejected: Vec::new(),
+            files: Vec::new(),
+            bytes: 0,
+            stats: ProduceStats::default(),
+            closed: false,
+        }
+    }
+
+    fn provenance(&self, file: &SourceFile, sha256: &str) -> Arc<Provenance> {
+        Arc::new(Provenance {
+            source_uri: file.uri.clone(),
+            source_sha256: sha256.to_string(),
+            batch_id: self.ctx.batch_id.clone(),
+            ingested_at: self.ctx.ingested_at,
+        })
+    }
+
+    fn push_all(
+        &mut self,
+        decoded: Vec<Decoded>,
+        provenance: &Arc<Provenance>,
+        entry: &mut FileLogEntry,
+    ) {
+        for d in decoded {
+            match d {
+                Decoded::Resource(r) => {
+                    entry.resources += 1;
+                    self.bytes += r.raw.len();
+                    *self
+                        .stats
+                        .resources_by_type
+                        .entry(r.resource_type.clone())
+                        .or_default() += 1;
+                    self.resources.push((r, provenance.clone()));
+                }
+                Decoded::Rejected(r) => {
+                    entry.quarantined += 1;
+                    self.bytes += r.raw.len().min(super::tables::QUARANTINE_RAW_LIMIT);
+                    let rules: std::collections::BTreeSet<_> =
+                        r.issues.iter().map(|i| i.rule.clone()).collect();
+                    for rule in rules {
+                        *self.stats.quarantined_by_rule.entry(rule).or_default() += 1;
+                    }
+                    self.stats.quarantined += 1;
+                    self.rejected.push((r, provenance.clone()));
+                }
+            }
+            if self.resources.len() + self.rejected.len() >= self.ctx.chunk_records
+                || self.bytes >= self.ctx.chunk_bytes
+            {
+                self.flush();
+            }
+        }
+    }
+
+    fn file_done(&mut self, entry: FileLogEntry) {
+        self.stats.files_read += 1;
+        self.stats.bytes_read += entry.size_bytes;
+        tracing::debug!(
+            file = entry.source_uri.as_str(),
+            resources = entry.resources,
+            quarantined = entry.quarantined,
+            "file decoded"
+        );
+        self.files.push(entry);
+    }
+
+    fn skipped(&mut self, file: &SourceFile) {
+        tracing::info!(
+            file = file.uri.as_str(),
+            "skipped: this file (same SHA-256) is already in the lake"
+        );
+        self.stats.files_skipped.push(file.uri.clone());
+    }
+
+    /// The file could not be opened or hashed: recorded as `failed`, tried again next run.
+    fn file_failed(&mut self, file: &SourceFile, error: std::io::Error) {
+        tracing::warn!(file = file.uri.as_str(), %error, "file could not be read");
+        self.stats
+            .files_failed
+            .push((file.uri.clone(), error.to_string()));
+        self.files.push(FileLogEntry {
+            status: "failed".into(),
+            error: Some(error.to_string()),
+            ..log_entry(file, "", "unknown")
+        });
+    }
+
+    fn flush(&mut self) {
+        if self.closed
+            || (self.resources.is_empty() && self.rejected.is_empty() && self.files.is_empty())
+        {
+            return;
+        }
+        let mut by_type: BTreeMap<String, Vec<(ResourceRecord, Arc<Provenance>)>> = BTreeMap::new();
+        for (record, provenance) in self.resources.drain(..) {
+            by_type
+                .entry(record.resource_type.clone())
+                .or_default()
+                .push((record, provenance));
+        }
+        let bronze = by_type
+            .into_iter()
+            .map(|(t, records)| (t, bronze_batch(&records)))
+            .collect();
+        let quarantine =
+            (!self.rejected.is_empty()).then(|| quarantine_batch(&self.rejected, "ingest fhir"));
+        self.rejected.clear();
+        self.bytes = 0;
+        let chunk = PreparedChunk {
+            bronze,
+            quarantine,
+            files: std::mem::take(&mut self.files),
+        };
+        if self.tx.blocking_send(chunk).is_err() {
+            self.closed = true;
+        }
+    }
+
+    fn finish(mut self) -> ProduceStats {
+        self.flush();
+        self.stats
+    }
+}

@@ -1,0 +1,396 @@
+//! The Arrow shapes of the tables ingestion writes, and builders from decoded records.
+//!
+//! | table | one row per |
+//! |---|---|
+//! | `bronze/fhir/<resourceType>` | valid resource, raw JSON as received |
+//! | `silver/quarantine` | rejected record, with every issue |
+//! | `bronze/ingest_log` | file read by a run |
+//! | `bronze/ingest_runs` | run event: `started`, `finished`, `rolled_back` |
+
+use std::sync::{Arc, LazyLock};
+
+use deltalake::arrow::array::{
+    ArrayRef, BooleanArray, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
+    TimestampMicrosecondArray,
+};
+use deltalake::arrow::buffer::OffsetBuffer;
+use deltalake::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+use crate::fhir::{Rejected, ResourceRecord};
+
+pub const INGEST_LOG_TABLE: &str = "bronze/ingest_log";
+pub const INGEST_RUNS_TABLE: &str = "bronze/ingest_runs";
+pub const QUARANTINE_TABLE: &str = "silver/quarantine";
+pub const BRONZE_FHIR_PREFIX: &str = "bronze/fhir";
+
+/// Quarantined raw text is cut here; `raw_bytes` keeps the original size.
+pub const QUARANTINE_RAW_LIMIT: usize = 1 << 20;
+
+pub fn bronze_fhir_table(resource_type: &str) -> String {
+    format!("{BRONZE_FHIR_PREFIX}/{resource_type}")
+}
+
+fn timestamp() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn utf8(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+/// Where a record came from, shared by all records of one file.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    pub source_uri: String,
+    pub source_sha256: String,
+    pub batch_id: String,
+    /// Microseconds since the epoch.
+    pub ingested_at: i64,
+}
+
+pub static BRONZE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("resource_id", true),
+        utf8("version_id", true),
+        Field::new("last_updated", timestamp(), true),
+        utf8("full_url", true),
+        utf8("source_uri", false),
+        utf8("source_sha256", false),
+        Field::new("entry_index", DataType::Int64, true),
+        Field::new("line", DataType::Int64, true),
+        utf8("json_path", false),
+        utf8("raw", false),
+        Field::new("ingested_at", timestamp(), false),
+        utf8("batch_id", false),
+    ]))
+});
+
+/// One bronze batch from resources of a single type.
+pub fn bronze_batch(records: &[(ResourceRecord, Arc<Provenance>)]) -> RecordBatch {
+    let col = |f: &dyn Fn(&ResourceRecord, &Provenance) -> Option<String>| -> ArrayRef {
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, p)| f(r, p))
+                .collect::<StringArray>(),
+        )
+    };
+    let columns: Vec<ArrayRef> = vec![
+        col(&|r, _| r.id.clone()),
+        col(&|r, _| r.version_id.clone()),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| r.last_updated)
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        col(&|r, _| r.full_url.clone()),
+        col(&|_, p| Some(p.source_uri.clone())),
+        col(&|_, p| Some(p.source_sha256.clone())),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| r.location.entry_index().map(i64::from))
+                .collect::<Int64Array>(),
+        ),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| r.location.line.map(|l| l as i64))
+                .collect::<Int64Array>(),
+        ),
+        col(&|r, _| Some(r.location.json_path())),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| Some(r.raw.as_str()))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            records
+                .iter()
+                .map(|(_, p)| Some(p.ingested_at))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        col(&|_, p| Some(p.batch_id.clone())),
+    ];
+    RecordBatch::try_new(BRONZE_SCHEMA.clone(), columns).expect("bronze columns match schema")
+}
+
+fn issue_fields() -> Fields {
+    Fields::from(vec![
+        utf8("severity", false),
+        utf8("location", false),
+        utf8("rule", false),
+        utf8("message", false),
+    ])
+}
+
+pub static QUARANTINE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("source_uri", false),
+        utf8("source_sha256", true),
+        Field::new("entry_index", DataType::Int64, true),
+        Field::new("line", DataType::Int64, true),
+        utf8("json_path", false),
+        utf8("resource_type", true),
+        utf8("resource_id", true),
+        utf8("raw", false),
+        Field::new("raw_bytes", DataType::Int64, false),
+        Field::new("raw_truncated", DataType::Boolean, false),
+        Field::new(
+            "errors",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(issue_fields()),
+                true,
+            ))),
+            false,
+        ),
+        utf8("stage", false),
+        Field::new("quarantined_at", timestamp(), false),
+        utf8("batch_id", false),
+    ]))
+});
+
+/// Cuts `raw` to at most `limit` bytes on a character boundary.
+fn truncate(raw: &str, limit: usize) -> &str {
+    if raw.len() <= limit {
+        return raw;
+    }
+    let mut end = limit;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    &raw[..end]
+}
+
+/// One quarantine batch; `stage` says which step rejected the records (`ingest fhir`, ...).
+pub fn quarantine_batch(records: &[(Rejected, Arc<Provenance>)], stage: &str) -> RecordBatch {
+    let strings = |f: &dyn Fn(&Rejected, &Provenance) -> Option<String>| -> ArrayRef {
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, p)| f(r, p))
+                .collect::<StringArray>(),
+        )
+    };
+    let issues: Vec<_> = records.iter().flat_map(|(r, _)| r.issues.iter()).collect();
+    let issue_column = |f: &dyn Fn(&crate::issue::Issue) -> &str| -> ArrayRef {
+        Arc::new(issues.iter().map(|i| Some(f(i))).collect::<StringArray>())
+    };
+    let values = StructArray::new(
+        issue_fields(),
+        vec![
+            issue_column(&|i| i.severity.as_str()),
+            issue_column(&|i| &i.location),
+            issue_column(&|i| &i.rule),
+            issue_column(&|i| &i.message),
+        ],
+        None,
+    );
+    let offsets = OffsetBuffer::from_lengths(records.iter().map(|(r, _)| r.issues.len()));
+    let errors = ListArray::new(
+        Arc::new(Field::new("item", DataType::Struct(issue_fields()), true)),
+        offsets,
+        Arc::new(values),
+        None,
+    );
+    let columns: Vec<ArrayRef> = vec![
+        strings(&|_, p| Some(p.source_uri.clone())),
+        strings(&|_, p| (!p.source_sha256.is_empty()).then(|| p.source_sha256.clone())),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| r.location.entry_index().map(i64::from))
+                .collect::<Int64Array>(),
+        ),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| r.location.line.map(|l| l as i64))
+                .collect::<Int64Array>(),
+        ),
+        strings(&|r, _| Some(r.location.json_path())),
+        strings(&|r, _| r.resource_type.clone()),
+        strings(&|r, _| r.id.clone()),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| Some(truncate(&r.raw, QUARANTINE_RAW_LIMIT)))
+                .collect::<StringArray>(),
+        ),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| Some(r.raw.len() as i64))
+                .collect::<Int64Array>(),
+        ),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| Some(r.raw.len() > QUARANTINE_RAW_LIMIT))
+                .collect::<BooleanArray>(),
+        ),
+        Arc::new(errors),
+        strings(&|_, _| Some(stage.to_string())),
+        Arc::new(
+            records
+                .iter()
+                .map(|(_, p)| Some(p.ingested_at))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+        strings(&|_, p| Some(p.batch_id.clone())),
+    ];
+    RecordBatch::try_new(QUARANTINE_SCHEMA.clone(), columns)
+        .expect("quarantine columns match schema")
+}
+
+/// One row of `bronze/ingest_log`: what happened to one file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FileLogEntry {
+    pub source_uri: String,
+    /// Empty when the file could not be read.
+    pub source_sha256: String,
+    pub size_bytes: u64,
+    pub format: String,
+    /// `ingested` (every record is in bronze or quarantine) or `failed` (retried next run).
+    pub status: String,
+    pub resources: u64,
+    pub quarantined: u64,
+    pub error: Option<String>,
+}
+
+pub static INGEST_LOG_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("source_uri", false),
+        utf8("source_sha256", false),
+        Field::new("size_bytes", DataType::Int64, false),
+        utf8("format", false),
+        utf8("status", false),
+        Field::new("resources", DataType::Int64, false),
+        Field::new("quarantined", DataType::Int64, false),
+        utf8("error", true),
+        utf8("batch_id", false),
+        Field::new("ingested_at", timestamp(), false),
+    ]))
+});
+
+pub fn ingest_log_batch(entries: &[FileLogEntry], batch_id: &str, at: i64) -> RecordBatch {
+    let strings = |f: &dyn Fn(&FileLogEntry) -> Option<String>| -> ArrayRef {
+        Arc::new(entries.iter().map(f).collect::<StringArray>())
+    };
+    let ints = |f: &dyn Fn(&FileLogEntry) -> u64| -> ArrayRef {
+        Arc::new(
+            entries
+                .iter()
+                .map(|e| Some(f(e) as i64))
+                .collect::<Int64Array>(),
+        )
+    };
+    let columns: Vec<ArrayRef> = vec![
+        strings(&|e| Some(e.source_uri.clone())),
+        strings(&|e| Some(e.source_sha256.clone())),
+        ints(&|e| e.size_bytes),
+        strings(&|e| Some(e.format.clone())),
+        strings(&|e| Some(e.status.clone())),
+        ints(&|e| e.resources),
+        ints(&|e| e.quarantined),
+        strings(&|e| e.error.clone()),
+        strings(&|_| Some(batch_id.to_string())),
+        Arc::new(
+            entries
+                .iter()
+                .map(|_| Some(at))
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("UTC"),
+        ),
+    ];
+    RecordBatch::try_new(INGEST_LOG_SCHEMA.clone(), columns)
+        .expect("ingest log columns match schema")
+}
+
+pub static INGEST_RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        utf8("batch_id", false),
+        utf8("event", false),
+        Field::new("at", timestamp(), false),
+        utf8("summary", true),
+    ]))
+});
+
+pub fn ingest_run_batch(
+    batch_id: &str,
+    event: &str,
+    at: i64,
+    summary: Option<String>,
+) -> RecordBatch {
+    RecordBatch::try_new(
+        INGEST_RUNS_SCHEMA.clone(),
+        vec![
+            Arc::new(StringArray::from(vec![batch_id])),
+            Arc::new(StringArray::from(vec![event])),
+            Arc::new(TimestampMicrosecondArray::from(vec![at]).with_timezone("UTC")),
+            Arc::new(StringArray::from(vec![summary])),
+        ],
+    )
+    .expect("ingest run columns match schema")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::Location;
+    use crate::issue::Issue;
+
+    #[test]
+    fn quarantine_keeps_every_issue_and_truncates_raw_on_a_char_boundary() {
+        let provenance = Arc::new(Provenance {
+            source_uri: "file:///drop/a.ndjson".into(),
+            source_sha256: "ab".into(),
+            batch_id: "b1".into(),
+            ingested_at: 0,
+        });
+        let big = "é".repeat(QUARANTINE_RAW_LIMIT); // 2 bytes each: twice the limit
+        let rejected = Rejected {
+            resource_type: Some("Patient".into()),
+            id: None,
+            raw: big.clone(),
+            location: Location::line(3),
+            issues: vec![
+                Issue::error("size", "$", "too big"),
+                Issue::error("json", "$", "bad"),
+            ],
+        };
+        let single = Rejected::new("x", Location::default(), Issue::error("json", "$", "bad"));
+        let batch = quarantine_batch(
+            &[(rejected, provenance.clone()), (single, provenance)],
+            "ingest fhir",
+        );
+        let errors = batch
+            .column_by_name("errors")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .unwrap();
+        assert_eq!(errors.value_length(0), 2);
+        assert_eq!(errors.value_length(1), 1);
+        let raw = batch
+            .column_by_name("raw")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(raw.value(0).len(), QUARANTINE_RAW_LIMIT);
+        let size = batch
+            .column_by_name("raw_bytes")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(size.value(0), big.len() as i64);
+    }
+}

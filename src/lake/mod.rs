@@ -1,0 +1,163 @@
+//! The lake: Delta tables under one root, a local folder or `abfss://` on ADLS Gen2.
+//!
+//! This module knows table paths and Delta operations, nothing about FHIR. Ingest code reaches Delta
+//! only through the builders here: [`append`] (append with commit metadata) and [`delete`]. Reads
+//! for bookkeeping go through [`read`]. Table paths are relative to the root, e.g.
+//! `bronze/fhir/Patient` (see the storage layout in DESIGN.md).
+
+pub mod append;
+pub mod delete;
+pub mod read;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore};
+use futures::TryStreamExt;
+use url::Url;
+
+pub use append::{AppendBuilder, AppendMetrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error(
+        "invalid lake root {root:?}: {reason}; use a local folder or abfss://<container>@<account>.dfs.core.windows.net/<path>"
+    )]
+    Root { root: String, reason: String },
+    #[error("Delta table {table}: {source}")]
+    Delta {
+        table: String,
+        source: DeltaTableError,
+    },
+    #[error("Delta table {table}: {source}")]
+    Query {
+        table: String,
+        source: deltalake::datafusion::error::DataFusionError,
+    },
+    #[error("listing {prefix} in the lake: {source}")]
+    List {
+        prefix: String,
+        source: deltalake::ObjectStoreError,
+    },
+}
+
+/// A lake root. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: Url,
+}
+
+impl Lake {
+    /// Opens the lake at `root`: a local folder (created if missing) or an Azure URL
+    /// (`abfss://`, `az://`). Azure credentials come from the environment.
+    pub fn open(root: &str) -> Result<Lake, LakeError> {
+        register_cloud_handlers();
+        let bad = |reason: String| LakeError::Root {
+            root: root.to_string(),
+            reason,
+        };
+        let url = if root.contains("://") {
+            Url::parse(root).map_err(|e| bad(e.to_string()))?
+        } else {
+            std::fs::create_dir_all(root).map_err(|e| bad(e.to_string()))?;
+            let path = std::fs::canonicalize(root).map_err(|e| bad(e.to_string()))?;
+            Url::from_directory_path(&path).map_err(|_| bad("not an absolute path".into()))?
+        };
+        let url = if url.path().ends_with('/') {
+            url
+        } else {
+            Url::parse(&format!("{url}/")).unwrap()
+        };
+        Ok(Lake { root: url })
+    }
+
+    pub fn root(&self) -> &Url {
+        &self.root
+    }
+
+    /// The local folder of the lake, if it is local.
+    pub fn local_path(&self) -> Option<PathBuf> {
+        (self.root.scheme() == "file")
+            .then(|| self.root.to_file_path().ok())
+            .flatten()
+    }
+
+    pub fn table_url(&self, table: &str) -> Url {
+        self.root
+            .join(&format!("{}/", table.trim_matches('/')))
+            .expect("table path joins root")
+    }
+
+    /// Opens `table`; a table that does not exist yet comes back unloaded, ready to be created by
+    /// its first append.
+    pub async fn table(&self, table: &str) -> Result<DeltaTable, LakeError> {
+        let url = self.table_url(table);
+        if let Ok(path) = url.to_file_path() {
+            // The local store insists on an existing folder, even for a table about to be created.
+            std::fs::create_dir_all(&path).map_err(|e| LakeError::Root {
+                root: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        }
+        DeltaTable::try_from_url(url)
+            .await
+            .map_err(|source| LakeError::Delta {
+                table: table.to_string(),
+                source,
+            })
+    }
+
+    /// Opens `table` if it exists.
+    pub async fn existing_table(&self, table: &str) -> Result<Option<DeltaTable>, LakeError> {
+        let table_handle = self.table(table).await?;
+        Ok(table_handle.version().is_some().then_some(table_handle))
+    }
+
+    /// Relative paths of the Delta tables directly under `prefix` (e.g. `bronze/fhir`).
+    pub async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, LakeError> {
+        let store = self.object_store()?;
+        let prefix = prefix.trim_matches('/');
+        let listing = store
+            .list_with_delimiter(Some(&deltalake::Path::from(prefix)))
+            .await
+            .map_err(|source| LakeError::List {
+                prefix: prefix.to_string(),
+                source,
+            })?;
+        let mut tables = Vec::new();
+        for dir in listing.common_prefixes {
+            let log = dir.clone().join("_delta_log");
+            let mut entries = store.list(Some(&log));
+            if entries
+                .try_next()
+                .await
+                .map_err(|source| LakeError::List {
+                    prefix: log.to_string(),
+                    source,
+                })?
+                .is_some()
+            {
+                tables.push(dir.to_string());
+            }
+        }
+        tables.sort();
+        Ok(tables)
+    }
+
+    fn object_store(&self) -> Result<Arc<dyn ObjectStore>, LakeError> {
+        let delta = |source| LakeError::Delta {
+            table: self.root.to_string(),
+            source,
+        };
+        let log_store = DeltaTableBuilder::from_url(self.root.clone())
+            .map_err(delta)?
+            .build_storage()
+            .map_err(delta)?;
+        Ok(log_store.object_store(None))
+    }
+}
+
+fn register_cloud_handlers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| deltalake::azure::register_handlers(None));
+}

@@ -1,0 +1,37 @@
+//! vitalake: FHIR drops, device streams and hospital databases into one Delta Lake.
+//!
+//! The crate is a map of small modules, each with one job (see `DESIGN.md` in the shared folder):
+//!
+//! - [`config`]: `vitalake.toml` plus environment overrides; secrets only from the environment.
+//! - [`issue`]: one finding about a record (severity, location, rule, message), shared by every checker.
+//! - [`lake`]: Delta tables: paths, open/create, append, delete; knows nothing about FHIR.
+//! - [`fhir`]: decoding FHIR JSON (single resources, Bundles of any type, NDJSON) and structural checks.
+//! - [`validate`]: the seam where profile validation plugs into ingestion.
+//! - [`ingest`]: file drops into bronze and quarantine, exactly once per file.
+//! - [`generate`]: deterministic synthetic FHIR drops for samples, tests and benchmarks.
+//!
+//! `main.rs` is only the command line; `cli.rs` turns its arguments into the option types here.
+
+pub mod config;
+pub mod fhir;
+pub mod generate;
+pub mod ingest;
+pub mod issue;
+pub mod lake;
+pub mod validate;
+
+/// Every error the library returns. Each variant carries the module's own error, whose message names
+/// the file, table or record involved; the CLI prints the whole chain with `{:#}`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Lake(#[from] lake::LakeError),
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+    #[error(transparent)]
+    Generate(#[from] generate::GenerateError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,113 @@
+//! The `vitalake` binary: parse arguments, set up logs, call one library function, map the result
+//! to an exit code (0 ok, 1 failed, 2 bad usage or bad input).
+
+mod cli;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cli::{Cli, Command, GenerateCommand, IngestCommand};
+use vitalake::config::Config;
+use vitalake::ingest::{IngestError, IngestOptions};
+use vitalake::lake::Lake;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            let bad_input = err.downcast_ref::<vitalake::Error>().is_some_and(|e| {
+                matches!(
+                    e,
+                    vitalake::Error::Config(_)
+                        | vitalake::Error::Ingest(
+                            IngestError::Input { .. } | IngestError::Remote { .. }
+                        )
+                )
+            });
+            ExitCode::from(if bad_input { 2 } else { 1 })
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(cli.config.as_deref()).map_err(vitalake::Error::from)?;
+    if let Some(root) = cli.lake {
+        config.lake.root = root;
+    }
+    match cli.command {
+        Command::Ingest(IngestCommand::Fhir(args)) => {
+            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let mut options = IngestOptions::from_config(&config.ingest);
+            let bar = progress_bar();
+            if let Some(bar) = &bar {
+                let (on_total, progress) = (bar.clone(), bar.clone());
+                options.on_total = Arc::new(move |total| on_total.set_length(total));
+                options.progress = Arc::new(move |bytes| progress.inc(bytes));
+            }
+            let report = vitalake::ingest::ingest_fhir(&lake, &args.paths, options)
+                .await
+                .map_err(vitalake::Error::from)?;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(if report.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Generate(GenerateCommand::Fhir(args)) => {
+            let summary = vitalake::generate::write_drop(&args.out, &args.options())
+                .map_err(vitalake::Error::from)
+                .with_context(|| format!("generating into {}", args.out.display()))?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A progress bar on a terminal; plain log lines otherwise.
+fn progress_bar() -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("valid template"),
+    );
+    Some(bar)
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        // The Delta kernel logs an ERROR for every table it is asked to open before its first commit,
+        // which is how new tables start here: not an error for our users.
+        0 => "vitalake=info,warn,buoyant_kernel::snapshot::builder=off",
+        1 => "vitalake=debug,info,buoyant_kernel::snapshot::builder=off",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VITALAKE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
