@@ -72,10 +72,11 @@ impl Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(line) = self.line {
-            write!(f, "line {line} ")?;
+        match self.line {
+            Some(line) if self.entries.is_empty() => write!(f, "line {line}"),
+            Some(line) => write!(f, "line {line} {}", self.json_path()),
+            None => f.write_str(&self.json_path()),
         }
-        f.write_str(&self.json_path())
     }
 }
 

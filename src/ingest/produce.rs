@@ -19,7 +19,7 @@ use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, ResourceRecord, de
 use crate::issue::{Issue, Severity};
 use crate::validate::Check;
 
-use super::report::ProduceStats;
+use super::report::{ProduceStats, QUARANTINE_EXAMPLES, QuarantineNote};
 use super::source::{Fetched, Format, SourceFile};
 use super::tables::{FileLogEntry, Provenance, bronze_batch, quarantine_batch};
 
@@ -380,6 +380,17 @@ impl<'a> ChunkBuffer<'a> {
                         *self.stats.quarantined_by_rule.entry(rule).or_default() += 1;
                     }
                     self.stats.quarantined += 1;
+                    if self.stats.quarantine_examples.len() < QUARANTINE_EXAMPLES
+                        && let Some(first) = r.issues.first()
+                    {
+                        self.stats.quarantine_examples.push(QuarantineNote {
+                            source_uri: provenance.source_uri.clone(),
+                            place: r.location.to_string(),
+                            rule: first.rule.clone(),
+                            location: first.location.clone(),
+                            message: first.message.clone(),
+                        });
+                    }
                     self.rejected.push((r, provenance.clone()));
                 }
             }

@@ -19,7 +19,24 @@ pub struct ProduceStats {
     pub files_skipped: Vec<String>,
     /// Files that could not be read, with the reason; they are retried on the next run.
     pub files_failed: Vec<(String, String)>,
+    /// The first quarantined records, so the report itself says what was wrong and where.
+    pub quarantine_examples: Vec<QuarantineNote>,
 }
+
+/// One quarantined record as the report shows it: no raw content, so no patient data.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantineNote {
+    pub source_uri: String,
+    /// `line 7 $.entry[2].resource`: where in the file.
+    pub place: String,
+    pub rule: String,
+    /// FHIRPath inside the record.
+    pub location: String,
+    pub message: String,
+}
+
+/// How many quarantined records the report lists one by one.
+pub const QUARANTINE_EXAMPLES: usize = 20;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct IngestReport {
@@ -83,7 +100,24 @@ impl fmt::Display for IngestReport {
             for (rule, n) in &s.quarantined_by_rule {
                 writeln!(f, "  {rule:<28} {n:>10}")?;
             }
-            writeln!(f, "  (details: vitalake table silver/quarantine)")?;
+            for note in &s.quarantine_examples {
+                writeln!(
+                    f,
+                    "  {} {}: [{}] {}: {}",
+                    note.source_uri, note.place, note.rule, note.location, note.message
+                )?;
+            }
+            if s.quarantined > s.quarantine_examples.len() as u64 {
+                writeln!(
+                    f,
+                    "  … and {} more",
+                    s.quarantined - s.quarantine_examples.len() as u64
+                )?;
+            }
+            writeln!(
+                f,
+                "  (every record with all its issues: table silver/quarantine)"
+            )?;
         }
         for uri in &s.files_skipped {
             writeln!(f, "  skipped {uri}")?;

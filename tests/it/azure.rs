@@ -1,0 +1,1 @@
+//! Placeholder until Azurite is wired in.

@@ -1,0 +1,8 @@
+//! Integration tests: one binary (each file in `tests/` would link deltalake again).
+//! Every test writes real Delta tables into a temporary lake.
+
+mod azure;
+mod bad_input;
+mod common;
+mod crash;
+mod ingest_fhir;
