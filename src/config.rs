@@ -14,7 +14,7 @@
 //! max_resource_bytes = 16777216
 //! # A commit to the lake happens after this many records or this many bytes of raw JSON.
 //! chunk_records = 50000
-//! chunk_bytes = 33554432
+//! chunk_bytes = 8388608
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -83,7 +83,7 @@ impl Default for IngestConfig {
         IngestConfig {
             max_resource_bytes: 16 << 20,
             chunk_records: 50_000,
-            chunk_bytes: 32 << 20,
+            chunk_bytes: 8 << 20,
         }
     }
 }

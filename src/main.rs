@@ -3,6 +3,11 @@
 
 mod cli;
 
+/// FHIR decoding allocates many small strings and maps per resource; with glibc's allocator that
+/// was a third of ingest time (perf, BENCHMARKS.md). mimalloc handles that pattern far better.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -188,8 +188,47 @@ fn stream_ndjson(
     let provenance = out.provenance(file, &fetched.sha256);
     let mut entry = log_entry(file, &fetched.sha256, "ndjson");
     // Lines are kept whole up to the resource limit; longer ones are cut and rejected as `size`.
-    let mut lines = NdjsonLines::new(reader, ctx.decode.max_resource_bytes);
-    let mut last_line = 0;
+    let lines = NdjsonLines::new(reader, ctx.decode.max_resource_bytes);
+    // A reader thread splits lines while the pool decodes the previous block: reading is the
+    // serial part of NDJSON ingest, and overlapping it keeps both cores busy.
+    let (blocks_tx, blocks_rx) = std::sync::mpsc::sync_channel(2);
+    std::thread::scope(|scope| {
+        scope.spawn(move || read_blocks(lines, blocks_tx));
+        let mut last_line = 0;
+        for (block, failure) in blocks_rx {
+            if let Some(last) = block.last() {
+                last_line = last.number;
+            }
+            let decoded: Vec<Decoded> = block
+                .par_iter()
+                .flat_map_iter(|line| decode_line(line, ctx))
+                .collect();
+            out.push_all(decoded, &provenance, &mut entry);
+            if let Some(error) = failure {
+                out.push_all(
+                    vec![read_failure(last_line + 1, &error)],
+                    &provenance,
+                    &mut entry,
+                );
+            }
+            if out.closed {
+                // Dropping the receiver stops the reader thread.
+                return;
+            }
+        }
+    });
+    if out.closed {
+        return;
+    }
+    (ctx.progress)(file.size);
+    out.file_done(entry);
+}
+
+/// Sends blocks of lines until the end or the first read error (sent with the lines before it).
+fn read_blocks<R: BufRead>(
+    mut lines: NdjsonLines<R>,
+    tx: std::sync::mpsc::SyncSender<(Vec<crate::fhir::ndjson::Line>, Option<std::io::Error>)>,
+) {
     loop {
         let mut block = Vec::with_capacity(NDJSON_BLOCK_LINES);
         let mut failure = None;
@@ -202,36 +241,11 @@ fn stream_ndjson(
                 }
             }
         }
-        let Some(last) = block.last() else {
-            if let Some(error) = failure {
-                out.push_all(
-                    vec![read_failure(last_line + 1, &error)],
-                    &provenance,
-                    &mut entry,
-                );
-            }
-            break;
-        };
-        last_line = last.number;
-        let decoded: Vec<Decoded> = block
-            .par_iter()
-            .flat_map_iter(|line| decode_line(line, ctx))
-            .collect();
-        out.push_all(decoded, &provenance, &mut entry);
-        if let Some(error) = failure {
-            out.push_all(
-                vec![read_failure(last_line + 1, &error)],
-                &provenance,
-                &mut entry,
-            );
-            break;
-        }
-        if out.closed {
+        let done = failure.is_some() || block.len() < NDJSON_BLOCK_LINES;
+        if (block.is_empty() && failure.is_none()) || tx.send((block, failure)).is_err() || done {
             return;
         }
     }
-    (ctx.progress)(file.size);
-    out.file_done(entry);
 }
 
 /// The file stopped being readable part-way (a corrupt gzip stream, a failing disk): what came

@@ -1,0 +1,209 @@
+//! `cargo bench --bench ingest`: ingest throughput against the parse-only floor, and peak memory on
+//! a 1 GB NDJSON file. Writes a Markdown table to stdout for BENCHMARKS.md.
+//!
+//! The floor is `serde_json` parsing the same bytes into `serde_json::Value` on the same cores
+//! (rayon over files and lines): no ingest that must at least parse its input can beat it.
+//! Ingest runs as the real release binary in a child process, whose peak RSS (VmHWM) is sampled
+//! from /proc. Sizes: `VITALAKE_BENCH_DROP_MB` (default 200) and `VITALAKE_BENCH_NDJSON_MB`
+//! (default 1024); data is generated under `target/bench-data` and reused.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+/// The floor gets the same allocator as the `vitalake` binary, so the comparison is like for like.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use vitalake::generate::{GenerateOptions, write_drop};
+
+fn main() {
+    let drop_mb: u64 = env_or("VITALAKE_BENCH_DROP_MB", 200);
+    let ndjson_mb: u64 = env_or("VITALAKE_BENCH_NDJSON_MB", 1024);
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
+    println!(
+        "machine: {} cores; rayon threads {}",
+        std::thread::available_parallelism().unwrap(),
+        rayon::current_num_threads()
+    );
+
+    let drop = data.join(format!("drop-{drop_mb}mb"));
+    ensure_drop(&drop, drop_mb, true);
+    let ndjson_file = data.join(format!("all-{ndjson_mb}mb.ndjson"));
+    if !ndjson_file.exists() {
+        let parts = data.join(format!("ndjson-{ndjson_mb}mb"));
+        ensure_drop(&parts, ndjson_mb, false);
+        concatenate(&parts, &ndjson_file);
+    }
+
+    println!(
+        "\n| input | bytes | resources | parse-only floor | vitalake ingest | ingest / floor | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for input in [&drop, &ndjson_file] {
+        let floor = parse_floor(input);
+        let ingest = ingest(input, &data);
+        println!(
+            "| {} | {:.0} MB | {} | {:.0} res/s, {:.1} MB/s | {:.0} res/s, {:.1} MB/s | {:.2}x | {:.0} MB |",
+            input.file_name().unwrap().to_string_lossy(),
+            floor.bytes as f64 / 1e6,
+            floor.resources,
+            floor.resources as f64 / floor.secs,
+            floor.bytes as f64 / 1e6 / floor.secs,
+            ingest.resources as f64 / ingest.secs,
+            floor.bytes as f64 / 1e6 / ingest.secs,
+            floor.secs / ingest.secs,
+            ingest.peak_rss_kb as f64 / 1024.0,
+        );
+    }
+}
+
+fn env_or(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Generates a drop of about `mb` megabytes (grows the patient count until it is big enough).
+fn ensure_drop(dir: &Path, mb: u64, bundles: bool) {
+    if dir.exists() {
+        return;
+    }
+    // Calibrated on 200 patients, then scaled.
+    let probe = dir.with_extension("probe");
+    let options = |patients| GenerateOptions {
+        patients,
+        seed: 1,
+        readings_per_patient: 12,
+        bundles,
+        ndjson: true,
+        invalid: false,
+        gzip: false,
+    };
+    let sample = write_drop(&probe, &options(200)).unwrap();
+    std::fs::remove_dir_all(&probe).unwrap();
+    let patients = (200.0 * (mb as f64 * 1e6) / sample.bytes as f64).ceil() as usize + 1;
+    let started = Instant::now();
+    let summary = write_drop(dir, &options(patients)).unwrap();
+    eprintln!(
+        "generated {} in {:.0?}: {summary}",
+        dir.display(),
+        started.elapsed()
+    );
+}
+
+fn concatenate(parts: &Path, out: &Path) {
+    let mut file = std::fs::File::create(out).unwrap();
+    for part in files(parts) {
+        if part.extension().is_some_and(|e| e == "ndjson") {
+            std::io::copy(&mut std::fs::File::open(part).unwrap(), &mut file).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(parts).unwrap();
+}
+
+fn files(path: &Path) -> Vec<PathBuf> {
+    if path.is_file() {
+        return vec![path.to_owned()];
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(path).unwrap() {
+        out.extend(files(&entry.unwrap().path()));
+    }
+    out.sort();
+    out
+}
+
+struct Measured {
+    bytes: u64,
+    resources: u64,
+    secs: f64,
+    peak_rss_kb: u64,
+}
+
+/// Reads and parses every file into `serde_json::Value` in parallel; NDJSON is streamed in blocks
+/// of lines as ingest does, so both read the same way.
+fn parse_floor(input: &Path) -> Measured {
+    use std::io::BufRead;
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    let mut resources = 0u64;
+    for file in files(input) {
+        bytes += std::fs::metadata(&file).unwrap().len();
+        if file.extension().is_some_and(|e| e == "ndjson") {
+            let mut lines =
+                std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file).unwrap())
+                    .lines();
+            loop {
+                let block: Vec<String> = lines.by_ref().take(2048).map(Result::unwrap).collect();
+                if block.is_empty() {
+                    break;
+                }
+                resources += block
+                    .par_iter()
+                    .map(|l| parse_count(l.as_bytes()))
+                    .sum::<u64>();
+            }
+        } else {
+            resources += parse_count(&std::fs::read(&file).unwrap());
+        }
+    }
+    Measured {
+        bytes,
+        resources,
+        secs: started.elapsed().as_secs_f64(),
+        peak_rss_kb: 0,
+    }
+}
+
+fn parse_count(bytes: &[u8]) -> u64 {
+    let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+    value["entry"]
+        .as_array()
+        .map_or(1, |entries| entries.len() as u64)
+}
+
+/// Runs the release binary on `input` into a fresh lake, sampling its peak RSS.
+fn ingest(input: &Path, data: &Path) -> Measured {
+    let lake = data.join("lake");
+    let _ = std::fs::remove_dir_all(&lake);
+    let started = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalake"))
+        .args(["ingest", "fhir", "--json", "--lake"])
+        .arg(&lake)
+        .arg(input)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak_rss_kb = 0;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(hwm) = std::fs::read_to_string(&status_path)
+            .ok()
+            .and_then(|s| vm_hwm_kb(&s))
+        {
+            peak_rss_kb = peak_rss_kb.max(hwm);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let resources =
+        report["bronze_rows"].as_u64().unwrap() + report["quarantine_rows"].as_u64().unwrap();
+    let _ = std::fs::remove_dir_all(&lake);
+    Measured {
+        bytes: report["bytes_read"].as_u64().unwrap(),
+        resources,
+        secs,
+        peak_rss_kb,
+    }
+}
+
+fn vm_hwm_kb(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The test command (README): installs what the tests need on a fresh Debian machine, then runs
+# every test. Tests start their own servers on loopback; a missing one fails its test loudly.
+#   - Azurite (npm package `azurite`), the Azure Storage emulator, for the ADLS Gen2 path.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache="${VITALAKE_TEST_CACHE:-$HOME/.cache/vitalake-test}"
+mkdir -p "$cache"
+
+need_apt=()
+command -v npm >/dev/null || need_apt+=(nodejs npm)
+command -v cc >/dev/null || need_apt+=(build-essential)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+azurite_version=3.35.0
+if [ ! -x "$cache/azurite-$azurite_version/node_modules/.bin/azurite-blob" ]; then
+  npm install --prefix "$cache/azurite-$azurite_version" --no-audit --no-fund --loglevel=error "azurite@$azurite_version"
+fi
+export PATH="$cache/azurite-$azurite_version/node_modules/.bin:$PATH"
+
+cargo test --locked
