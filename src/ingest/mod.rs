@@ -40,12 +40,19 @@ pub enum IngestError {
     },
     #[error("landing folder {uri}: {reason}")]
     Remote { uri: String, reason: String },
+    /// Boxed: Delta's errors are large, and this one travels through every ingest `Result`.
     #[error(transparent)]
-    Lake(#[from] LakeError),
+    Lake(Box<LakeError>),
     #[error("another `vitalake ingest` holds the lake lock {path}; wait for it to finish")]
     Locked { path: String },
     #[error("decoding stopped unexpectedly: {0}")]
     Decoder(String),
+}
+
+impl From<LakeError> for IngestError {
+    fn from(err: LakeError) -> Self {
+        IngestError::Lake(Box::new(err))
+    }
 }
 
 /// Options for one `ingest fhir` run.

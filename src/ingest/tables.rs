@@ -16,7 +16,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::buffer::OffsetBuffer;
 use deltalake::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
-use crate::fhir::{Rejected, ResourceRecord};
+use crate::fhir::{Location, Rejected, ResourceRecord};
 
 pub const INGEST_LOG_TABLE: &str = "bronze/ingest_log";
 pub const INGEST_RUNS_TABLE: &str = "bronze/ingest_runs";
@@ -75,7 +75,7 @@ pub fn bronze_batch(records: &[(ResourceRecord, Arc<Provenance>)]) -> RecordBatc
                 .collect::<StringArray>(),
         )
     };
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         col(&|r, _| r.id.clone()),
         col(&|r, _| r.version_id.clone()),
         Arc::new(
@@ -88,19 +88,9 @@ pub fn bronze_batch(records: &[(ResourceRecord, Arc<Provenance>)]) -> RecordBatc
         col(&|r, _| r.full_url.clone()),
         col(&|_, p| Some(p.source_uri.clone())),
         col(&|_, p| Some(p.source_sha256.clone())),
-        Arc::new(
-            records
-                .iter()
-                .map(|(r, _)| r.location.entry_index().map(i64::from))
-                .collect::<Int64Array>(),
-        ),
-        Arc::new(
-            records
-                .iter()
-                .map(|(r, _)| r.location.line.map(|l| l as i64))
-                .collect::<Int64Array>(),
-        ),
-        col(&|r, _| Some(r.location.json_path())),
+    ];
+    columns.extend(location_columns(records.iter().map(|(r, _)| &r.location)));
+    let rest: Vec<ArrayRef> = vec![
         Arc::new(
             records
                 .iter()
@@ -116,6 +106,7 @@ pub fn bronze_batch(records: &[(ResourceRecord, Arc<Provenance>)]) -> RecordBatc
         ),
         col(&|_, p| Some(p.batch_id.clone())),
     ];
+    columns.extend(rest);
     RecordBatch::try_new(BRONZE_SCHEMA.clone(), columns).expect("bronze columns match schema")
 }
 
@@ -167,6 +158,29 @@ fn truncate(raw: &str, limit: usize) -> &str {
     &raw[..end]
 }
 
+/// `entry_index`, `line` and `json_path`: where each record sat in its source.
+fn location_columns<'a>(locations: impl Iterator<Item = &'a Location> + Clone) -> [ArrayRef; 3] {
+    [
+        Arc::new(
+            locations
+                .clone()
+                .map(|l| l.entry_index().map(i64::from))
+                .collect::<Int64Array>(),
+        ),
+        Arc::new(
+            locations
+                .clone()
+                .map(|l| l.line.map(|n| n as i64))
+                .collect::<Int64Array>(),
+        ),
+        Arc::new(
+            locations
+                .map(|l| Some(l.json_path()))
+                .collect::<StringArray>(),
+        ),
+    ]
+}
+
 /// One quarantine batch; `stage` says which step rejected the records (`ingest fhir`, ...).
 pub fn quarantine_batch(records: &[(Rejected, Arc<Provenance>)], stage: &str) -> RecordBatch {
     let strings = |f: &dyn Fn(&Rejected, &Provenance) -> Option<String>| -> ArrayRef {
@@ -198,22 +212,12 @@ pub fn quarantine_batch(records: &[(Rejected, Arc<Provenance>)], stage: &str) ->
         Arc::new(values),
         None,
     );
-    let columns: Vec<ArrayRef> = vec![
+    let mut columns: Vec<ArrayRef> = vec![
         strings(&|_, p| Some(p.source_uri.clone())),
         strings(&|_, p| (!p.source_sha256.is_empty()).then(|| p.source_sha256.clone())),
-        Arc::new(
-            records
-                .iter()
-                .map(|(r, _)| r.location.entry_index().map(i64::from))
-                .collect::<Int64Array>(),
-        ),
-        Arc::new(
-            records
-                .iter()
-                .map(|(r, _)| r.location.line.map(|l| l as i64))
-                .collect::<Int64Array>(),
-        ),
-        strings(&|r, _| Some(r.location.json_path())),
+    ];
+    columns.extend(location_columns(records.iter().map(|(r, _)| &r.location)));
+    let rest: Vec<ArrayRef> = vec![
         strings(&|r, _| r.resource_type.clone()),
         strings(&|r, _| r.id.clone()),
         Arc::new(
@@ -245,6 +249,7 @@ pub fn quarantine_batch(records: &[(Rejected, Arc<Provenance>)], stage: &str) ->
         ),
         strings(&|_, p| Some(p.batch_id.clone())),
     ];
+    columns.extend(rest);
     RecordBatch::try_new(QUARANTINE_SCHEMA.clone(), columns)
         .expect("quarantine columns match schema")
 }

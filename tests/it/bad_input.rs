@@ -10,7 +10,6 @@ const GOOD_PATIENT: &str = r#"{"resourceType":"Patient","id":"good-1","gender":"
 
 struct Quarantined {
     source_uri: String,
-    line: String,
     json_path: String,
     rule: String,
     message: String,
@@ -46,8 +45,7 @@ async fn ingest_beside_good(
         .into_iter()
         .map(|r| Quarantined {
             source_uri: r[0].clone(),
-            line: r[1].clone(),
-            json_path: r[2].clone(),
+            json_path: r[2].clone(), // r[1] is the line, used for ordering
             rule: r[3].clone(),
             message: r[4].clone(),
             raw_bytes: r[5].parse().unwrap(),
