@@ -90,7 +90,11 @@ fn list_local(path: &Path, files: &mut Vec<SourceFile>) -> Result<(), IngestErro
         path: path.display().to_string(),
         source,
     };
-    let meta = std::fs::symlink_metadata(path).map_err(not_found)?;
+    // Follow links (a drop folder may be a link); a dangling one is listed and then fails to
+    // read, so it is reported rather than silently passed over.
+    let meta = std::fs::metadata(path)
+        .or_else(|_| std::fs::symlink_metadata(path))
+        .map_err(not_found)?;
     let absolute = std::path::absolute(path).map_err(not_found)?;
     if meta.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(path)
