@@ -218,3 +218,54 @@ async fn the_cli_prints_a_report_and_json() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("nope"));
 }
+
+/// The seam profile validation plugs into: a check's error sends the resource to quarantine with
+/// the check's issues; a warning does not block.
+#[tokio::test]
+async fn checks_given_to_ingest_decide_quarantine() {
+    use std::sync::Arc;
+    use vitalake::issue::{Issue, Severity};
+
+    struct NoUnknownGender;
+    impl vitalake::validate::Check for NoUnknownGender {
+        fn check(&self, resource_type: &str, raw: &str) -> Vec<Issue> {
+            let gender = serde_json::from_str::<Value>(raw).unwrap()["gender"].clone();
+            match (resource_type, gender.as_str()) {
+                ("Patient", Some("unknown")) => vec![Issue::error(
+                    "test-gender",
+                    "Patient.gender",
+                    "gender unknown",
+                )],
+                ("Patient", None) => vec![Issue {
+                    severity: Severity::Warning,
+                    ..Issue::error("test-gender", "Patient", "no gender")
+                }],
+                _ => vec![],
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.ndjson");
+    std::fs::write(
+        &file,
+        "{\"resourceType\":\"Patient\",\"id\":\"a\",\"gender\":\"unknown\"}\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n",
+    )
+    .unwrap();
+    let (_lake_dir, lake) = temp_lake();
+    let mut options = vitalake::ingest::IngestOptions::from_config(&Default::default());
+    options.checks = vec![Arc::new(NoUnknownGender)];
+    vitalake::ingest::ingest_fhir(&lake, &[file.display().to_string()], options)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&lake, "bronze/fhir/Patient", "SELECT resource_id FROM t").await,
+        [["b"]]
+    );
+    let q = rows(
+        &lake,
+        "silver/quarantine",
+        "SELECT resource_id, errors[1]['rule'], errors[1]['location'] FROM t",
+    )
+    .await;
+    assert_eq!(q, [["a", "test-gender", "Patient.gender"]]);
+}
