@@ -81,7 +81,7 @@ impl fmt::Display for Location {
 }
 
 /// A structurally valid resource with the fields bronze keys on.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ResourceRecord {
     pub resource_type: String,
     pub id: Option<String>,

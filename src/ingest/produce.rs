@@ -306,7 +306,7 @@ fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mu
                 .iter()
                 .any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
             {
-                let r = std::mem::replace(resource, empty_record());
+                let r = std::mem::take(resource);
                 *decoded = Decoded::Rejected(Rejected {
                     resource_type: Some(r.resource_type),
                     id: r.id,
@@ -316,18 +316,6 @@ fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mu
                 });
             }
         }
-    }
-}
-
-fn empty_record() -> ResourceRecord {
-    ResourceRecord {
-        resource_type: String::new(),
-        id: None,
-        version_id: None,
-        last_updated: None,
-        full_url: None,
-        raw: String::new(),
-        location: Location::default(),
     }
 }
 
