@@ -75,38 +75,26 @@ pub fn bronze_batch(records: &[(ResourceRecord, Arc<Provenance>)]) -> RecordBatc
                 .collect::<StringArray>(),
         )
     };
-    let mut columns: Vec<ArrayRef> = vec![
+    let [entry_index, line, json_path] = location_columns(records.iter().map(|(r, _)| &r.location));
+    let columns: Vec<ArrayRef> = vec![
         col(&|r, _| r.id.clone()),
         col(&|r, _| r.version_id.clone()),
-        Arc::new(
-            records
-                .iter()
-                .map(|(r, _)| r.last_updated)
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
+        utc_micros(records.iter().map(|(r, _)| r.last_updated)),
         col(&|r, _| r.full_url.clone()),
         col(&|_, p| Some(p.source_uri.clone())),
         col(&|_, p| Some(p.source_sha256.clone())),
-    ];
-    columns.extend(location_columns(records.iter().map(|(r, _)| &r.location)));
-    let rest: Vec<ArrayRef> = vec![
+        entry_index,
+        line,
+        json_path,
         Arc::new(
             records
                 .iter()
                 .map(|(r, _)| Some(r.raw.as_str()))
                 .collect::<StringArray>(),
         ),
-        Arc::new(
-            records
-                .iter()
-                .map(|(_, p)| Some(p.ingested_at))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
+        utc_micros(records.iter().map(|(_, p)| Some(p.ingested_at))),
         col(&|_, p| Some(p.batch_id.clone())),
     ];
-    columns.extend(rest);
     RecordBatch::try_new(BRONZE_SCHEMA.clone(), columns).expect("bronze columns match schema")
 }
 
@@ -156,6 +144,16 @@ fn truncate(raw: &str, limit: usize) -> &str {
         end -= 1;
     }
     &raw[..end]
+}
+
+/// A UTC timestamp column (microseconds), the type every time column here has.
+fn utc_micros(values: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(
+        values
+            .into_iter()
+            .collect::<TimestampMicrosecondArray>()
+            .with_timezone("UTC"),
+    )
 }
 
 /// `entry_index`, `line` and `json_path`: where each record sat in its source.
@@ -212,12 +210,13 @@ pub fn quarantine_batch(records: &[(Rejected, Arc<Provenance>)], stage: &str) ->
         Arc::new(values),
         None,
     );
-    let mut columns: Vec<ArrayRef> = vec![
+    let [entry_index, line, json_path] = location_columns(records.iter().map(|(r, _)| &r.location));
+    let columns: Vec<ArrayRef> = vec![
         strings(&|_, p| Some(p.source_uri.clone())),
         strings(&|_, p| (!p.source_sha256.is_empty()).then(|| p.source_sha256.clone())),
-    ];
-    columns.extend(location_columns(records.iter().map(|(r, _)| &r.location)));
-    let rest: Vec<ArrayRef> = vec![
+        entry_index,
+        line,
+        json_path,
         strings(&|r, _| r.resource_type.clone()),
         strings(&|r, _| r.id.clone()),
         Arc::new(
@@ -240,16 +239,9 @@ pub fn quarantine_batch(records: &[(Rejected, Arc<Provenance>)], stage: &str) ->
         ),
         Arc::new(errors),
         strings(&|_, _| Some(stage.to_string())),
-        Arc::new(
-            records
-                .iter()
-                .map(|(_, p)| Some(p.ingested_at))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
+        utc_micros(records.iter().map(|(_, p)| Some(p.ingested_at))),
         strings(&|_, p| Some(p.batch_id.clone())),
     ];
-    columns.extend(rest);
     RecordBatch::try_new(QUARANTINE_SCHEMA.clone(), columns)
         .expect("quarantine columns match schema")
 }
@@ -306,13 +298,7 @@ pub fn ingest_log_batch(entries: &[FileLogEntry], batch_id: &str, at: i64) -> Re
         ints(&|e| e.quarantined),
         strings(&|e| e.error.clone()),
         strings(&|_| Some(batch_id.to_string())),
-        Arc::new(
-            entries
-                .iter()
-                .map(|_| Some(at))
-                .collect::<TimestampMicrosecondArray>()
-                .with_timezone("UTC"),
-        ),
+        utc_micros(entries.iter().map(|_| Some(at))),
     ];
     RecordBatch::try_new(INGEST_LOG_SCHEMA.clone(), columns)
         .expect("ingest log columns match schema")
@@ -338,7 +324,7 @@ pub fn ingest_run_batch(
         vec![
             Arc::new(StringArray::from(vec![batch_id])),
             Arc::new(StringArray::from(vec![event])),
-            Arc::new(TimestampMicrosecondArray::from(vec![at]).with_timezone("UTC")),
+            utc_micros([Some(at)]),
             Arc::new(StringArray::from(vec![summary])),
         ],
     )
