@@ -14,11 +14,13 @@
 
 pub mod config;
 pub mod fhir;
+pub mod fhirpath;
 pub mod generate;
 pub mod ingest;
 pub mod issue;
 pub mod lake;
 pub mod validate;
+pub mod views;
 
 /// Every error the library returns. Each variant carries the module's own error, whose message names
 /// the file, table or record involved; the CLI prints the whole chain with `{:#}`.

@@ -6,3 +6,4 @@ mod bad_input;
 mod common;
 mod crash;
 mod ingest_fhir;
+mod sql_on_fhir;
