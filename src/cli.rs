@@ -35,6 +35,83 @@ pub enum Command {
     /// Make synthetic data.
     #[command(subcommand)]
     Generate(GenerateCommand),
+    /// Work with SQL-on-FHIR ViewDefinitions.
+    #[command(subcommand)]
+    Views(ViewsCommand),
+    /// Rebuild derived tables from the layer below.
+    #[command(subcommand)]
+    Refresh(RefreshCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ViewsCommand {
+    /// Run one ViewDefinition over FHIR files (or the lake's bronze table) and print the rows.
+    ///
+    /// The tool for writing a view: nothing is written to the lake. A resource the view cannot
+    /// evaluate is reported on stderr with the failing expression, and the exit code is 1.
+    #[command(
+        after_help = "Example:\n  vitalake views run --view profiles/views/blood_pressure.json samples/drop\n  vitalake views run --view my_view.json --bronze --format csv > rows.csv\n  vitalake views run --view my_view.json drop/ --format parquet --output rows.parquet"
+    )]
+    Run(ViewsRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ViewsRunArgs {
+    /// The ViewDefinition (JSON).
+    #[arg(long, value_name = "FILE")]
+    pub view: PathBuf,
+    /// FHIR files or folders: resources, Bundles, NDJSON, optionally gzip.
+    #[arg(value_name = "INPUT", required_unless_present = "bronze")]
+    pub inputs: Vec<PathBuf>,
+    /// Read every version in the lake's bronze table of the view's resource type instead of files.
+    #[arg(long, conflicts_with = "inputs")]
+    pub bronze: bool,
+    #[arg(long, value_enum, default_value_t = RowsFormat::Table)]
+    pub format: RowsFormat,
+    /// Write to this file instead of standard output (required for Parquet).
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RowsFormat {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+impl RowsFormat {
+    pub fn format(self) -> vitalake::views::output::OutputFormat {
+        use vitalake::views::output::OutputFormat;
+        match self {
+            RowsFormat::Table => OutputFormat::Table,
+            RowsFormat::Csv => OutputFormat::Csv,
+            RowsFormat::Json => OutputFormat::Json,
+            RowsFormat::Parquet => OutputFormat::Parquet,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RefreshCommand {
+    /// Rebuild the silver tables from bronze: every view in the views folder, or one.
+    ///
+    /// Gives the same tables as the incremental path of `ingest fhir`; use it after changing a view.
+    #[command(
+        after_help = "Example:\n  vitalake refresh silver\n  vitalake refresh silver --view blood_pressure"
+    )]
+    Silver(RefreshSilverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshSilverArgs {
+    /// Only this view (its `name`).
+    #[arg(long, value_name = "NAME")]
+    pub view: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,6 +15,8 @@
 //! # A commit to the lake happens after this many records or this many bytes of raw JSON.
 //! chunk_records = 50000
 //! chunk_bytes = 8388608
+//! # ViewDefinitions, one per silver table (built-in views are used if the folder is missing).
+//! views = "profiles/views"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -76,6 +78,9 @@ pub struct IngestConfig {
     pub chunk_records: usize,
     /// Raw JSON bytes per lake commit.
     pub chunk_bytes: usize,
+    /// The ViewDefinitions that define the silver tables (one `*.json` each); when the folder does
+    /// not exist, the views built into vitalake are used.
+    pub views: String,
 }
 
 impl Default for IngestConfig {
@@ -84,6 +89,7 @@ impl Default for IngestConfig {
             max_resource_bytes: 16 << 20,
             chunk_records: 50_000,
             chunk_bytes: 8 << 20,
+            views: "profiles/views".into(),
         }
     }
 }
@@ -122,6 +128,9 @@ impl Config {
     ) -> Result<(), ConfigError> {
         if let Some(root) = lookup("VITALAKE_LAKE_ROOT") {
             self.lake.root = root;
+        }
+        if let Some(views) = lookup("VITALAKE_INGEST_VIEWS") {
+            self.ingest.views = views;
         }
         let numbers: [(&'static str, &mut usize); 3] = [
             (

@@ -16,10 +16,12 @@ use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use cli::{Cli, Command, GenerateCommand, IngestCommand};
+use cli::{Cli, Command, GenerateCommand, IngestCommand, RefreshCommand, ViewsCommand};
 use vitalake::config::Config;
+use vitalake::ingest::silver::SilverViews;
 use vitalake::ingest::{IngestError, IngestOptions};
 use vitalake::lake::Lake;
+use vitalake::views::View;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -82,7 +84,108 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Views(ViewsCommand::Run(args)) => views_run(&config, args).await,
+        Command::Refresh(RefreshCommand::Silver(args)) => {
+            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let views = SilverViews::load(std::path::Path::new(&config.ingest.views))
+                .map_err(|e| vitalake::Error::from(IngestError::from(e)))?;
+            let report = vitalake::ingest::silver::refresh(&lake, &views, args.view.as_deref())
+                .await
+                .map_err(vitalake::Error::from)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "refresh silver: {} bronze resources read, {} quarantined by a view",
+                    report.resources_read, report.quarantined
+                );
+                for (table, rows) in &report.tables {
+                    println!("  {table:<40} {rows:>10} rows");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `vitalake views run`: one view over files or bronze, rows to stdout or a file.
+async fn views_run(config: &Config, args: cli::ViewsRunArgs) -> anyhow::Result<ExitCode> {
+    let view = View::load(&args.view)?;
+    let mut failures = 0usize;
+    let resources: Vec<serde_json::Value> = if args.bronze {
+        let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+        let table_name = vitalake::ingest::tables::bronze_fhir_table(view.resource());
+        match lake
+            .existing_table(&table_name)
+            .await
+            .map_err(vitalake::Error::from)?
+        {
+            None => Vec::new(),
+            Some(table) => {
+                let batches = vitalake::lake::read::query(&table, &table_name, "SELECT raw FROM t")
+                    .await
+                    .map_err(vitalake::Error::from)?;
+                let mut out = Vec::new();
+                for batch in batches {
+                    let raw = deltalake::arrow::compute::cast(
+                        batch.column(0),
+                        &deltalake::arrow::datatypes::DataType::Utf8,
+                    )?;
+                    let raw = raw
+                        .as_any()
+                        .downcast_ref::<deltalake::arrow::array::StringArray>()
+                        .context("raw column")?;
+                    for value in raw.iter().flatten() {
+                        out.push(serde_json::from_str(value)?);
+                    }
+                }
+                out
+            }
+        }
+    } else {
+        let (resources, problems) = vitalake::views::inputs::read_resources(&args.inputs)?;
+        problems.iter().for_each(|p| eprintln!("{p}"));
+        failures += problems.len();
+        resources
+    };
+    let mut builder = view.builder();
+    for resource in &resources {
+        match view.rows(resource) {
+            Ok(rows) => rows.into_iter().for_each(|row| builder.push(row)),
+            Err(error) => {
+                failures += 1;
+                let id = resource
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("(no id)");
+                eprintln!("{}/{id}: {error}", view.resource());
+            }
+        }
+    }
+    let batch = builder.finish()?;
+    let rows = batch.num_rows();
+    match &args.output {
+        Some(path) => {
+            let mut file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            vitalake::views::output::write(&[batch], args.format.format(), &mut file, Some(path))?;
+        }
+        None => vitalake::views::output::write(
+            &[batch],
+            args.format.format(),
+            &mut std::io::stdout().lock(),
+            None,
+        )?,
+    }
+    eprintln!(
+        "{rows} rows from {} resources; {failures} could not be evaluated",
+        resources.len()
+    );
+    Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A progress bar on a terminal; plain log lines otherwise.

@@ -4,6 +4,7 @@
 //! - [`produce`]: decoding files into chunks on a plain thread, in parallel.
 //! - [`tables`]: the Arrow shapes of bronze, quarantine and the ingest log.
 //! - [`runs`]: run bookkeeping: skipping known files, rolling back interrupted runs.
+//! - [`silver`]: bronze flattened by the ViewDefinitions into silver, latest version wins.
 //! - [`report`]: the run report.
 //!
 //! [`ingest_fhir`] ties them together: roll back what an interrupted run left, list the drop,
@@ -12,6 +13,7 @@
 pub mod produce;
 pub mod report;
 pub mod runs;
+pub mod silver;
 pub mod source;
 pub mod tables;
 
@@ -47,6 +49,10 @@ pub enum IngestError {
     Locked { path: String },
     #[error("decoding stopped unexpectedly: {0}")]
     Decoder(String),
+    #[error(transparent)]
+    Views(#[from] crate::views::ViewError),
+    #[error("silver: {0}")]
+    Silver(String),
 }
 
 impl From<LakeError> for IngestError {
@@ -66,6 +72,8 @@ pub struct IngestOptions {
     /// Called with bytes done; the total is given by `on_total` first.
     pub progress: Arc<dyn Fn(u64) + Send + Sync>,
     pub on_total: Arc<dyn Fn(u64) + Send + Sync>,
+    /// The folder of silver ViewDefinitions.
+    pub views: std::path::PathBuf,
 }
 
 impl IngestOptions {
@@ -77,6 +85,7 @@ impl IngestOptions {
             chunk_records: config.chunk_records.max(1),
             chunk_bytes: config.chunk_bytes.max(1),
             checks: Vec::new(),
+            views: config.views.clone().into(),
             progress: Arc::new(|_| {}),
             on_total: Arc::new(|_| {}),
         }
@@ -91,7 +100,16 @@ pub async fn ingest_fhir(
 ) -> Result<IngestReport, IngestError> {
     let started = Instant::now();
     let _lock = lock(lake)?;
+    let views = silver::SilverViews::load(&options.views)?;
     let rolled_back_runs = runs::roll_back_unfinished(lake).await?;
+    if !rolled_back_runs.is_empty() {
+        // An interrupted run may have merged part of its rows into silver: rebuild it from bronze.
+        let rebuilt = silver::refresh(lake, &views, None).await?;
+        tracing::info!(
+            tables = rebuilt.tables.len(),
+            "silver rebuilt after rolling back an interrupted run"
+        );
+    }
     let known = runs::ingested_hashes(lake).await?;
     let files = source::list(paths).await?;
     (options.on_total)(files.iter().map(|f| f.size).sum());
@@ -112,7 +130,7 @@ pub async fn ingest_fhir(
     };
     let (tx, rx) = mpsc::channel(1);
     let producer = tokio::task::spawn_blocking(move || produce::produce(files, known, &ctx, tx));
-    let written = write_chunks(lake, rx, &batch_id).await;
+    let written = write_chunks(lake, &views, rx, &batch_id).await;
     let stats = producer
         .await
         .map_err(|e| IngestError::Decoder(e.to_string()))?;
@@ -125,6 +143,7 @@ pub async fn ingest_fhir(
         lake: lake.root().to_string(),
         rolled_back_runs,
         bronze_rows: written.bronze_rows,
+        silver_rows: written.silver_rows,
         quarantine_rows: written.quarantine_rows,
         commits: written.commits,
         duration_secs: duration,
@@ -147,6 +166,7 @@ pub async fn ingest_fhir(
 #[derive(Default)]
 struct Written {
     bronze_rows: u64,
+    silver_rows: u64,
     quarantine_rows: u64,
     commits: u64,
 }
@@ -155,6 +175,7 @@ struct Written {
 /// chunk completes, so a file is logged only once all its records are in.
 async fn write_chunks(
     lake: &Lake,
+    views: &silver::SilverViews,
     mut rx: mpsc::Receiver<PreparedChunk>,
     batch_id: &str,
 ) -> Result<Written, IngestError> {
@@ -162,6 +183,8 @@ async fn write_chunks(
     let mut written = Written::default();
     while let Some(chunk) = rx.recv().await {
         let commit_started = Instant::now();
+        let bronze_batches: Vec<(String, deltalake::arrow::record_batch::RecordBatch)> =
+            chunk.bronze.clone();
         let mut appends = chunk.bronze;
         if let Some(quarantine) = chunk.quarantine {
             appends.push((QUARANTINE_TABLE.to_string(), quarantine));
@@ -194,6 +217,15 @@ async fn write_chunks(
             }
             written.commits += 1;
             tables.insert(path, table);
+        }
+        // Silver after bronze: what silver holds is always in bronze.
+        for (resource_type, batch) in &bronze_batches {
+            let resources = silver::from_bronze(resource_type, batch);
+            let merged =
+                silver::merge_chunk(lake, views, resource_type, resources, batch_id).await?;
+            written.silver_rows += merged.rows;
+            written.quarantine_rows += merged.quarantined;
+            written.commits += merged.commits;
         }
         tracing::debug!(
             batch_id,

@@ -47,6 +47,8 @@ pub struct IngestReport {
     #[serde(flatten)]
     pub stats: ProduceStats,
     pub bronze_rows: u64,
+    /// Rows written to the silver view tables (new and replaced).
+    pub silver_rows: u64,
     pub quarantine_rows: u64,
     pub commits: u64,
     pub duration_secs: f64,
@@ -81,8 +83,8 @@ impl fmt::Display for IngestReport {
         )?;
         writeln!(
             f,
-            "  bronze rows {:>7}   quarantined {}",
-            self.bronze_rows, self.quarantine_rows
+            "  bronze rows {:>7}   silver rows {}   quarantined {}",
+            self.bronze_rows, self.silver_rows, self.quarantine_rows
         )?;
         writeln!(
             f,

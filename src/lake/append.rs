@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
 
 use super::LakeError;
@@ -25,6 +26,8 @@ pub struct AppendBuilder {
     batches: Vec<RecordBatch>,
     metadata: HashMap<String, serde_json::Value>,
     partition_columns: Vec<String>,
+    replace_where: Option<String>,
+    replace_all: bool,
 }
 
 impl AppendBuilder {
@@ -35,6 +38,8 @@ impl AppendBuilder {
             batches,
             metadata: HashMap::new(),
             partition_columns: Vec::new(),
+            replace_where: None,
+            replace_all: false,
         }
     }
 
@@ -50,14 +55,37 @@ impl AppendBuilder {
         self
     }
 
+    /// Replaces the rows matching `predicate` (DataFusion SQL) with the batches, in the same commit:
+    /// readers see the old rows or the new ones, never neither. Every new row must match it.
+    pub fn replacing(mut self, predicate: impl Into<String>) -> Self {
+        self.replace_where = Some(predicate.into());
+        self
+    }
+
+    /// Replaces the whole table, schema included, in one commit (a rebuild).
+    pub fn replacing_all(mut self) -> Self {
+        self.replace_all = true;
+        self
+    }
+
     pub async fn execute(self) -> Result<(DeltaTable, AppendMetrics), LakeError> {
         let rows = self.batches.iter().map(RecordBatch::num_rows).sum();
         let name = self.name;
         let mut write = self
             .table
             .write(self.batches)
-            .with_save_mode(SaveMode::Append)
+            .with_save_mode(if self.replace_where.is_some() || self.replace_all {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            })
             .with_commit_properties(CommitProperties::default().with_metadata(self.metadata));
+        if self.replace_all {
+            write = write.with_schema_mode(SchemaMode::Overwrite);
+        }
+        if let Some(predicate) = self.replace_where {
+            write = write.with_replace_where(predicate);
+        }
         if !self.partition_columns.is_empty() {
             write = write.with_partition_columns(self.partition_columns);
         }

@@ -3,9 +3,38 @@
 
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::execution::SendableRecordBatchStream;
 use deltalake::datafusion::prelude::SessionContext;
 
 use super::LakeError;
+
+/// Runs `sql` (which reads from `t`) over `table` and returns the batches as they come, for reads
+/// too large to hold (rebuilding silver from bronze).
+pub async fn stream(
+    table: &DeltaTable,
+    name: &str,
+    sql: &str,
+) -> Result<SendableRecordBatchStream, LakeError> {
+    let err = |source| LakeError::Query {
+        table: name.to_string(),
+        source,
+    };
+    let ctx = SessionContext::new();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|source| LakeError::Delta {
+            table: name.to_string(),
+            source,
+        })?;
+    let provider = table.table_provider().await.map_err(err)?;
+    ctx.register_table("t", provider).map_err(err)?;
+    ctx.sql(sql)
+        .await
+        .map_err(err)?
+        .execute_stream()
+        .await
+        .map_err(err)
+}
 
 /// Runs `sql` (which reads from `t`) over `table` and collects the result.
 pub async fn query(

@@ -6,6 +6,8 @@
 //! `vitalake views run` runs one by hand.
 
 mod columns;
+pub mod inputs;
+pub mod output;
 mod run;
 
 use std::collections::HashSet;
@@ -204,6 +206,50 @@ impl View {
             cells: vec![Vec::new(); self.columns.len()],
         }
     }
+}
+
+/// Every `*.json` ViewDefinition in `dir`, in file-name order. Each needs a `name` (it names the
+/// silver table), unique in the folder.
+pub fn load_dir(dir: &Path) -> Result<Vec<View>, ViewError> {
+    let read_error = |source| ViewError::Read {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .map_err(read_error)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    let mut views: Vec<View> = Vec::new();
+    for path in paths {
+        let view = View::load(&path)?;
+        let invalid = |message: String| ViewError::Invalid {
+            name: view.name.clone(),
+            message,
+        };
+        let Some(name) = view.name() else {
+            return Err(invalid(format!(
+                "{} has no 'name'; it names the silver table",
+                path.display()
+            )));
+        };
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(invalid(format!(
+                "{}: a table name holds only letters, digits and _",
+                path.display()
+            )));
+        }
+        if views.iter().any(|v| v.name() == Some(name)) {
+            return Err(invalid(format!(
+                "{}: another view in {} has the same name",
+                path.display(),
+                dir.display()
+            )));
+        }
+        views.push(view);
+    }
+    Ok(views)
 }
 
 fn parse_path(path: &str, place: &str) -> Result<Expression, String> {
