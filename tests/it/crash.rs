@@ -20,6 +20,20 @@ async fn snapshot(lake: &Lake) -> Vec<(String, Vec<Vec<String>>)> {
         };
         out.push((table.clone(), rows(lake, &table, sql).await));
     }
+    // Silver: every view table and the version index, without the run's own bookkeeping.
+    let mut silver = lake.list_tables("silver/fhir").await.unwrap();
+    silver.extend(lake.list_tables("silver/versions").await.unwrap());
+    assert!(silver.len() >= 5, "silver tables written: {silver:?}");
+    for table in silver {
+        let sql = if table.ends_with("patient_history") {
+            "SELECT * FROM t"
+        } else {
+            "SELECT * EXCLUDE (_batch_id, _ingest_order) FROM t"
+        };
+        let mut all = rows(lake, &table, sql).await;
+        all.sort();
+        out.push((table, all));
+    }
     let log = rows(
         lake,
         "bronze/ingest_log",

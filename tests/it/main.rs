@@ -6,4 +6,5 @@ mod bad_input;
 mod common;
 mod crash;
 mod ingest_fhir;
+mod silver;
 mod sql_on_fhir;
