@@ -6,8 +6,10 @@
 //! - [`issue`]: one finding about a record (severity, location, rule, message), shared by every checker.
 //! - [`lake`]: Delta tables: paths, open/create, append, delete; knows nothing about FHIR.
 //! - [`fhir`]: decoding FHIR JSON (single resources, Bundles of any type, NDJSON) and structural checks.
+//! - [`fhirpath`]: the FHIRPath engine (parser, evaluator, function table) over a resource's JSON.
 //! - [`validate`]: the seam where profile validation plugs into ingestion.
-//! - [`ingest`]: file drops into bronze and quarantine, exactly once per file.
+//! - [`views`]: SQL-on-FHIR v2 ViewDefinitions compiled and run into Arrow record batches.
+//! - [`ingest`]: file drops into bronze, silver and quarantine, exactly once per file.
 //! - [`generate`]: deterministic synthetic FHIR drops for samples, tests and benchmarks.
 //!
 //! `main.rs` is only the command line; `cli.rs` turns its arguments into the option types here.

@@ -493,29 +493,46 @@ fn versions_batch(resources: &[&BronzeResource]) -> RecordBatch {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("version columns line up")
 }
 
-/// Writes one table: replacing the rows of `keys` (incremental) or the whole table (refresh).
+/// How a write treats the rows already in a table.
+enum Replace {
+    /// Only new keys: a plain append, which reads nothing.
+    Nothing,
+    /// Replace the rows matching this predicate, in the same commit.
+    Matching(String),
+    /// Replace the whole table (a rebuild).
+    All,
+}
+
+/// Replace the rows of `keys` if any of them was known before; otherwise nothing can be there.
+fn replace_known(keys: &[&String], known: &HashMap<String, VersionKey>) -> Replace {
+    if keys.iter().any(|k| known.contains_key(*k)) {
+        Replace::Matching(key_predicate("_key", keys.iter().copied()))
+    } else {
+        Replace::Nothing
+    }
+}
+
 async fn write(
     lake: &Lake,
     name: &str,
     batch: RecordBatch,
-    replace: Option<String>,
+    replace: Replace,
     batch_id: &str,
 ) -> Result<u64, IngestError> {
     let table = lake.table(name).await?;
     let rows = batch.num_rows() as u64;
+    let operation = if matches!(replace, Replace::All) {
+        "silver refresh"
+    } else {
+        "silver merge"
+    };
     let builder = AppendBuilder::new(table, name, vec![batch])
         .with_metadata("vitalake.batch_id", batch_id)
-        .with_metadata(
-            "vitalake.operation",
-            if replace.is_some() {
-                "silver merge"
-            } else {
-                "silver refresh"
-            },
-        );
+        .with_metadata("vitalake.operation", operation);
     let builder = match replace {
-        Some(predicate) => builder.replacing(predicate),
-        None => builder.replacing_all(),
+        Replace::Nothing => builder,
+        Replace::Matching(predicate) => builder.replacing(predicate),
+        Replace::All => builder.replacing_all(),
     };
     builder.execute().await?;
     Ok(rows)
@@ -587,23 +604,22 @@ pub async fn merge_chunk(
                 continue;
             }
             let name = view_table(view.name().unwrap_or_default());
-            let predicate = key_predicate("_key", touched.iter().copied());
             metrics.rows += write(
                 lake,
                 &name,
                 view_batch(view, rows),
-                Some(predicate),
+                replace_known(&touched, &known),
                 batch_id,
             )
             .await?;
             metrics.commits += 1;
         }
-        let predicate = key_predicate("_key", winners.iter().map(|r| &r.key));
+        let keys: Vec<&String> = winners.iter().map(|r| &r.key).collect();
         write(
             lake,
             &versions_table(resource_type),
             versions_batch(&winners),
-            Some(predicate),
+            replace_known(&keys, &known),
             batch_id,
         )
         .await?;
@@ -783,7 +799,7 @@ async fn update_history(
         lake,
         HISTORY_TABLE,
         history_batch(view, patients),
-        Some(predicate),
+        Replace::Matching(predicate),
         batch_id,
     )
     .await?;
@@ -888,7 +904,8 @@ pub async fn refresh(
                 })
                 .collect();
             let name = view_table(view.name().unwrap_or_default());
-            let written = write(lake, &name, view_batch(view, rows), None, &batch_id).await?;
+            let written =
+                write(lake, &name, view_batch(view, rows), Replace::All, &batch_id).await?;
             report.tables.insert(name, written);
         }
         let all: Vec<&BronzeResource> = ordered.iter().map(|(r, _)| r).collect();
@@ -896,7 +913,7 @@ pub async fn refresh(
             lake,
             &versions_table(resource_type),
             versions_batch(&all),
-            None,
+            Replace::All,
             &batch_id,
         )
         .await?;
@@ -905,7 +922,7 @@ pub async fn refresh(
                 lake,
                 HISTORY_TABLE,
                 history_batch(view, patients),
-                None,
+                Replace::All,
                 &batch_id,
             )
             .await?;
