@@ -152,14 +152,18 @@ impl Select {
             match &first_branch_columns {
                 None => first_branch_columns = Some(branch_columns.clone()),
                 Some(first) => {
-                    let names = |specs: &[ColumnSpec]| {
-                        specs.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
+                    // Same names, order, types and collection flags: the branches share columns.
+                    let shape = |specs: &[ColumnSpec]| {
+                        specs
+                            .iter()
+                            .map(|c| (c.name.clone(), c.column_type, c.collection))
+                            .collect::<Vec<_>>()
                     };
-                    if names(&first[columns.len()..]) != names(added) {
+                    if shape(&first[columns.len()..]) != shape(added) {
                         return Err(format!(
-                            "unionAll branches must have the same columns in the same order: {:?} vs {:?}",
-                            names(&first[columns.len()..]),
-                            names(added)
+                            "unionAll branches must have the same columns (name, type, collection) in the same order: {:?} vs {:?}",
+                            shape(&first[columns.len()..]),
+                            shape(added)
                         ));
                     }
                 }
