@@ -141,8 +141,8 @@ fn ensure_bundles(out: &Path, bytes: u64) {
     if out.join("bundles").exists() {
         return;
     }
-    // A generated patient with 40 readings takes about 60 kB of bundles.
-    let patients = (bytes / 60_000).max(1) as usize;
+    // A generated patient with 40 readings takes about 143 kB of bundles (measured).
+    let patients = (bytes / 143_000).max(1) as usize;
     let options = GenerateOptions {
         patients,
         seed: 50,

@@ -35,12 +35,30 @@ pub enum Command {
     /// Make synthetic data.
     #[command(subcommand)]
     Generate(GenerateCommand),
+    /// Check FHIR files against the structure and the profiles in profiles/, writing nothing.
+    ///
+    /// Runs exactly the checks `ingest fhir` runs: what this rejects, ingest quarantines with the same
+    /// issues. Exit code 1 if any record has an error.
+    #[command(
+        after_help = "Example:\n  vitalake validate samples/drop\n  vitalake validate tests/data/invalid --json > outcomes.json"
+    )]
+    Validate(ValidateArgs),
     /// Work with SQL-on-FHIR ViewDefinitions.
     #[command(subcommand)]
     Views(ViewsCommand),
     /// Rebuild derived tables from the layer below.
     #[command(subcommand)]
     Refresh(RefreshCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Files or folders, local or abfss://.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Print a FHIR OperationOutcome per record with findings, as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

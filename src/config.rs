@@ -17,6 +17,17 @@
 //! chunk_bytes = 8388608
 //! # ViewDefinitions, one per silver table (built-in views are used if the folder is missing).
 //! views = "profiles/views"
+//!
+//! [validate]
+//! # Hold resources to the profiles in this folder (structure is always checked).
+//! enabled = true
+//! profiles = "profiles"
+//! # Observations coded LOINC 85354-9 are held to the R4 `bp` profile; Patients to US Core Patient.
+//! bp_panels_to_bp_profile = true
+//! patients_to_us_core = false
+//!
+//! [validate.policy]
+//! # Per rule: "quarantine" or "warn", overriding the severity the profile gives.
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -51,6 +62,7 @@ pub enum ConfigError {
 pub struct Config {
     pub lake: LakeConfig,
     pub ingest: IngestConfig,
+    pub validate: crate::validate::ValidateConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -131,6 +143,19 @@ impl Config {
         }
         if let Some(views) = lookup("VITALAKE_INGEST_VIEWS") {
             self.ingest.views = views;
+        }
+        if let Some(profiles) = lookup("VITALAKE_VALIDATE_PROFILES") {
+            self.validate.profiles = profiles;
+        }
+        if let Some(enabled) = lookup("VITALAKE_VALIDATE_ENABLED") {
+            self.validate.enabled =
+                enabled
+                    .parse()
+                    .map_err(|e: std::str::ParseBoolError| ConfigError::Env {
+                        var: "VITALAKE_VALIDATE_ENABLED",
+                        value: enabled.clone(),
+                        reason: e.to_string(),
+                    })?;
         }
         let numbers: [(&'static str, &mut usize); 3] = [
             (

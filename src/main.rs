@@ -54,6 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(IngestCommand::Fhir(args)) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
             let mut options = IngestOptions::from_config(&config.ingest);
+            options.checks = profile_checks(&config)?;
             let bar = progress_bar();
             if let Some(bar) = &bar {
                 let (on_total, progress) = (bar.clone(), bar.clone());
@@ -84,6 +85,61 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Validate(args) => {
+            let mut options = IngestOptions::from_config(&config.ingest);
+            options.checks = profile_checks(&config)?;
+            let report = vitalake::ingest::check::check_files(&args.paths, options)
+                .await
+                .map_err(vitalake::Error::from)?;
+            let failed = report.outcomes.iter().filter(|o| o.has_errors()).count();
+            if args.json {
+                let outcomes: Vec<serde_json::Value> = report
+                    .outcomes
+                    .iter()
+                    .map(|o| {
+                        serde_json::json!({
+                            "source": o.source_uri, "line": o.line, "jsonPath": o.json_path,
+                            "resource": format!("{}/{}", o.resource_type.as_deref().unwrap_or("?"), o.id.as_deref().unwrap_or("?")),
+                            "outcome": vitalake::validate::operation_outcome(&o.issues),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&outcomes)?);
+            } else {
+                for outcome in &report.outcomes {
+                    let place = match outcome.line {
+                        Some(line) => format!("line {line} {}", outcome.json_path),
+                        None => outcome.json_path.clone(),
+                    };
+                    println!(
+                        "{} {place} {}/{}",
+                        outcome.source_uri,
+                        outcome.resource_type.as_deref().unwrap_or("?"),
+                        outcome.id.as_deref().unwrap_or("?")
+                    );
+                    for issue in &outcome.issues {
+                        println!(
+                            "  {:<8} [{}] {}: {}",
+                            issue.severity.as_str(),
+                            issue.rule,
+                            issue.location,
+                            issue.message
+                        );
+                    }
+                }
+                println!(
+                    "{} records: {} valid, {failed} with errors, {} with warnings only",
+                    report.records,
+                    report.valid,
+                    report.outcomes.len() - failed
+                );
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Views(ViewsCommand::Run(args)) => views_run(&config, args).await,
         Command::Refresh(RefreshCommand::Silver(args)) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
@@ -106,6 +162,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The profile validator when enabled (structure is always checked by decoding).
+fn profile_checks(config: &Config) -> anyhow::Result<Vec<Arc<dyn vitalake::validate::Check>>> {
+    if !config.validate.enabled {
+        return Ok(Vec::new());
+    }
+    let validator = vitalake::validate::ProfileValidator::load(&config.validate).with_context(|| {
+        format!(
+            "loading profiles from '{}' (set validate.profiles or VITALAKE_VALIDATE_PROFILES to the profiles folder, or validate.enabled = false)",
+            config.validate.profiles
+        )
+    })?;
+    Ok(vec![Arc::new(validator)])
 }
 
 /// `vitalake views run`: one view over files or bronze, rows to stdout or a file.

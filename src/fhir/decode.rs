@@ -92,6 +92,8 @@ pub struct ResourceRecord {
     pub full_url: Option<String>,
     pub raw: String,
     pub location: Location,
+    /// Warnings found by checks (profile validation): kept with the resource in bronze.
+    pub warnings: Vec<Issue>,
 }
 
 /// A piece of input that is not a valid resource, with every reason found.
@@ -291,6 +293,7 @@ fn decode_at_depth(
             full_url,
             raw: text.to_string(),
             location,
+            warnings: Vec::new(),
         }));
     } else {
         out.push(Decoded::Rejected(Rejected {

@@ -360,10 +360,16 @@ fn clinical_records(
         } else {
             ("85354-9", "Blood pressure panel with all children optional")
         };
+        // Only readings coded with the current panel claim the R4 BP profile, which requires it.
+        let meta = if legacy_panel {
+            json!({ "versionId": "1", "lastUpdated": instant(minutes + 2) })
+        } else {
+            json!({ "versionId": "1", "lastUpdated": instant(minutes + 2), "profile": ["http://hl7.org/fhir/StructureDefinition/bp"] })
+        };
         out.push(json!({
             "resourceType": "Observation",
             "id": format!("bp-{patient}-{k}"),
-            "meta": { "versionId": "1", "lastUpdated": instant(minutes + 2), "profile": ["http://hl7.org/fhir/StructureDefinition/bp"] },
+            "meta": meta,
             "status": "final",
             "category": vital_signs_category(),
             "code": { "coding": [coding(LOINC, panel, panel_display)], "text": "Blood pressure" },

@@ -10,6 +10,7 @@
 //! [`ingest_fhir`] ties them together: roll back what an interrupted run left, list the drop,
 //! decode on one thread while this task commits chunks to Delta, then mark the run finished.
 
+pub mod check;
 pub mod produce;
 pub mod report;
 pub mod runs;
@@ -208,6 +209,7 @@ async fn write_chunks(
             let (table, metrics) = AppendBuilder::new(table, path.clone(), vec![batch])
                 .with_metadata("vitalake.batch_id", batch_id)
                 .with_metadata("vitalake.operation", "ingest fhir")
+                .with_schema_merge()
                 .execute()
                 .await?;
             match name.as_str() {

@@ -302,10 +302,12 @@ fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mu
                 .iter()
                 .flat_map(|c| c.check(&resource.resource_type, &resource.raw))
                 .collect();
-            if issues
+            if !issues
                 .iter()
                 .any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
             {
+                resource.warnings = issues;
+            } else {
                 let r = std::mem::take(resource);
                 *decoded = Decoded::Rejected(Rejected {
                     resource_type: Some(r.resource_type),

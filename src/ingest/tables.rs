@@ -62,8 +62,72 @@ pub static BRONZE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         utf8("raw", false),
         Field::new("ingested_at", timestamp(), false),
         utf8("batch_id", false),
+        Field::new("warnings", issues_type(), true),
     ]))
 });
+
+/// `list<struct<severity, location, rule, message>>`: the findings kept with a record.
+fn issues_type() -> DataType {
+    DataType::List(Arc::new(Field::new(
+        "item",
+        DataType::Struct(issue_fields()),
+        true,
+    )))
+}
+
+/// A list column of issues, one list per record.
+fn issues_column<'a>(
+    per_record: impl Iterator<Item = &'a [crate::issue::Issue]> + Clone,
+) -> ArrayRef {
+    let issues: Vec<&crate::issue::Issue> = per_record.clone().flatten().collect();
+    let column = |f: &dyn Fn(&crate::issue::Issue) -> &str| -> ArrayRef {
+        Arc::new(issues.iter().map(|i| Some(f(i))).collect::<StringArray>())
+    };
+    let values = StructArray::new(
+        issue_fields(),
+        vec![
+            column(&|i| i.severity.as_str()),
+            column(&|i| &i.location),
+            column(&|i| &i.rule),
+            column(&|i| &i.message),
+        ],
+        None,
+    );
+    let offsets = OffsetBuffer::from_lengths(per_record.map(<[_]>::len));
+    Arc::new(ListArray::new(
+        Arc::new(Field::new("item", DataType::Struct(issue_fields()), true)),
+        offsets,
+        Arc::new(values),
+        None,
+    ))
+}
+
+/// The issues of row `row` of a column made by [`issues_column`].
+pub fn issues_at(column: &ArrayRef, row: usize) -> Vec<crate::issue::Issue> {
+    use crate::issue::{Issue, Severity};
+    use deltalake::arrow::array::{Array, AsArray};
+    let list = column.as_list::<i32>();
+    if list.is_null(row) {
+        return Vec::new();
+    }
+    let items = list.value(row);
+    let items = items.as_struct();
+    let text = |i: usize| items.column(i).as_string::<i32>().clone();
+    let (severity, location, rule, message) = (text(0), text(1), text(2), text(3));
+    (0..items.len())
+        .map(|i| Issue {
+            severity: match severity.value(i) {
+                "fatal" => Severity::Fatal,
+                "error" => Severity::Error,
+                "warning" => Severity::Warning,
+                _ => Severity::Information,
+            },
+            location: location.value(i).to_string(),
+            rule: rule.value(i).to_string(),
+            message: message.value(i).to_string(),
+        })
+        .collect()
+}
 
 /// One bronze batch from resources of a single type.
 pub fn bronze_batch(records: &[(ResourceRecord, Arc<Provenance>)]) -> RecordBatch {
@@ -94,6 +158,7 @@ pub fn bronze_batch(records: &[(ResourceRecord, Arc<Provenance>)]) -> RecordBatc
         ),
         utc_micros(records.iter().map(|(_, p)| Some(p.ingested_at))),
         col(&|_, p| Some(p.batch_id.clone())),
+        issues_column(records.iter().map(|(r, _)| r.warnings.as_slice())),
     ];
     RecordBatch::try_new(BRONZE_SCHEMA.clone(), columns).expect("bronze columns match schema")
 }
@@ -189,27 +254,7 @@ pub fn quarantine_batch(records: &[(Rejected, Arc<Provenance>)], stage: &str) ->
                 .collect::<StringArray>(),
         )
     };
-    let issues: Vec<_> = records.iter().flat_map(|(r, _)| r.issues.iter()).collect();
-    let issue_column = |f: &dyn Fn(&crate::issue::Issue) -> &str| -> ArrayRef {
-        Arc::new(issues.iter().map(|i| Some(f(i))).collect::<StringArray>())
-    };
-    let values = StructArray::new(
-        issue_fields(),
-        vec![
-            issue_column(&|i| i.severity.as_str()),
-            issue_column(&|i| &i.location),
-            issue_column(&|i| &i.rule),
-            issue_column(&|i| &i.message),
-        ],
-        None,
-    );
-    let offsets = OffsetBuffer::from_lengths(records.iter().map(|(r, _)| r.issues.len()));
-    let errors = ListArray::new(
-        Arc::new(Field::new("item", DataType::Struct(issue_fields()), true)),
-        offsets,
-        Arc::new(values),
-        None,
-    );
+    let errors = issues_column(records.iter().map(|(r, _)| r.issues.as_slice()));
     let [entry_index, line, json_path] = location_columns(records.iter().map(|(r, _)| &r.location));
     let columns: Vec<ArrayRef> = vec![
         strings(&|_, p| Some(p.source_uri.clone())),
@@ -237,7 +282,7 @@ pub fn quarantine_batch(records: &[(Rejected, Arc<Provenance>)], stage: &str) ->
                 .map(|(r, _)| Some(r.raw.len() > QUARANTINE_RAW_LIMIT))
                 .collect::<BooleanArray>(),
         ),
-        Arc::new(errors),
+        errors,
         strings(&|_, _| Some(stage.to_string())),
         utc_micros(records.iter().map(|(_, p)| Some(p.ingested_at))),
         strings(&|_, p| Some(p.batch_id.clone())),

@@ -28,6 +28,7 @@ pub struct AppendBuilder {
     partition_columns: Vec<String>,
     replace_where: Option<String>,
     replace_all: bool,
+    merge_schema: bool,
 }
 
 impl AppendBuilder {
@@ -40,6 +41,7 @@ impl AppendBuilder {
             partition_columns: Vec::new(),
             replace_where: None,
             replace_all: false,
+            merge_schema: false,
         }
     }
 
@@ -59,6 +61,12 @@ impl AppendBuilder {
     /// readers see the old rows or the new ones, never neither. Every new row must match it.
     pub fn replacing(mut self, predicate: impl Into<String>) -> Self {
         self.replace_where = Some(predicate.into());
+        self
+    }
+
+    /// Adds columns the table does not have yet (a table written by an older vitalake).
+    pub fn with_schema_merge(mut self) -> Self {
+        self.merge_schema = true;
         self
     }
 
@@ -82,6 +90,8 @@ impl AppendBuilder {
             .with_commit_properties(CommitProperties::default().with_metadata(self.metadata));
         if self.replace_all {
             write = write.with_schema_mode(SchemaMode::Overwrite);
+        } else if self.merge_schema {
+            write = write.with_schema_mode(SchemaMode::Merge);
         }
         if let Some(predicate) = self.replace_where {
             write = write.with_replace_where(predicate);

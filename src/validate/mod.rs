@@ -1,15 +1,206 @@
-//! The seam where profile validation plugs into ingestion.
+//! Profile validation: the StructureDefinitions in `profiles/` decide what is valid.
 //!
-//! Structural checks (`fhir::structure`) decide whether a resource is FHIR at all. Profile
-//! validation (StructureDefinitions in `profiles/`: cardinality, bindings, slicing, invariants) is a
-//! [`Check`] that ingestion runs on every structurally valid resource; resources with error issues go
-//! to quarantine with them, warnings do not block. Ingestion runs whatever checks it is given, so
-//! adding the profile validator changes no ingest code.
+//! Structural checks (`fhir::structure`) decide whether a resource is FHIR at all. A
+//! [`ProfileValidator`] then holds each structurally valid resource to its profiles: the base
+//! definition of its type, the shipped profiles it claims in `meta.profile`, and defaults from
+//! configuration (a BP panel to the R4 `bp` profile; Patients to US Core Patient when asked). It is
+//! a [`Check`]: ingestion sends resources with error issues to quarantine with all of them, and keeps
+//! warnings with the resource in bronze.
+//!
+//! - `profiles.rs`: loading, snapshots for differential-only profiles, the element trees;
+//! - `engine.rs`: the walk (cardinality, types, fixed/pattern, bindings, slices, invariants);
+//! - `terminology.rs`: ValueSet expansion from the shipped ValueSets and CodeSystems.
 
-use crate::issue::Issue;
+mod engine;
+pub mod profiles;
+pub mod terminology;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+
+use crate::issue::{Issue, Severity};
+pub use profiles::{Profile, ProfileError, ProfileSet};
 
 /// A check over one structurally valid resource.
 pub trait Check: Send + Sync {
     /// Issues found in `raw`, the resource's JSON, whose type is `resource_type`.
     fn check(&self, resource_type: &str, raw: &str) -> Vec<Issue>;
+}
+
+pub const BP_PROFILE: &str = "http://hl7.org/fhir/StructureDefinition/bp";
+pub const US_CORE_PATIENT: &str = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient";
+/// LOINC blood-pressure panel (https://loinc.org/85354-9); the R4 `bp` profile requires this code.
+const BP_PANEL: &str = "85354-9";
+
+/// What a rule's findings do: send the resource to quarantine, or only warn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Quarantine,
+    Warn,
+}
+
+/// Which profiles apply beyond those a resource claims, and per-rule policies.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateConfig {
+    /// Validate against profiles at all (structure is always checked).
+    pub enabled: bool,
+    /// The folder of StructureDefinitions, ValueSets and CodeSystems.
+    pub profiles: String,
+    /// Hold every Observation coded LOINC 85354-9 to the R4 `bp` profile.
+    pub bp_panels_to_bp_profile: bool,
+    /// Hold every Patient to US Core Patient.
+    pub patients_to_us_core: bool,
+    /// Rule key (`vs-2`, `binding`, `dom-6`, ...) to `quarantine` or `warn`, overriding the severity
+    /// the profile gives.
+    pub policy: BTreeMap<String, Policy>,
+}
+
+impl Default for ValidateConfig {
+    fn default() -> Self {
+        ValidateConfig {
+            enabled: true,
+            profiles: "profiles".into(),
+            bp_panels_to_bp_profile: true,
+            patients_to_us_core: false,
+            policy: BTreeMap::new(),
+        }
+    }
+}
+
+/// Validates resources against the shipped profiles.
+pub struct ProfileValidator {
+    set: Arc<ProfileSet>,
+    config: ValidateConfig,
+}
+
+impl ProfileValidator {
+    pub fn load(config: &ValidateConfig) -> Result<Self, ProfileError> {
+        let set = ProfileSet::load(Path::new(&config.profiles))?;
+        Ok(ProfileValidator {
+            set: Arc::new(set),
+            config: config.clone(),
+        })
+    }
+
+    /// The profiles `resource` is held to, and a warning for each claimed profile we do not ship.
+    fn applicable(&self, resource: &Json) -> (Vec<Arc<Profile>>, Vec<Issue>) {
+        let resource_type = resource
+            .get("resourceType")
+            .and_then(Json::as_str)
+            .unwrap_or_default();
+        let mut urls = vec![format!(
+            "http://hl7.org/fhir/StructureDefinition/{resource_type}"
+        )];
+        let mut issues = Vec::new();
+        let claimed = resource
+            .pointer("/meta/profile")
+            .and_then(Json::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Json::as_str);
+        for (i, url) in claimed.enumerate() {
+            let url = terminology::canonical(url);
+            if self.set.profiles.contains_key(url) {
+                urls.push(url.to_string());
+            } else {
+                issues.push(Issue {
+                    severity: Severity::Warning,
+                    location: format!("{resource_type}.meta.profile[{i}]"),
+                    rule: "profile".into(),
+                    message: format!(
+                        "claims profile {url}, which is not in profiles/: not checked against it"
+                    ),
+                });
+            }
+        }
+        let is_bp_panel = || {
+            resource
+                .pointer("/code/coding")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c.get("system").and_then(Json::as_str) == Some("http://loinc.org")
+                        && c.get("code").and_then(Json::as_str) == Some(BP_PANEL)
+                })
+        };
+        if resource_type == "Observation" && self.config.bp_panels_to_bp_profile && is_bp_panel() {
+            urls.push(BP_PROFILE.to_string());
+        }
+        if resource_type == "Patient" && self.config.patients_to_us_core {
+            urls.push(US_CORE_PATIENT.to_string());
+        }
+        urls.sort();
+        urls.dedup();
+        let profiles = urls
+            .iter()
+            .filter_map(|u| self.set.profiles.get(u).cloned())
+            .filter(|p| p.resource_type == resource_type)
+            .collect();
+        (profiles, issues)
+    }
+
+    /// Every issue of `resource` against its profiles, with the configured policies applied.
+    pub fn validate(&self, resource: &Json) -> Vec<Issue> {
+        let (profiles, mut issues) = self.applicable(resource);
+        for profile in profiles {
+            let mut walker = engine::Walker::new(&self.set, &profile, resource);
+            walker.run();
+            issues.extend(walker.issues);
+        }
+        // The same invariant is often inherited by several profiles: report it once.
+        let mut seen = std::collections::HashSet::new();
+        issues.retain(|i| seen.insert((i.rule.clone(), i.location.clone(), i.message.clone())));
+        for issue in &mut issues {
+            match self.config.policy.get(&issue.rule) {
+                Some(Policy::Quarantine) => issue.severity = Severity::Error,
+                Some(Policy::Warn) => issue.severity = Severity::Warning,
+                None => {}
+            }
+        }
+        issues
+    }
+
+    /// The profiles loaded, by URL.
+    pub fn profiles(&self) -> impl Iterator<Item = &str> {
+        self.set.profiles.keys().map(String::as_str)
+    }
+}
+
+impl Check for ProfileValidator {
+    fn check(&self, _resource_type: &str, raw: &str) -> Vec<Issue> {
+        match serde_json::from_str::<Json>(raw) {
+            Ok(resource) => self.validate(&resource),
+            // Structure checks run first; a resource that got here is JSON.
+            Err(e) => vec![Issue::error("json", "$", format!("not JSON: {e}"))],
+        }
+    }
+}
+
+/// A FHIR `OperationOutcome` for a resource's issues (`vitalake validate --json`).
+pub fn operation_outcome(issues: &[Issue]) -> Json {
+    let issue: Vec<Json> = issues
+        .iter()
+        .map(|i| {
+            serde_json::json!({
+                "severity": i.severity.as_str(),
+                "code": if i.rule == "cardinality" || i.rule == "type" { "structure" } else if i.rule == "binding" { "code-invalid" } else { "invariant" },
+                "details": {"coding": [{"system": "https://vitalake.org/rules", "code": i.rule}], "text": i.message},
+                "expression": [i.location],
+            })
+        })
+        .collect();
+    let issue = if issue.is_empty() {
+        vec![
+            serde_json::json!({"severity": "information", "code": "informational", "details": {"text": "no issues"}}),
+        ]
+    } else {
+        issue
+    };
+    serde_json::json!({"resourceType": "OperationOutcome", "issue": issue})
 }

@@ -8,3 +8,4 @@ mod crash;
 mod ingest_fhir;
 mod silver;
 mod sql_on_fhir;
+mod validate;

@@ -1,0 +1,539 @@
+//! Walking a resource along a profile's element tree.
+//!
+//! At each element: cardinality of its children, allowed types of choice elements, fixed and pattern
+//! values, bindings against shipped ValueSets, every invariant with the FHIRPath engine, and slices
+//! told apart by their value or pattern discriminators (a BP component by its LOINC code). Locations
+//! are FHIRPaths into the instance (`Observation.component[1].valueQuantity.code`).
+
+use serde_json::{Map, Value as Json};
+
+use super::profiles::{Element, Profile, ProfileSet, Strength};
+use crate::fhirpath::{Collection, Item, PRIMITIVE_TYPES, Variables};
+use crate::issue::{Issue, Severity};
+
+/// `%resource`, `%rootResource`, `%context` and `%ucum` for invariants.
+struct InvariantVariables<'a> {
+    resource: &'a Json,
+}
+
+impl<'a> Variables<'a> for InvariantVariables<'a> {
+    fn get(&self, name: &str) -> Option<Collection<'a>> {
+        match name {
+            "resource" | "rootResource" | "context" => Some(vec![Item::Node(self.resource, None)]),
+            "ucum" => Some(vec![Item::string("http://unitsofmeasure.org")]),
+            "sct" => Some(vec![Item::string("http://snomed.info/sct")]),
+            "loinc" => Some(vec![Item::string("http://loinc.org")]),
+            _ => None,
+        }
+    }
+}
+
+pub struct Walker<'p, 'a> {
+    set: &'p ProfileSet,
+    profile: &'p Profile,
+    resource: &'a Json,
+    pub issues: Vec<Issue>,
+}
+
+/// One value found for an element, with its JSON key and choice type.
+struct Found<'a> {
+    key: &'a str,
+    value: &'a Json,
+    type_name: Option<&'a str>,
+    index: Option<usize>,
+}
+
+fn issue(severity: Severity, location: String, rule: &str, message: String) -> Issue {
+    Issue {
+        severity,
+        location,
+        rule: rule.to_string(),
+        message,
+    }
+}
+
+/// The FHIR type a choice suffix names (`Quantity`, `dateTime`).
+fn suffix_type(suffix: &str) -> Option<String> {
+    let first = suffix.chars().next()?;
+    if !first.is_ascii_uppercase() {
+        return None;
+    }
+    let lowered = format!("{}{}", first.to_ascii_lowercase(), &suffix[1..]);
+    Some(if PRIMITIVE_TYPES.contains(&lowered.as_str()) {
+        lowered
+    } else {
+        suffix.to_string()
+    })
+}
+
+/// Whether `value` holds everything `pattern` says (FHIR pattern[x] semantics).
+pub fn matches_pattern(value: &Json, pattern: &Json) -> bool {
+    match (value, pattern) {
+        (Json::Object(v), Json::Object(p)) => p
+            .iter()
+            .all(|(k, pv)| v.get(k).is_some_and(|vv| matches_pattern(vv, pv))),
+        (Json::Array(v), Json::Array(p)) => p
+            .iter()
+            .all(|pv| v.iter().any(|vv| matches_pattern(vv, pv))),
+        (Json::Array(v), p) => v.iter().any(|vv| matches_pattern(vv, p)),
+        (Json::Number(a), Json::Number(b)) => {
+            a.to_string().parse::<f64>().ok() == b.to_string().parse::<f64>().ok()
+        }
+        (v, p) => v == p,
+    }
+}
+
+/// Nodes at a dotted path below `value` (arrays fan out).
+fn at_path<'a>(value: &'a Json, path: &str) -> Vec<&'a Json> {
+    let mut nodes = vec![value];
+    if path == "$this" {
+        return nodes;
+    }
+    for step in path.split('.') {
+        let mut next = Vec::new();
+        for node in nodes {
+            match node.get(step) {
+                Some(Json::Array(items)) => next.extend(items),
+                Some(child) => next.push(child),
+                None => {}
+            }
+        }
+        nodes = next;
+    }
+    nodes
+}
+
+impl<'p, 'a> Walker<'p, 'a> {
+    pub fn new(set: &'p ProfileSet, profile: &'p Profile, resource: &'a Json) -> Self {
+        Walker {
+            set,
+            profile,
+            resource,
+            issues: Vec::new(),
+        }
+    }
+
+    pub fn run(&mut self) {
+        let location = self.profile.resource_type.clone();
+        self.check_value(0, self.resource, None, &location);
+    }
+
+    fn element(&self, index: usize) -> &'p Element {
+        &self.profile.elements[index]
+    }
+
+    fn check_value(
+        &mut self,
+        index: usize,
+        value: &'a Json,
+        type_name: Option<&'a str>,
+        location: &str,
+    ) {
+        let element = self.element(index);
+        let primitive = type_name.or(match element.types.as_slice() {
+            [only] => PRIMITIVE_TYPES
+                .iter()
+                .find(|p| **p == only.as_str())
+                .copied(),
+            _ => None,
+        });
+        if let Some(primitive) = primitive
+            && let Some(problem) = primitive_problem(primitive, value)
+        {
+            self.issues.push(issue(
+                Severity::Error,
+                location.to_string(),
+                "datatype",
+                problem,
+            ));
+        }
+        if let Some((fixed, expected)) = &element.value_constraint {
+            if *fixed
+                && value != expected
+                && !(value.is_number() && matches_pattern(value, expected))
+            {
+                self.issues.push(issue(
+                    Severity::Error,
+                    location.to_string(),
+                    "fixed",
+                    format!("must be exactly {expected}, found {value}"),
+                ));
+            } else if !fixed && !matches_pattern(value, expected) {
+                self.issues.push(issue(
+                    Severity::Error,
+                    location.to_string(),
+                    "pattern",
+                    format!("must match {expected}"),
+                ));
+            }
+        }
+        if element.binding.is_some() {
+            self.check_binding(element, value, location);
+        }
+        for invariant in &element.invariants {
+            self.check_invariant(invariant, value, type_name, location);
+        }
+        if let Json::Object(object) = value
+            && !element.children.is_empty()
+        {
+            self.check_children(index, object, location);
+        }
+    }
+
+    fn check_invariant(
+        &mut self,
+        invariant: &super::profiles::Invariant,
+        value: &'a Json,
+        type_name: Option<&'a str>,
+        location: &str,
+    ) {
+        let not_evaluated = |reason: String| {
+            issue(
+                Severity::Warning,
+                location.to_string(),
+                &invariant.key,
+                format!(
+                    "invariant {} could not be evaluated ({reason}): {}",
+                    invariant.key, invariant.text
+                ),
+            )
+        };
+        let expression = match &invariant.expression {
+            Ok(expression) => expression,
+            Err(error) => {
+                self.issues.push(not_evaluated(error.to_string()));
+                return;
+            }
+        };
+        let variables = InvariantVariables {
+            resource: self.resource,
+        };
+        match expression.evaluate(&[Item::Node(value, type_name)], &variables) {
+            Ok(result) => {
+                let failed = match result.as_slice() {
+                    [] => false,
+                    [item] => matches!(item.primitive(), Item::Boolean(false)),
+                    _ => false,
+                };
+                if failed {
+                    let severity = if invariant.error {
+                        Severity::Error
+                    } else {
+                        Severity::Warning
+                    };
+                    self.issues.push(issue(
+                        severity,
+                        location.to_string(),
+                        &invariant.key,
+                        invariant.human.clone(),
+                    ));
+                }
+            }
+            Err(error) => self.issues.push(not_evaluated(error.0)),
+        }
+    }
+
+    fn check_binding(&mut self, element: &Element, value: &Json, location: &str) {
+        let Some(binding) = &element.binding else {
+            return;
+        };
+        let Some(expansion) = self.set.value_sets.get(&binding.value_set) else {
+            return;
+        };
+        let codes: Vec<(Option<&str>, &str)> = match value {
+            Json::String(code) => vec![(None, code.as_str())],
+            Json::Object(object) if object.contains_key("coding") => at_path(value, "coding")
+                .into_iter()
+                .filter_map(|c| {
+                    Some((
+                        c.get("system").and_then(Json::as_str),
+                        c.get("code")?.as_str()?,
+                    ))
+                })
+                .collect(),
+            Json::Object(object) => match object.get("code").and_then(Json::as_str) {
+                Some(code) => vec![(object.get("system").and_then(Json::as_str), code)],
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        if codes.is_empty()
+            || codes
+                .iter()
+                .any(|(system, code)| expansion.contains(*system, code))
+        {
+            return;
+        }
+        let shown: Vec<String> = codes
+            .iter()
+            .map(|(s, c)| format!("{}{c}", s.map(|s| format!("{s}|")).unwrap_or_default()))
+            .collect();
+        let message = format!(
+            "{} is not in the {:?} ValueSet {}",
+            shown.join(", "),
+            binding.strength,
+            binding.value_set
+        );
+        match binding.strength {
+            Strength::Required if expansion.complete => self.issues.push(issue(
+                Severity::Error,
+                location.to_string(),
+                "binding",
+                message,
+            )),
+            Strength::Extensible | Strength::Preferred => self.issues.push(issue(
+                Severity::Warning,
+                location.to_string(),
+                "binding",
+                message,
+            )),
+            _ => {}
+        }
+    }
+
+    /// The values in `object` for a child element (choice elements by any allowed type).
+    fn find(
+        &mut self,
+        element: &Element,
+        object: &'a Map<String, Json>,
+        location: &str,
+    ) -> Vec<Found<'a>> {
+        let mut found = Vec::new();
+        let mut push = |key: &'a str, json: &'a Json, type_name: Option<&'a str>| match json {
+            Json::Array(items) => found.extend(items.iter().enumerate().map(|(i, value)| Found {
+                key,
+                value,
+                type_name,
+                index: Some(i),
+            })),
+            value => found.push(Found {
+                key,
+                value,
+                type_name,
+                index: None,
+            }),
+        };
+        match element.name.strip_suffix("[x]") {
+            None => {
+                if let Some((key, value)) = object.get_key_value(&element.name) {
+                    push(key, value, None);
+                }
+            }
+            Some(prefix) => {
+                for (key, value) in object {
+                    let Some(suffix) = key.strip_prefix(prefix) else {
+                        continue;
+                    };
+                    let Some(type_name) = suffix_type(suffix) else {
+                        continue;
+                    };
+                    if !element.types.is_empty() && !element.types.iter().any(|t| *t == type_name) {
+                        self.issues.push(issue(
+                            Severity::Error,
+                            format!("{location}.{key}"),
+                            "type",
+                            format!(
+                                "{type_name} is not allowed here (allowed: {})",
+                                element.types.join(", ")
+                            ),
+                        ));
+                        continue;
+                    }
+                    let type_name: &'a str = PRIMITIVE_TYPES
+                        .iter()
+                        .find(|p| **p == type_name)
+                        .copied()
+                        .unwrap_or(&key[prefix.len()..]);
+                    push(key, value, Some(type_name));
+                }
+            }
+        }
+        found
+    }
+
+    fn check_children(&mut self, index: usize, object: &'a Map<String, Json>, location: &str) {
+        for &child in &self.element(index).children {
+            let element = self.element(child);
+            let found = self.find(element, object, location);
+            self.check_cardinality(
+                element,
+                found.len(),
+                &format!("{location}.{}", element.name),
+                "",
+            );
+            for value in &found {
+                let at = place(location, value);
+                self.check_value(child, value.value, value.type_name, &at);
+            }
+            if !element.slices.is_empty() {
+                self.check_slices(child, &found, location);
+            }
+        }
+    }
+
+    fn check_cardinality(&mut self, element: &Element, count: usize, location: &str, what: &str) {
+        let count = count as u64;
+        if count < element.min {
+            let message = format!("{what}at least {} required, found {count}", element.min);
+            self.issues.push(issue(
+                Severity::Error,
+                location.to_string(),
+                "cardinality",
+                message,
+            ));
+        }
+        if let Some(max) = element.max
+            && count > max
+        {
+            let message = format!("{what}at most {max} allowed, found {count}");
+            self.issues.push(issue(
+                Severity::Error,
+                location.to_string(),
+                "cardinality",
+                message,
+            ));
+        }
+    }
+
+    fn check_slices(&mut self, sliced: usize, found: &[Found<'a>], location: &str) {
+        let element = self.element(sliced);
+        let mut counts = vec![0usize; element.slices.len()];
+        for value in found {
+            let slice = element
+                .slices
+                .iter()
+                .position(|&s| self.in_slice(sliced, s, value.value));
+            match slice {
+                Some(position) => {
+                    counts[position] += 1;
+                    let at = place(location, value);
+                    self.check_value(element.slices[position], value.value, value.type_name, &at);
+                }
+                None if element.closed => self.issues.push(issue(
+                    Severity::Error,
+                    place(location, value),
+                    "slice",
+                    "matches no slice of a closed slicing".into(),
+                )),
+                None => {}
+            }
+        }
+        for (position, &slice) in element.slices.iter().enumerate() {
+            let slice_element = self.element(slice);
+            let what = format!(
+                "slice '{}': ",
+                slice_element.slice_name.as_deref().unwrap_or("?")
+            );
+            self.check_cardinality(
+                slice_element,
+                counts[position],
+                &format!("{location}.{}", element.name),
+                &what,
+            );
+        }
+    }
+
+    /// Whether `value` belongs to `slice`: at every discriminator path the slice fixes a value or
+    /// pattern (possibly inside a nested slice, as `code.coding:SBPCode.code`), the value has it.
+    fn in_slice(&self, sliced: usize, slice: usize, value: &Json) -> bool {
+        let mut constrained = false;
+        for path in &self.element(sliced).discriminators {
+            let mut candidates = vec![slice];
+            if path != "$this" {
+                for step in path.split('.') {
+                    let mut next = Vec::new();
+                    for &candidate in &candidates {
+                        for &child in &self.element(candidate).children {
+                            if self.element(child).name == step {
+                                next.push(child);
+                                next.extend(&self.element(child).slices);
+                            }
+                        }
+                    }
+                    candidates = next;
+                }
+            }
+            let expected: Vec<&Json> = candidates
+                .iter()
+                .filter_map(|&c| self.element(c).value_constraint.as_ref().map(|(_, v)| v))
+                .collect();
+            if expected.is_empty() {
+                continue;
+            }
+            constrained = true;
+            let nodes = if path == "$this" {
+                vec![value]
+            } else {
+                at_path(value, path)
+            };
+            if !nodes
+                .iter()
+                .any(|node| expected.iter().any(|e| matches_pattern(node, e)))
+            {
+                return false;
+            }
+        }
+        constrained
+    }
+}
+
+/// Why `value` is not a valid FHIR `primitive` (the JSON types are checked by the structural model;
+/// formats are checked here).
+fn primitive_problem(primitive: &str, value: &Json) -> Option<String> {
+    use crate::fhirpath::{DateTimeValue, Precision, TimeValue};
+    let text = value.as_str();
+    let valid = match primitive {
+        "boolean" => value.is_boolean(),
+        "integer" | "integer64" => value.as_i64().is_some(),
+        "positiveInt" => value.as_i64().is_some_and(|n| n > 0),
+        "unsignedInt" => value.as_i64().is_some_and(|n| n >= 0),
+        "decimal" => value.is_number(),
+        "date" => text
+            .and_then(DateTimeValue::parse)
+            .is_some_and(|d| !d.has_time()),
+        "dateTime" => text
+            .and_then(DateTimeValue::parse)
+            .is_some_and(|d| !d.has_time() || d.offset_minutes.is_some()),
+        "instant" => text
+            .and_then(DateTimeValue::parse)
+            .is_some_and(|d| d.precision == Precision::Second && d.offset_minutes.is_some()),
+        "time" => text
+            .and_then(TimeValue::parse)
+            .is_some_and(|t| t.precision == Precision::Second),
+        "code" => text.is_some_and(|t| !t.is_empty() && t.trim() == t && !t.contains("  ")),
+        "id" => text.is_some_and(|t| {
+            (1..=64).contains(&t.len())
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }),
+        _ => return None,
+    };
+    (!valid).then(|| format!("{value} is not a valid FHIR {primitive}"))
+}
+
+fn place(location: &str, found: &Found) -> String {
+    match found.index {
+        Some(i) => format!("{location}.{}[{i}]", found.key),
+        None => format!("{location}.{}", found.key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn patterns_match_partially() {
+        let code = json!({"coding": [{"system": "http://loinc.org", "code": "85354-9", "display": "BP"}], "text": "BP"});
+        assert!(matches_pattern(
+            &code,
+            &json!({"coding": [{"system": "http://loinc.org", "code": "85354-9"}]})
+        ));
+        assert!(!matches_pattern(
+            &code,
+            &json!({"coding": [{"system": "http://loinc.org", "code": "8480-6"}]})
+        ));
+        assert!(matches_pattern(&json!(120.0), &json!(120)));
+    }
+}

@@ -1,0 +1,224 @@
+//! Profile validation against the shipped profiles: every official Patient and Observation example
+//! passes, and every mutation in `tests/data/invalid/` is caught with the rule it breaks.
+
+use std::path::Path;
+
+use serde_json::Value;
+use vitalake::issue::Severity;
+use vitalake::validate::{ProfileValidator, ValidateConfig};
+
+use crate::common::shared_fhir;
+
+fn validator(us_core_patients: bool) -> ProfileValidator {
+    let config = ValidateConfig {
+        patients_to_us_core: us_core_patients,
+        ..ValidateConfig::default()
+    };
+    ProfileValidator::load(&config).unwrap()
+}
+
+fn resources_in(folder: &str) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut paths: Vec<_> = std::fs::read_dir(folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for path in paths {
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        push(&name, json, &mut out);
+    }
+    out
+}
+
+fn push(name: &str, json: Value, out: &mut Vec<(String, Value)>) {
+    if json["resourceType"] == "Bundle" {
+        for (i, entry) in json["entry"].as_array().into_iter().flatten().enumerate() {
+            if !entry["resource"].is_null() {
+                push(&format!("{name} entry {i}"), entry["resource"].clone(), out);
+            }
+        }
+    } else {
+        out.push((name.to_string(), json));
+    }
+}
+
+#[test]
+fn every_official_patient_and_observation_example_validates_without_error() {
+    let plain = validator(false);
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for folder in [shared_fhir("r4/examples"), shared_fhir("us-core-9.0.0")] {
+        for (name, resource) in resources_in(&folder) {
+            let resource_type = resource["resourceType"].as_str().unwrap_or_default();
+            if resource_type != "Patient" && resource_type != "Observation" {
+                continue;
+            }
+            checked += 1;
+            for issue in plain
+                .validate(&resource)
+                .into_iter()
+                .filter(|i| i.severity == Severity::Error)
+            {
+                failures.push(format!(
+                    "{name}: [{}] {} {}",
+                    issue.rule, issue.location, issue.message
+                ));
+            }
+        }
+    }
+    assert!(checked >= 20, "checked {checked}");
+    assert!(
+        failures.is_empty(),
+        "{} errors:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn us_core_examples_validate_against_us_core_when_patients_are_held_to_it() {
+    let us_core = validator(true);
+    for (name, resource) in resources_in(&shared_fhir("us-core-9.0.0")) {
+        let errors: Vec<_> = us_core
+            .validate(&resource)
+            .into_iter()
+            .filter(|i| i.severity == Severity::Error)
+            .collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+    }
+}
+
+/// Each file in `tests/data/invalid/` is one mutation of a valid example; its name starts with the
+/// rule the validator must report as an error (`vs-2--no-value.json`).
+#[test]
+fn every_mutation_is_caught_with_its_rule() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 40, "the corpus has {} files", files.len());
+    let us_core = validator(true);
+    let mut failures = Vec::new();
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let rule = name.split("--").next().unwrap();
+        let resource: Value =
+            serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let issues = us_core.validate(&resource);
+        if !issues
+            .iter()
+            .any(|i| i.rule == rule && i.severity == Severity::Error)
+        {
+            failures.push(format!(
+                "{name}: expected an error with rule {rule}, got {issues:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `ingest fhir` quarantines exactly what `validate` rejects, with the same issues; warnings stay
+/// with the resource in bronze.
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_quarantines_what_validate_rejects_with_the_same_reasons() {
+    use std::sync::Arc;
+    use vitalake::ingest::{IngestOptions, check, ingest_fhir};
+
+    let invalid = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/invalid")
+        .display()
+        .to_string();
+    let valid = shared_fhir("us-core-9.0.0");
+    let options = || {
+        let mut options = IngestOptions::from_config(&Default::default());
+        options.checks = vec![Arc::new(validator(true))];
+        options
+    };
+    let checked = check::check_files(&[invalid.clone(), valid.clone()], options())
+        .await
+        .unwrap();
+    let rejected: Vec<_> = checked.outcomes.iter().filter(|o| o.has_errors()).collect();
+    assert_eq!(rejected.len(), 47, "every mutation and nothing else");
+
+    let (_dir, lake) = crate::common::temp_lake();
+    let report = ingest_fhir(&lake, &[invalid, valid], options())
+        .await
+        .unwrap();
+    assert_eq!(report.quarantine_rows, 47);
+    let mut by_source: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let issue_rows = crate::common::rows(
+        &lake,
+        "silver/quarantine",
+        "SELECT source_uri, e['rule'] FROM (SELECT source_uri, unnest(errors) AS e FROM t)",
+    )
+    .await;
+    for row in issue_rows {
+        by_source
+            .entry(row[0].clone())
+            .or_default()
+            .insert(row[1].clone());
+    }
+    let mut quarantined: Vec<Vec<String>> = by_source
+        .into_iter()
+        .map(|(source, rules)| vec![source, rules.into_iter().collect::<Vec<_>>().join(",")])
+        .collect();
+    quarantined.sort();
+    let mut expected: Vec<Vec<String>> = rejected
+        .iter()
+        .map(|o| {
+            let mut rules: Vec<String> = o.issues.iter().map(|i| i.rule.clone()).collect();
+            rules.sort();
+            rules.dedup();
+            vec![o.source_uri.clone(), rules.join(",")]
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(quarantined, expected);
+    // The valid US Core examples landed, with their warnings (no narrative: dom-6) kept in bronze.
+    let warned = crate::common::rows(
+        &lake,
+        "bronze/fhir/Patient",
+        "SELECT resource_id, warnings[1]['rule'] FROM t",
+    )
+    .await;
+    assert_eq!(warned.len(), 1, "{warned:?}");
+}
+
+#[test]
+fn the_validate_command_prints_operation_outcomes_and_fails_on_errors() {
+    use crate::common::vitalake;
+    let invalid = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/invalid/vs-2--heart-rate-without-value.json");
+    let out = vitalake()
+        .args(["validate", "--json"])
+        .arg(&invalid)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let outcomes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcomes.len(), 1);
+    let outcome = &outcomes[0]["outcome"];
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    let vs2 = outcome["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["details"]["coding"][0]["code"] == "vs-2")
+        .unwrap();
+    assert_eq!(vs2["severity"], "error");
+    assert_eq!(vs2["expression"][0], "Observation");
+
+    let valid = shared_fhir("us-core-9.0.0/Patient-example.json");
+    let out = vitalake().arg("validate").arg(&valid).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 records: 1 valid, 0 with errors"));
+}
