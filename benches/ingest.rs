@@ -1,5 +1,6 @@
-//! `cargo bench --bench ingest`: ingest throughput against the parse-only floor, and peak memory on
-//! a 1 GB NDJSON file. Writes a Markdown table to stdout for BENCHMARKS.md.
+//! `cargo bench --bench ingest`: ingest throughput against the parse-only floor, the cost of profile
+//! validation (the same ingest with and without it, in the same run), and peak memory on a 1 GB
+//! NDJSON file. Writes a Markdown table to stdout for BENCHMARKS.md.
 //!
 //! The floor is `serde_json` parsing the same bytes into `serde_json::Value` on the same cores
 //! (rayon over files and lines): no ingest that must at least parse its input can beat it.
@@ -38,23 +39,27 @@ fn main() {
     }
 
     println!(
-        "\n| input | bytes | resources | parse-only floor | vitalake ingest | ingest / floor | peak RSS |"
+        "\n| input | bytes | resources | parse-only floor | ingest (bronze + silver) | ingest / floor | + profile validation | validation adds | peak RSS (with validation) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for input in [&drop, &ndjson_file] {
         let floor = parse_floor(input);
-        let ingest = ingest(input, &data);
+        let plain = ingest(input, &data, false);
+        let validated = ingest(input, &data, true);
         println!(
-            "| {} | {:.0} MB | {} | {:.0} res/s, {:.1} MB/s | {:.0} res/s, {:.1} MB/s | {:.2}x | {:.0} MB |",
+            "| {} | {:.0} MB | {} | {:.0} res/s, {:.1} MB/s | {:.1} s, {:.0} res/s | {:.2}x | {:.1} s, {:.0} res/s | {:+.0}% | {:.0} MB |",
             input.file_name().unwrap().to_string_lossy(),
             floor.bytes as f64 / 1e6,
             floor.resources,
             floor.resources as f64 / floor.secs,
             floor.bytes as f64 / 1e6 / floor.secs,
-            ingest.resources as f64 / ingest.secs,
-            floor.bytes as f64 / 1e6 / ingest.secs,
-            floor.secs / ingest.secs,
-            ingest.peak_rss_kb as f64 / 1024.0,
+            plain.secs,
+            plain.resources as f64 / plain.secs,
+            floor.secs / plain.secs,
+            validated.secs,
+            validated.resources as f64 / validated.secs,
+            (validated.secs / plain.secs - 1.0) * 100.0,
+            validated.peak_rss_kb as f64 / 1024.0,
         );
     }
 }
@@ -165,12 +170,17 @@ fn parse_count(bytes: &[u8]) -> u64 {
         .map_or(1, |entries| entries.len() as u64)
 }
 
-/// Runs the release binary on `input` into a fresh lake, sampling its peak RSS.
-fn ingest(input: &Path, data: &Path) -> Measured {
+/// Runs the release binary on `input` into a fresh lake (bronze, silver, quarantine), with or
+/// without profile validation, sampling its peak RSS.
+fn ingest(input: &Path, data: &Path, validate: bool) -> Measured {
     let lake = data.join("lake");
     let _ = std::fs::remove_dir_all(&lake);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitalake"))
+        .env("VITALAKE_VALIDATE_ENABLED", validate.to_string())
+        .env("VITALAKE_VALIDATE_PROFILES", root.join("profiles"))
+        .env("VITALAKE_INGEST_VIEWS", root.join("profiles/views"))
         .args(["ingest", "fhir", "--json", "--lake"])
         .arg(&lake)
         .arg(input)
