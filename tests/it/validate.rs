@@ -91,7 +91,8 @@ fn us_core_examples_validate_against_us_core_when_patients_are_held_to_it() {
 }
 
 /// Each file in `tests/data/invalid/` is one mutation of a valid example; its name starts with the
-/// rule the validator must report as an error (`vs-2--no-value.json`).
+/// rule the validator must report as an error (`vs-2--no-value.json`), or as a warning when the
+/// name ends in `.warning.json` (the one warning-level invariant, `dom-6`).
 #[test]
 fn every_mutation_is_caught_with_its_rule() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid");
@@ -109,12 +110,17 @@ fn every_mutation_is_caught_with_its_rule() {
         let resource: Value =
             serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
         let issues = us_core.validate(&resource);
+        let severity = if name.ends_with(".warning.json") {
+            Severity::Warning
+        } else {
+            Severity::Error
+        };
         if !issues
             .iter()
-            .any(|i| i.rule == rule && i.severity == Severity::Error)
+            .any(|i| i.rule == rule && i.severity == severity)
         {
             failures.push(format!(
-                "{name}: expected an error with rule {rule}, got {issues:?}"
+                "{name}: expected {severity:?} with rule {rule}, got {issues:?}"
             ));
         }
     }
@@ -142,13 +148,13 @@ async fn ingest_quarantines_what_validate_rejects_with_the_same_reasons() {
         .await
         .unwrap();
     let rejected: Vec<_> = checked.outcomes.iter().filter(|o| o.has_errors()).collect();
-    assert_eq!(rejected.len(), 47, "every mutation and nothing else");
+    assert_eq!(rejected.len(), 48, "every error mutation and nothing else");
 
     let (_dir, lake) = crate::common::temp_lake();
     let report = ingest_fhir(&lake, &[invalid, valid], options())
         .await
         .unwrap();
-    assert_eq!(report.quarantine_rows, 47);
+    assert_eq!(report.quarantine_rows, 48);
     let mut by_source: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
         Default::default();
     let issue_rows = crate::common::rows(
@@ -187,6 +193,29 @@ async fn ingest_quarantines_what_validate_rejects_with_the_same_reasons() {
     )
     .await;
     assert_eq!(warned.len(), 1, "{warned:?}");
+}
+
+#[test]
+fn a_policy_turns_a_rule_into_a_warning_or_an_error() {
+    let resource: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/data/invalid/vs-2--heart-rate-without-value.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut config = ValidateConfig::default();
+    config
+        .policy
+        .insert("vs-2".into(), vitalake::validate::Policy::Warn);
+    config
+        .policy
+        .insert("dom-6".into(), vitalake::validate::Policy::Quarantine);
+    let issues = ProfileValidator::load(&config).unwrap().validate(&resource);
+    let severity_of = |rule: &str| issues.iter().find(|i| i.rule == rule).map(|i| i.severity);
+    assert_eq!(severity_of("vs-2"), Some(Severity::Warning));
+    assert_eq!(severity_of("dom-6"), Some(Severity::Error));
 }
 
 #[test]
