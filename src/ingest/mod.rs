@@ -181,6 +181,7 @@ async fn write_chunks(
     batch_id: &str,
 ) -> Result<Written, IngestError> {
     let mut tables: HashMap<String, DeltaTable> = HashMap::new();
+    let mut silver = silver::SilverWriter::new(lake, views.clone(), batch_id);
     let mut written = Written::default();
     while let Some(chunk) = rx.recv().await {
         let commit_started = Instant::now();
@@ -223,8 +224,7 @@ async fn write_chunks(
         // Silver after bronze: what silver holds is always in bronze.
         for (resource_type, batch) in &bronze_batches {
             let resources = silver::from_bronze(resource_type, batch);
-            let merged =
-                silver::merge_chunk(lake, views, resource_type, resources, batch_id).await?;
+            let merged = silver.merge_chunk(resource_type, resources).await?;
             written.silver_rows += merged.rows;
             written.quarantine_rows += merged.quarantined;
             written.commits += merged.commits;

@@ -8,7 +8,7 @@
 //!
 //! Versions are ordered by `meta.versionId` (numerically when both are numbers), then
 //! `meta.lastUpdated`, then ingest order (run, source, line, Bundle entry). Silver is a function of
-//! bronze: the incremental path ([`merge_chunk`], after each bronze commit) and the rebuild
+//! bronze: the incremental path ([`SilverWriter::merge_chunk`], after each bronze commit) and the rebuild
 //! ([`refresh`]) share [`flatten`] and the version order, so they give the same tables.
 //!
 //! `silver/fhir/patient_history` is SCD type 2 over the `patient` view: a period per change of the
@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
+use deltalake::DeltaTable;
 use deltalake::arrow::array::{
     Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
@@ -512,14 +513,14 @@ fn replace_known(keys: &[&String], known: &HashMap<String, VersionKey>) -> Repla
     }
 }
 
-async fn write(
-    lake: &Lake,
+/// Writes `batch` to an open table; returns the table after the commit and the rows written.
+async fn write_to(
+    table: DeltaTable,
     name: &str,
     batch: RecordBatch,
     replace: Replace,
     batch_id: &str,
-) -> Result<u64, IngestError> {
-    let table = lake.table(name).await?;
+) -> Result<(DeltaTable, u64), IngestError> {
     let rows = batch.num_rows() as u64;
     let operation = if matches!(replace, Replace::All) {
         "silver refresh"
@@ -534,130 +535,239 @@ async fn write(
         Replace::Matching(predicate) => builder.replacing(predicate),
         Replace::All => builder.replacing_all(),
     };
-    builder.execute().await?;
-    Ok(rows)
+    let (table, _) = builder.execute().await?;
+    Ok((table, rows))
 }
 
-/// Merges one chunk of bronze resources of one type into silver.
-pub async fn merge_chunk(
+/// Opens `name` and writes `batch` to it (the rebuild, which writes each table once).
+async fn write(
     lake: &Lake,
-    views: &SilverViews,
-    resource_type: &str,
-    resources: Vec<BronzeResource>,
+    name: &str,
+    batch: RecordBatch,
+    replace: Replace,
     batch_id: &str,
-) -> Result<SilverMetrics, IngestError> {
-    let mut metrics = SilverMetrics::default();
-    if !views.has_type(resource_type) || resources.is_empty() {
-        return Ok(metrics);
-    }
-    let history_keys: Vec<String> = if resource_type == "Patient" {
-        resources
-            .iter()
-            .filter_map(|r| r.id.clone())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut newest: HashMap<String, BronzeResource> = HashMap::new();
-    for resource in resources {
-        match newest.get(&resource.key) {
-            Some(seen) if seen.version >= resource.version => {}
-            _ => {
-                newest.insert(resource.key.clone(), resource);
-            }
-        }
-    }
-    let keys: Vec<&String> = newest.keys().collect();
-    let known = known_versions(lake, resource_type, &keys).await?;
-    let mut winners: Vec<&BronzeResource> = newest
-        .values()
-        .filter(|r| known.get(&r.key).is_none_or(|old| r.version > *old))
-        .collect();
-    winners.sort_by(|a, b| a.key.cmp(&b.key));
+) -> Result<u64, IngestError> {
+    let table = lake.table(name).await?;
+    Ok(write_to(table, name, batch, replace, batch_id).await?.1)
+}
 
-    if !winners.is_empty() {
-        let flattened: Vec<Flattened> = winners.par_iter().map(|r| flatten(views, r)).collect();
-        for (index, view) in views.for_type(resource_type) {
-            let mut rows = Vec::new();
-            let mut touched: Vec<&String> = Vec::new();
-            for (resource, flat) in winners.iter().zip(&flattened) {
-                let view_rows = flat
-                    .rows
-                    .iter()
-                    .find(|(i, _)| *i == index)
-                    .map(|(_, r)| r.as_slice())
-                    .unwrap_or_default();
-                // Only keys that have rows now or may have had rows before need a rewrite.
-                if !view_rows.is_empty() || known.contains_key(&resource.key) {
-                    touched.push(&resource.key);
-                }
-                rows.extend(
-                    view_rows
-                        .iter()
-                        .enumerate()
-                        .map(|(n, row)| (*resource, n, row.clone())),
-                );
-            }
-            if touched.is_empty() {
-                continue;
-            }
-            let name = view_table(view.name().unwrap_or_default());
-            metrics.rows += write(
-                lake,
-                &name,
-                view_batch(view, rows),
-                replace_known(&touched, &known),
-                batch_id,
-            )
-            .await?;
-            metrics.commits += 1;
-        }
-        let keys: Vec<&String> = winners.iter().map(|r| &r.key).collect();
-        write(
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Merges bronze chunks into silver during one ingest run.
+///
+/// It keeps the tables open between chunks (opening a Delta table replays its log), and a 64-bit hash
+/// of every resource key silver already has. A chunk of new resources (the common case) is then
+/// appended without reading anything; only keys whose hash is known are looked up.
+pub struct SilverWriter<'l> {
+    lake: &'l Lake,
+    views: SilverViews,
+    batch_id: String,
+    tables: HashMap<String, DeltaTable>,
+    /// Per resource type: hashes of the keys in `silver/versions/<type>`, this run's included.
+    known_keys: HashMap<String, HashSet<u64>>,
+}
+
+impl<'l> SilverWriter<'l> {
+    pub fn new(lake: &'l Lake, views: SilverViews, batch_id: &str) -> Self {
+        SilverWriter {
             lake,
-            &versions_table(resource_type),
-            versions_batch(&winners),
-            replace_known(&keys, &known),
-            batch_id,
-        )
-        .await?;
-        metrics.commits += 1;
-        let rejected: Vec<(Rejected, Arc<Provenance>)> = winners
-            .iter()
-            .zip(flattened)
-            .filter_map(|(r, f)| f.rejected.map(|rejected| (rejected, r.provenance.clone())))
-            .collect();
-        if !rejected.is_empty() {
-            metrics.quarantined += rejected.len() as u64;
-            let table = lake.table(QUARANTINE_TABLE).await?;
-            AppendBuilder::new(
-                table,
-                QUARANTINE_TABLE,
-                vec![quarantine_batch(&rejected, VIEW_STAGE)],
-            )
-            .with_metadata("vitalake.batch_id", batch_id)
-            .execute()
-            .await?;
-            metrics.commits += 1;
+            views,
+            batch_id: batch_id.to_string(),
+            tables: HashMap::new(),
+            known_keys: HashMap::new(),
         }
     }
-    if let Some(view) = views
-        .views()
-        .iter()
-        .find(|v| v.name() == Some(HISTORY_VIEW) && v.resource() == "Patient")
-        && !history_keys.is_empty()
-    {
-        metrics.commits += update_history(lake, view, &history_keys, batch_id).await?;
+
+    async fn load_known_keys(&mut self, resource_type: &str) -> Result<(), IngestError> {
+        if self.known_keys.contains_key(resource_type) {
+            return Ok(());
+        }
+        let name = versions_table(resource_type);
+        let mut hashes = HashSet::new();
+        if let Some(table) = self.lake.existing_table(&name).await? {
+            let mut stream = read::stream(&table, &name, "SELECT _key FROM t").await?;
+            while let Some(batch) = stream
+                .try_next()
+                .await
+                .map_err(|source| IngestError::Silver(format!("reading {name}: {source}")))?
+            {
+                let keys = strings(&batch, "_key");
+                hashes.extend(keys.iter().flatten().map(key_hash));
+            }
+        }
+        self.known_keys.insert(resource_type.to_string(), hashes);
+        Ok(())
     }
-    tracing::debug!(
-        resource_type,
-        winners = winners.len(),
-        rows = metrics.rows,
-        "silver merged"
-    );
-    Ok(metrics)
+
+    async fn write(
+        &mut self,
+        name: &str,
+        batch: RecordBatch,
+        replace: Replace,
+    ) -> Result<u64, IngestError> {
+        let table = match self.tables.remove(name) {
+            Some(table) => table,
+            None => self.lake.table(name).await?,
+        };
+        let (table, rows) = write_to(table, name, batch, replace, &self.batch_id).await?;
+        self.tables.insert(name.to_string(), table);
+        Ok(rows)
+    }
+
+    /// Merges one chunk of bronze resources of one type.
+    pub async fn merge_chunk(
+        &mut self,
+        resource_type: &str,
+        resources: Vec<BronzeResource>,
+    ) -> Result<SilverMetrics, IngestError> {
+        let mut metrics = SilverMetrics::default();
+        let views = self.views.clone();
+        if !views.has_type(resource_type) || resources.is_empty() {
+            return Ok(metrics);
+        }
+        self.load_known_keys(resource_type).await?;
+        let hashes = &self.known_keys[resource_type];
+        let maybe_known: HashSet<String> = resources
+            .iter()
+            .filter(|r| hashes.contains(&key_hash(&r.key)))
+            .map(|r| r.key.clone())
+            .collect();
+        let history = if resource_type == "Patient" {
+            views
+                .views()
+                .iter()
+                .find(|v| v.name() == Some(HISTORY_VIEW) && v.resource() == "Patient")
+        } else {
+            None
+        };
+        // A new patient's versions are all in this chunk; a known one's history is read from bronze.
+        let mut chunk_versions = BTreeMap::new();
+        if let Some(view) = history {
+            let new: Vec<BronzeResource> = resources
+                .iter()
+                .filter(|r| !maybe_known.contains(&r.key))
+                .cloned()
+                .collect();
+            patient_versions(view, &new, &mut chunk_versions);
+        }
+        let mut newest: HashMap<String, BronzeResource> = HashMap::new();
+        for resource in resources {
+            match newest.get(&resource.key) {
+                Some(seen) if seen.version >= resource.version => {}
+                _ => {
+                    newest.insert(resource.key.clone(), resource);
+                }
+            }
+        }
+        let candidates: Vec<&String> = maybe_known.iter().collect();
+        let known = if candidates.is_empty() {
+            HashMap::new()
+        } else {
+            known_versions(self.lake, resource_type, &candidates).await?
+        };
+        let mut winners: Vec<&BronzeResource> = newest
+            .values()
+            .filter(|r| known.get(&r.key).is_none_or(|old| r.version > *old))
+            .collect();
+        winners.sort_by(|a, b| a.key.cmp(&b.key));
+
+        if !winners.is_empty() {
+            let flattened: Vec<Flattened> =
+                winners.par_iter().map(|r| flatten(&views, r)).collect();
+            for (index, view) in views.for_type(resource_type) {
+                let mut rows = Vec::new();
+                let mut touched: Vec<&String> = Vec::new();
+                for (resource, flat) in winners.iter().zip(&flattened) {
+                    let view_rows = flat
+                        .rows
+                        .iter()
+                        .find(|(i, _)| *i == index)
+                        .map(|(_, r)| r.as_slice())
+                        .unwrap_or_default();
+                    // Only keys that have rows now or may have had rows before need a rewrite.
+                    if !view_rows.is_empty() || known.contains_key(&resource.key) {
+                        touched.push(&resource.key);
+                    }
+                    rows.extend(
+                        view_rows
+                            .iter()
+                            .enumerate()
+                            .map(|(n, row)| (*resource, n, row.clone())),
+                    );
+                }
+                if touched.is_empty() {
+                    continue;
+                }
+                let name = view_table(view.name().unwrap_or_default());
+                metrics.rows += self
+                    .write(
+                        &name,
+                        view_batch(view, rows),
+                        replace_known(&touched, &known),
+                    )
+                    .await?;
+                metrics.commits += 1;
+            }
+            let keys: Vec<&String> = winners.iter().map(|r| &r.key).collect();
+            self.write(
+                &versions_table(resource_type),
+                versions_batch(&winners),
+                replace_known(&keys, &known),
+            )
+            .await?;
+            metrics.commits += 1;
+            let rejected: Vec<(Rejected, Arc<Provenance>)> = winners
+                .iter()
+                .zip(flattened)
+                .filter_map(|(r, f)| f.rejected.map(|rejected| (rejected, r.provenance.clone())))
+                .collect();
+            if !rejected.is_empty() {
+                metrics.quarantined += rejected.len() as u64;
+                self.write(
+                    QUARANTINE_TABLE,
+                    quarantine_batch(&rejected, VIEW_STAGE),
+                    Replace::Nothing,
+                )
+                .await?;
+                metrics.commits += 1;
+            }
+            let hashes = self
+                .known_keys
+                .get_mut(resource_type)
+                .expect("loaded above");
+            hashes.extend(winners.iter().map(|r| key_hash(&r.key)));
+        }
+        if let Some(view) = history {
+            let known_ids: Vec<String> = maybe_known.into_iter().collect();
+            let mut patients = chunk_versions;
+            if !known_ids.is_empty() {
+                history_from_bronze(self.lake, view, &known_ids, &mut patients).await?;
+            }
+            if !patients.is_empty() {
+                let keys: Vec<String> = patients.keys().cloned().collect();
+                let replace = if known_ids.is_empty() {
+                    Replace::Nothing
+                } else {
+                    Replace::Matching(key_predicate("_key", &keys))
+                };
+                self.write(HISTORY_TABLE, history_batch(view, patients), replace)
+                    .await?;
+                metrics.commits += 1;
+            }
+        }
+        tracing::debug!(
+            resource_type,
+            winners = winners.len(),
+            rows = metrics.rows,
+            "silver merged"
+        );
+        Ok(metrics)
+    }
 }
 
 /// One version of a patient as the history sees it.
@@ -773,37 +883,27 @@ fn patient_versions(
 
 const BRONZE_COLUMNS: &str = "resource_id, version_id, last_updated, full_url, source_uri, source_sha256, line, json_path, raw, ingested_at, batch_id";
 
-/// Recomputes the history of `ids` from every version bronze holds.
-async fn update_history(
+/// Every version bronze holds of the patients `ids`, added to `patients`.
+async fn history_from_bronze(
     lake: &Lake,
     view: &View,
     ids: &[String],
-    batch_id: &str,
-) -> Result<u64, IngestError> {
+    patients: &mut BTreeMap<String, Vec<PatientVersion>>,
+) -> Result<(), IngestError> {
     let bronze_name = bronze_fhir_table("Patient");
     let Some(bronze) = lake.existing_table(&bronze_name).await? else {
-        return Ok(0);
+        return Ok(());
     };
-    let mut patients = BTreeMap::new();
     for slice in ids.chunks(10_000) {
         let sql = format!(
             "SELECT {BRONZE_COLUMNS} FROM t WHERE {}",
             key_predicate("resource_id", slice)
         );
         for batch in read::query(&bronze, &bronze_name, &sql).await? {
-            patient_versions(view, &from_bronze("Patient", &batch), &mut patients);
+            patient_versions(view, &from_bronze("Patient", &batch), patients);
         }
     }
-    let predicate = key_predicate("_key", ids);
-    write(
-        lake,
-        HISTORY_TABLE,
-        history_batch(view, patients),
-        Replace::Matching(predicate),
-        batch_id,
-    )
-    .await?;
-    Ok(1)
+    Ok(())
 }
 
 /// What a refresh rebuilt.
