@@ -114,8 +114,8 @@ impl<'p, 'a> Walker<'p, 'a> {
     }
 
     pub fn run(&mut self) {
-        let location = self.profile.resource_type.clone();
-        self.check_value(0, self.resource, None, &location);
+        let resource_type = self.profile.resource_type.clone();
+        self.check_value(0, self.resource, None, &Loc::Root(&resource_type));
     }
 
     fn element(&self, index: usize) -> &'p Element {
@@ -127,7 +127,7 @@ impl<'p, 'a> Walker<'p, 'a> {
         index: usize,
         value: &'a Json,
         type_name: Option<&'a str>,
-        location: &str,
+        location: &Loc<'_>,
     ) {
         let element = self.element(index);
         let primitive = type_name.or(match element.types.as_slice() {
@@ -185,7 +185,7 @@ impl<'p, 'a> Walker<'p, 'a> {
         invariant: &super::profiles::Invariant,
         value: &'a Json,
         type_name: Option<&'a str>,
-        location: &str,
+        location: &Loc<'_>,
     ) {
         let not_evaluated = |reason: String| {
             issue(
@@ -198,6 +198,22 @@ impl<'p, 'a> Walker<'p, 'a> {
                 ),
             )
         };
+        if let Some(native) = invariant.native {
+            if !native(value) {
+                let severity = if invariant.error {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                };
+                self.issues.push(issue(
+                    severity,
+                    location.to_string(),
+                    &invariant.key,
+                    invariant.human.clone(),
+                ));
+            }
+            return;
+        }
         let expression = match &invariant.expression {
             Ok(expression) => expression,
             Err(error) => {
@@ -233,7 +249,7 @@ impl<'p, 'a> Walker<'p, 'a> {
         }
     }
 
-    fn check_binding(&mut self, element: &Element, value: &Json, location: &str) {
+    fn check_binding(&mut self, element: &Element, value: &Json, location: &Loc<'_>) {
         let Some(binding) = &element.binding else {
             return;
         };
@@ -296,7 +312,7 @@ impl<'p, 'a> Walker<'p, 'a> {
         &mut self,
         element: &Element,
         object: &'a Map<String, Json>,
-        location: &str,
+        location: &Loc<'_>,
     ) -> Vec<Found<'a>> {
         let mut found = Vec::new();
         let mut push = |key: &'a str, json: &'a Json, type_name: Option<&'a str>| match json {
@@ -330,7 +346,7 @@ impl<'p, 'a> Walker<'p, 'a> {
                     if !element.types.is_empty() && !element.types.iter().any(|t| *t == type_name) {
                         self.issues.push(issue(
                             Severity::Error,
-                            format!("{location}.{key}"),
+                            Loc::Child(location, key, None).to_string(),
                             "type",
                             format!(
                                 "{type_name} is not allowed here (allowed: {})",
@@ -351,14 +367,14 @@ impl<'p, 'a> Walker<'p, 'a> {
         found
     }
 
-    fn check_children(&mut self, index: usize, object: &'a Map<String, Json>, location: &str) {
+    fn check_children(&mut self, index: usize, object: &'a Map<String, Json>, location: &Loc<'_>) {
         for &child in &self.element(index).children {
             let element = self.element(child);
             let found = self.find(element, object, location);
             self.check_cardinality(
                 element,
                 found.len(),
-                &format!("{location}.{}", element.name),
+                &Loc::Child(location, &element.name, None),
                 "",
             );
             for value in &found {
@@ -371,7 +387,13 @@ impl<'p, 'a> Walker<'p, 'a> {
         }
     }
 
-    fn check_cardinality(&mut self, element: &Element, count: usize, location: &str, what: &str) {
+    fn check_cardinality(
+        &mut self,
+        element: &Element,
+        count: usize,
+        location: &Loc<'_>,
+        what: &str,
+    ) {
         let count = count as u64;
         if count < element.min {
             let message = format!("{what}at least {} required, found {count}", element.min);
@@ -395,7 +417,7 @@ impl<'p, 'a> Walker<'p, 'a> {
         }
     }
 
-    fn check_slices(&mut self, sliced: usize, found: &[Found<'a>], location: &str) {
+    fn check_slices(&mut self, sliced: usize, found: &[Found<'a>], location: &Loc<'_>) {
         let element = self.element(sliced);
         let mut counts = vec![0usize; element.slices.len()];
         for value in found {
@@ -411,7 +433,7 @@ impl<'p, 'a> Walker<'p, 'a> {
                 }
                 None if element.closed => self.issues.push(issue(
                     Severity::Error,
-                    place(location, value),
+                    place(location, value).to_string(),
                     "slice",
                     "matches no slice of a closed slicing".into(),
                 )),
@@ -427,7 +449,7 @@ impl<'p, 'a> Walker<'p, 'a> {
             self.check_cardinality(
                 slice_element,
                 counts[position],
-                &format!("{location}.{}", element.name),
+                &Loc::Child(location, &element.name, None),
                 &what,
             );
         }
@@ -511,11 +533,25 @@ fn primitive_problem(primitive: &str, value: &Json) -> Option<String> {
     (!valid).then(|| format!("{value} is not a valid FHIR {primitive}"))
 }
 
-fn place(location: &str, found: &Found) -> String {
-    match found.index {
-        Some(i) => format!("{location}.{}[{i}]", found.key),
-        None => format!("{location}.{}", found.key),
+/// Where a value sits in the instance, rendered only when an issue needs it (`Observation.component[1].code`).
+#[derive(Clone, Copy)]
+enum Loc<'x> {
+    Root(&'x str),
+    Child(&'x Loc<'x>, &'x str, Option<usize>),
+}
+
+impl std::fmt::Display for Loc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Loc::Root(name) => f.write_str(name),
+            Loc::Child(parent, key, None) => write!(f, "{parent}.{key}"),
+            Loc::Child(parent, key, Some(i)) => write!(f, "{parent}.{key}[{i}]"),
+        }
     }
+}
+
+fn place<'x>(location: &'x Loc<'x>, found: &'x Found) -> Loc<'x> {
+    Loc::Child(location, found.key, found.index)
 }
 
 #[cfg(test)]

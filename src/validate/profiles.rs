@@ -41,6 +41,34 @@ pub struct Invariant {
     /// The parsed expression, or why it did not parse (reported, never treated as passed).
     pub expression: Result<Expression, ParseError>,
     pub text: String,
+    /// A native evaluation with the same result, for the invariants that hold on every element.
+    pub native: Option<fn(&Json) -> bool>,
+}
+
+/// `ele-1` as FHIR writes it; it holds on every element of every resource.
+pub const ELE_1: &str = "hasValue() or (children().count() > id.count())";
+
+/// `ele-1` evaluated natively, exactly as the engine evaluates [`ELE_1`] on one node (a unit test
+/// compares both): a primitive has a value; an object needs a child other than its `id`. It runs on
+/// every element of every resource, so this is the validator's hottest path.
+pub fn ele_1(value: &Json) -> bool {
+    let Json::Object(object) = value else {
+        return !value.is_null();
+    };
+    let children: usize = object
+        .iter()
+        .filter(|(k, _)| k.as_str() != "resourceType")
+        .map(|(_, v)| match v {
+            Json::Array(items) => items.len(),
+            _ => 1,
+        })
+        .sum();
+    let ids = match object.get("id") {
+        Some(Json::Array(items)) => items.len(),
+        Some(Json::Null) | None => 0,
+        Some(_) => 1,
+    };
+    children > ids
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -430,6 +458,7 @@ fn compile(snapshot: &[Json]) -> Vec<Element> {
                         .unwrap_or_default()
                         .to_string(),
                     expression: Expression::parse(&text),
+                    native: (text == ELE_1).then_some(ele_1 as fn(&Json) -> bool),
                     text,
                 })
             })
@@ -500,6 +529,22 @@ fn compile(snapshot: &[Json]) -> Vec<Element> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn native_ele_1_agrees_with_the_engine() {
+        let expression = Expression::parse(ELE_1).unwrap();
+        let samples = serde_json::json!([
+            "text", 1, true, {}, {"id": "a"}, {"id": "a", "value": 1}, {"extension": [{"url": "x"}]},
+            {"coding": []}, {"resourceType": "Patient"}, {"resourceType": "Patient", "id": "p"}, {"a": [1, 2], "id": "x"}
+        ]);
+        for sample in samples.as_array().unwrap() {
+            let result = expression
+                .evaluate(&[crate::fhirpath::Item::Node(sample, None)], &())
+                .unwrap();
+            let engine = matches!(result.as_slice(), [item] if matches!(item.primitive(), crate::fhirpath::Item::Boolean(true)));
+            assert_eq!(ele_1(sample), engine, "{sample}");
+        }
+    }
 
     #[test]
     fn us_core_blood_pressure_snapshot_is_built_from_its_bases() {
