@@ -4,9 +4,18 @@
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::execution::SendableRecordBatchStream;
-use deltalake::datafusion::prelude::SessionContext;
+use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
 
 use super::LakeError;
+
+/// A DataFusion session that filters Parquet rows before decoding the other columns: a look-up of a
+/// few ids in bronze then decodes the raw JSON of those rows only, not of every row in the files.
+fn session() -> SessionContext {
+    let config = SessionConfig::new()
+        .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+        .set_bool("datafusion.execution.parquet.reorder_filters", true);
+    SessionContext::new_with_config(config)
+}
 
 /// Runs `sql` (which reads from `t`) over `table` and returns the batches as they come, for reads
 /// too large to hold (rebuilding silver from bronze).
@@ -19,7 +28,7 @@ pub async fn stream(
         table: name.to_string(),
         source,
     };
-    let ctx = SessionContext::new();
+    let ctx = session();
     table
         .update_datafusion_session(&ctx.state())
         .map_err(|source| LakeError::Delta {
@@ -46,7 +55,7 @@ pub async fn query(
         table: name.to_string(),
         source,
     };
-    let ctx = SessionContext::new();
+    let ctx = session();
     table
         .update_datafusion_session(&ctx.state())
         .map_err(|source| LakeError::Delta {
