@@ -110,6 +110,7 @@ pub async fn ingest_fhir(
             tables = rebuilt.tables.len(),
             "silver rebuilt after rolling back an interrupted run"
         );
+        runs::mark_rolled_back(lake, &rolled_back_runs).await?;
     }
     let known = runs::ingested_hashes(lake).await?;
     let files = source::list(paths).await?;

@@ -37,7 +37,8 @@ pub async fn mark(
     Ok(())
 }
 
-/// Rolls back every run that started and neither finished nor was rolled back; returns their ids.
+/// Deletes the rows of every run that started and neither finished nor was rolled back; returns
+/// their ids, to be marked with [`mark_rolled_back`] once what was derived from them is rebuilt.
 pub async fn roll_back_unfinished(lake: &Lake) -> Result<Vec<String>, LakeError> {
     let Some(runs) = lake.existing_table(INGEST_RUNS_TABLE).await? else {
         return Ok(Vec::new());
@@ -58,7 +59,8 @@ pub async fn roll_back_unfinished(lake: &Lake) -> Result<Vec<String>, LakeError>
     let mut tables = lake.list_tables(BRONZE_FHIR_PREFIX).await?;
     tables.push(QUARANTINE_TABLE.to_string());
     tables.push(INGEST_LOG_TABLE.to_string());
-    for batch_id in &unfinished {
+    let mut rolled_back = Vec::new();
+    for batch_id in unfinished {
         // Batch ids are UUIDs we generated; anything else in that table was not written by us
         // and never goes into a predicate.
         if !batch_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
@@ -82,9 +84,18 @@ pub async fn roll_back_unfinished(lake: &Lake) -> Result<Vec<String>, LakeError>
                 }
             }
         }
+        rolled_back.push(batch_id);
+    }
+    Ok(rolled_back)
+}
+
+/// Records that the runs' rows are gone and everything derived from them rebuilt. Only then: a run
+/// interrupted during the rebuild stays unfinished, and the next run rolls it back and rebuilds again.
+pub async fn mark_rolled_back(lake: &Lake, batch_ids: &[String]) -> Result<(), LakeError> {
+    for batch_id in batch_ids {
         mark(lake, batch_id, "rolled_back", None).await?;
     }
-    Ok(unfinished)
+    Ok(())
 }
 
 /// SHA-256 of every file a finished or running-now run has ingested.
