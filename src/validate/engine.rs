@@ -343,7 +343,7 @@ impl<'p, 'a> Walker<'p, 'a> {
                     let Some(type_name) = suffix_type(suffix) else {
                         continue;
                     };
-                    if !element.types.is_empty() && !element.types.iter().any(|t| *t == type_name) {
+                    if !element.types.is_empty() && !element.types.contains(&type_name) {
                         self.issues.push(issue(
                             Severity::Error,
                             Loc::Child(location, key, None).to_string(),
