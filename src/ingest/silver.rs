@@ -677,17 +677,18 @@ impl<'l> SilverWriter<'l> {
         winners.sort_by(|a, b| a.key.cmp(&b.key));
 
         if !winners.is_empty() {
-            let flattened: Vec<Flattened> =
+            let mut flattened: Vec<Flattened> =
                 winners.par_iter().map(|r| flatten(&views, r)).collect();
             for (index, view) in views.for_type(resource_type) {
                 let mut rows = Vec::new();
                 let mut touched: Vec<&String> = Vec::new();
-                for (resource, flat) in winners.iter().zip(&flattened) {
+                for (resource, flat) in winners.iter().zip(flattened.iter_mut()) {
+                    // Each view's rows are taken once: moved into the batch, not copied.
                     let view_rows = flat
                         .rows
-                        .iter()
+                        .iter_mut()
                         .find(|(i, _)| *i == index)
-                        .map(|(_, r)| r.as_slice())
+                        .map(|(_, r)| std::mem::take(r))
                         .unwrap_or_default();
                     // Only keys that have rows now or may have had rows before need a rewrite.
                     if !view_rows.is_empty() || known.contains_key(&resource.key) {
@@ -695,9 +696,9 @@ impl<'l> SilverWriter<'l> {
                     }
                     rows.extend(
                         view_rows
-                            .iter()
+                            .into_iter()
                             .enumerate()
-                            .map(|(n, row)| (*resource, n, row.clone())),
+                            .map(|(n, row)| (*resource, n, row)),
                     );
                 }
                 if touched.is_empty() {
