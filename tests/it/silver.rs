@@ -449,3 +449,46 @@ fn views_run_prints_rows_from_files_and_names_a_failing_expression() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no view named 'nope'"));
 }
+
+#[test]
+fn views_run_reads_the_lake_bronze_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let input = write_ndjson(
+        dir.path(),
+        "bp.ndjson",
+        &[
+            blood_pressure("bp1", "1", "2026-01-05T00:00:00Z", "final"),
+            blood_pressure("bp1", "2", "2026-01-06T00:00:00Z", "amended"),
+        ],
+    );
+    run_ok(
+        vitalake()
+            .args(["ingest", "fhir"])
+            .arg(&input)
+            .arg("--lake")
+            .arg(&lake),
+    );
+    let out = run_ok(
+        vitalake()
+            .args([
+                "views",
+                "run",
+                "--bronze",
+                "--view",
+                "profiles/views/blood_pressure.json",
+                "--format",
+                "json",
+                "--lake",
+            ])
+            .arg(&lake),
+    );
+    let rows: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Bronze keeps every version: the view sees both (silver keeps only the newest).
+    let statuses: BTreeSet<&str> = rows.iter().filter_map(|r| r["status"].as_str()).collect();
+    assert_eq!(statuses, BTreeSet::from(["amended", "final"]));
+}
