@@ -102,7 +102,7 @@ fn issues_column<'a>(
     ))
 }
 
-/// The issues of row `row` of a column made by [`issues_column`].
+/// The issues of row `row` of an issues column (bronze `warnings`, quarantine `errors`).
 pub fn issues_at(column: &ArrayRef, row: usize) -> Vec<crate::issue::Issue> {
     use crate::issue::{Issue, Severity};
     use deltalake::arrow::array::{Array, AsArray};

@@ -1,0 +1,231 @@
+//! Silver: bronze resources flattened by the ViewDefinitions in `profiles/views/`, latest version wins.
+//!
+//! Every view is a table `silver/fhir/<view name>`: the view's columns, then `_key` (the resource
+//! key), `_row` (the row's number within the resource), `_version_id`, `_last_updated`,
+//! `_ingest_order` and `_batch_id`. `silver/versions/<type>` remembers the winning version of every
+//! resource key, so an older version arriving later never overwrites a newer one, even when the
+//! newer one produced no rows (an Observation entered in error leaves silver and stays out).
+//!
+//! Versions are ordered by `meta.versionId` (numerically when both are numbers), then
+//! `meta.lastUpdated`, then ingest order (run, source, line, Bundle entry). Silver is a function of
+//! bronze: the incremental path ([`SilverWriter::merge_chunk`], after each bronze commit) and the rebuild
+//! ([`refresh`]) share `flatten` and the version order, so they give the same tables.
+//!
+//! `silver/fhir/patient_history` is SCD type 2 over the `patient` view: a period per change of the
+//! demographics (every column but `version_id` and `last_updated`), with `valid_from`, `valid_to`
+//! and `is_current`, recomputed from all of a patient's versions whenever one arrives.
+//!
+//! Files: `bronze.rs` (bronze rows back as resources), `flatten.rs` (a resource through the views),
+//! `batches.rs` (silver table shapes and writes), `writer.rs` (the incremental path), `history.rs`
+//! (SCD2), `refresh.rs` (the rebuild).
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use deltalake::DeltaTable;
+use deltalake::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use futures::TryStreamExt;
+use rayon::prelude::*;
+use serde_json::Value as Json;
+
+mod batches;
+mod bronze;
+mod flatten;
+mod history;
+mod refresh;
+mod writer;
+
+use batches::*;
+use bronze::*;
+use flatten::*;
+use history::*;
+
+pub use bronze::{BronzeResource, from_bronze};
+pub use refresh::{RefreshReport, refresh};
+pub use writer::SilverWriter;
+
+use super::IngestError;
+use super::tables::{Provenance, QUARANTINE_TABLE, bronze_fhir_table, quarantine_batch};
+use crate::fhir::{Location, Rejected};
+use crate::issue::{Issue, Severity};
+use crate::lake::{AppendBuilder, Lake, delete, read};
+use crate::views::{self, Cell, View, ViewError};
+
+pub const VERSIONS_PREFIX: &str = "silver/versions";
+pub const HISTORY_TABLE: &str = "silver/fhir/patient_history";
+/// The view whose rows `patient_history` keeps the history of.
+pub const HISTORY_VIEW: &str = "patient";
+/// The quarantine stage of resources a view could not evaluate.
+pub const VIEW_STAGE: &str = "silver view";
+
+pub fn view_table(name: &str) -> String {
+    format!("silver/fhir/{name}")
+}
+
+pub(super) fn versions_table(resource_type: &str) -> String {
+    format!("{VERSIONS_PREFIX}/{resource_type}")
+}
+
+/// The views shipped with vitalake, used when the configured folder does not exist.
+const BUILT_IN_VIEWS: [&str; 4] = [
+    include_str!("../../../profiles/views/blood_pressure.json"),
+    include_str!("../../../profiles/views/heart_rate.json"),
+    include_str!("../../../profiles/views/medication_dispense.json"),
+    include_str!("../../../profiles/views/patient.json"),
+];
+
+/// The silver views, compiled once per run.
+#[derive(Clone)]
+pub struct SilverViews {
+    views: Arc<Vec<View>>,
+}
+
+impl SilverViews {
+    /// The views in `dir`, or the built-in ones when `dir` does not exist.
+    pub fn load(dir: &Path) -> Result<Self, ViewError> {
+        let views = if dir.exists() {
+            views::load_dir(dir)?
+        } else {
+            tracing::info!(folder = %dir.display(), "no views folder; using the built-in silver views");
+            BUILT_IN_VIEWS
+                .iter()
+                .map(|text| {
+                    View::from_json(&serde_json::from_str(text).expect("built-in views are JSON"))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(SilverViews {
+            views: Arc::new(views),
+        })
+    }
+
+    pub fn none() -> Self {
+        SilverViews {
+            views: Arc::new(Vec::new()),
+        }
+    }
+
+    pub fn views(&self) -> &[View] {
+        &self.views
+    }
+
+    pub(super) fn for_type<'s>(
+        &'s self,
+        resource_type: &'s str,
+    ) -> impl Iterator<Item = (usize, &'s View)> + 's {
+        self.views
+            .iter()
+            .enumerate()
+            .filter(move |(_, v)| v.resource() == resource_type)
+    }
+
+    pub(super) fn has_type(&self, resource_type: &str) -> bool {
+        self.for_type(resource_type).next().is_some()
+    }
+}
+
+/// Which of two versions of a resource is newer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionKey {
+    pub version_id: Option<String>,
+    pub last_updated: Option<i64>,
+    /// Run, source, line and Bundle entries, formatted to sort as text.
+    pub ingest_order: String,
+}
+
+impl Ord for VersionKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let by_version = match (&self.version_id, &other.version_id) {
+            (Some(a), Some(b)) => match (a.parse::<u64>(), b.parse::<u64>()) {
+                (Ok(x), Ok(y)) => x.cmp(&y),
+                _ => a.cmp(b),
+            },
+            (a, b) => a.is_some().cmp(&b.is_some()),
+        };
+        by_version
+            .then(self.last_updated.cmp(&other.last_updated))
+            .then_with(|| self.ingest_order.cmp(&other.ingest_order))
+    }
+}
+
+impl PartialOrd for VersionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// What a silver merge did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SilverMetrics {
+    pub rows: u64,
+    pub quarantined: u64,
+    pub commits: u64,
+}
+
+pub(super) fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+pub(super) fn key_predicate<'k>(
+    column: &str,
+    keys: impl IntoIterator<Item = &'k String>,
+) -> String {
+    let list: Vec<String> = keys.into_iter().map(|k| quote(k)).collect();
+    format!("{column} IN ({})", list.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(version: Option<&str>, updated: Option<i64>, order: &str) -> VersionKey {
+        VersionKey {
+            version_id: version.map(str::to_string),
+            last_updated: updated,
+            ingest_order: order.into(),
+        }
+    }
+
+    #[test]
+    fn version_order_is_version_then_last_updated_then_ingest_order() {
+        assert!(
+            key(Some("10"), None, "a") > key(Some("9"), Some(5), "b"),
+            "numeric, not text"
+        );
+        assert!(key(Some("2"), Some(1), "a") > key(None, Some(9), "b"));
+        assert!(key(Some("2"), Some(2), "a") > key(Some("2"), Some(1), "b"));
+        assert!(key(None, None, "b") > key(None, None, "a"));
+    }
+
+    #[test]
+    fn entries_from_json_path() {
+        assert_eq!(
+            entries_of("$.entry[3].resource.entry[12].resource"),
+            vec![3, 12]
+        );
+        assert!(entries_of("$").is_empty());
+    }
+
+    #[test]
+    fn built_in_views_compile() {
+        let dir = Path::new("/nonexistent-views-folder");
+        let views = SilverViews::load(dir).unwrap();
+        let names: Vec<_> = views.views().iter().filter_map(View::name).collect();
+        assert_eq!(
+            names,
+            [
+                "blood_pressure",
+                "heart_rate",
+                "medication_dispense",
+                "patient"
+            ]
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! `vitalake refresh silver`: every silver table rebuilt from bronze.
+
+use super::*;
+
+/// What a refresh rebuilt.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RefreshReport {
+    /// Rows per silver table.
+    pub tables: BTreeMap<String, u64>,
+    pub resources_read: u64,
+    pub quarantined: u64,
+}
+
+/// Rebuilds silver from bronze: every view (or only `only`), the version index and the patient history.
+pub async fn refresh(
+    lake: &Lake,
+    views: &SilverViews,
+    only: Option<&str>,
+) -> Result<RefreshReport, IngestError> {
+    if let Some(name) = only
+        && !views.views().iter().any(|v| v.name() == Some(name))
+    {
+        return Err(IngestError::Silver(format!(
+            "no view named '{name}' in the silver views"
+        )));
+    }
+    let batch_id = uuid::Uuid::now_v7().to_string();
+    let mut report = RefreshReport::default();
+    let mut types: Vec<&str> = views.views().iter().map(View::resource).collect();
+    types.sort();
+    types.dedup();
+    for resource_type in types {
+        let selected: Vec<(usize, &View)> = views
+            .for_type(resource_type)
+            .filter(|(_, v)| only.is_none_or(|o| v.name() == Some(o)))
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        let bronze_name = bronze_fhir_table(resource_type);
+        let mut winners: HashMap<String, (BronzeResource, Flattened)> = HashMap::new();
+        let mut patients = BTreeMap::new();
+        let history_view = selected
+            .iter()
+            .find(|(_, v)| v.name() == Some(HISTORY_VIEW) && resource_type == "Patient")
+            .map(|(_, v)| *v);
+        if let Some(bronze) = lake.existing_table(&bronze_name).await? {
+            let mut stream = read::stream(
+                &bronze,
+                &bronze_name,
+                &format!("SELECT {BRONZE_COLUMNS} FROM t"),
+            )
+            .await?;
+            while let Some(batch) = stream
+                .try_next()
+                .await
+                .map_err(|source| IngestError::Silver(format!("reading {bronze_name}: {source}")))?
+            {
+                let resources = from_bronze(resource_type, &batch);
+                report.resources_read += resources.len() as u64;
+                if let Some(view) = history_view {
+                    patient_versions(view, &resources, &mut patients);
+                }
+                let newer: Vec<BronzeResource> = resources
+                    .into_iter()
+                    .filter(|r| {
+                        winners
+                            .get(&r.key)
+                            .is_none_or(|(old, _)| r.version > old.version)
+                    })
+                    .collect();
+                let flattened: Vec<Flattened> =
+                    newer.par_iter().map(|r| flatten(views, r)).collect();
+                for (resource, flat) in newer.into_iter().zip(flattened) {
+                    match winners.get(&resource.key) {
+                        Some((old, _)) if old.version >= resource.version => {}
+                        _ => {
+                            winners.insert(resource.key.clone(), (resource, flat));
+                        }
+                    }
+                }
+            }
+        }
+        let mut ordered: Vec<&(BronzeResource, Flattened)> = winners.values().collect();
+        ordered.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+        for (index, view) in &selected {
+            let rows = ordered
+                .iter()
+                .flat_map(|(resource, flat)| {
+                    let view_rows = flat
+                        .rows
+                        .iter()
+                        .find(|(i, _)| i == index)
+                        .map(|(_, r)| r.as_slice())
+                        .unwrap_or_default();
+                    view_rows
+                        .iter()
+                        .enumerate()
+                        .map(move |(n, row)| (resource, n, row.clone()))
+                })
+                .collect();
+            let name = view_table(view.name().unwrap_or_default());
+            let written =
+                write(lake, &name, view_batch(view, rows), Replace::All, &batch_id).await?;
+            report.tables.insert(name, written);
+        }
+        let all: Vec<&BronzeResource> = ordered.iter().map(|(r, _)| r).collect();
+        write(
+            lake,
+            &versions_table(resource_type),
+            versions_batch(&all),
+            Replace::All,
+            &batch_id,
+        )
+        .await?;
+        if let Some(view) = history_view {
+            let written = write(
+                lake,
+                HISTORY_TABLE,
+                history_batch(view, patients),
+                Replace::All,
+                &batch_id,
+            )
+            .await?;
+            report.tables.insert(HISTORY_TABLE.to_string(), written);
+        }
+        // The view failures of this type are found again: replace the old ones.
+        let rejected: Vec<(Rejected, Arc<Provenance>)> = ordered
+            .iter()
+            .filter_map(|(r, f)| {
+                f.rejected
+                    .clone()
+                    .map(|rejected| (rejected, r.provenance.clone()))
+            })
+            .collect();
+        if let Some(quarantine) = lake.existing_table(QUARANTINE_TABLE).await? {
+            let predicate = format!(
+                "stage = '{VIEW_STAGE}' AND resource_type = {}",
+                quote(resource_type)
+            );
+            delete::delete_where(quarantine, QUARANTINE_TABLE, &predicate).await?;
+        }
+        if !rejected.is_empty() {
+            report.quarantined += rejected.len() as u64;
+            let table = lake.table(QUARANTINE_TABLE).await?;
+            AppendBuilder::new(
+                table,
+                QUARANTINE_TABLE,
+                vec![quarantine_batch(&rejected, VIEW_STAGE)],
+            )
+            .with_metadata("vitalake.batch_id", batch_id.as_str())
+            .execute()
+            .await?;
+        }
+    }
+    Ok(report)
+}

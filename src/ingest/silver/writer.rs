@@ -1,0 +1,223 @@
+//! The incremental path: bronze chunks merged into silver during an ingest run.
+
+use super::*;
+
+pub(super) fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Merges bronze chunks into silver during one ingest run.
+///
+/// It keeps the tables open between chunks (opening a Delta table replays its log), and a 64-bit hash
+/// of every resource key silver already has. A chunk of new resources (the common case) is then
+/// appended without reading anything; only keys whose hash is known are looked up.
+pub struct SilverWriter<'l> {
+    lake: &'l Lake,
+    views: SilverViews,
+    batch_id: String,
+    tables: HashMap<String, DeltaTable>,
+    /// Per resource type: hashes of the keys in `silver/versions/<type>`, this run's included.
+    known_keys: HashMap<String, HashSet<u64>>,
+}
+
+impl<'l> SilverWriter<'l> {
+    pub fn new(lake: &'l Lake, views: SilverViews, batch_id: &str) -> Self {
+        SilverWriter {
+            lake,
+            views,
+            batch_id: batch_id.to_string(),
+            tables: HashMap::new(),
+            known_keys: HashMap::new(),
+        }
+    }
+
+    async fn load_known_keys(&mut self, resource_type: &str) -> Result<(), IngestError> {
+        if self.known_keys.contains_key(resource_type) {
+            return Ok(());
+        }
+        let name = versions_table(resource_type);
+        let mut hashes = HashSet::new();
+        if let Some(table) = self.lake.existing_table(&name).await? {
+            let mut stream = read::stream(&table, &name, "SELECT _key FROM t").await?;
+            while let Some(batch) = stream
+                .try_next()
+                .await
+                .map_err(|source| IngestError::Silver(format!("reading {name}: {source}")))?
+            {
+                let keys = strings(&batch, "_key");
+                hashes.extend(keys.iter().flatten().map(key_hash));
+            }
+        }
+        self.known_keys.insert(resource_type.to_string(), hashes);
+        Ok(())
+    }
+
+    async fn write(
+        &mut self,
+        name: &str,
+        batch: RecordBatch,
+        replace: Replace,
+    ) -> Result<u64, IngestError> {
+        let table = match self.tables.remove(name) {
+            Some(table) => table,
+            None => self.lake.table(name).await?,
+        };
+        let (table, rows) = write_to(table, name, batch, replace, &self.batch_id).await?;
+        self.tables.insert(name.to_string(), table);
+        Ok(rows)
+    }
+
+    /// Merges one chunk of bronze resources of one type.
+    pub async fn merge_chunk(
+        &mut self,
+        resource_type: &str,
+        resources: Vec<BronzeResource>,
+    ) -> Result<SilverMetrics, IngestError> {
+        let mut metrics = SilverMetrics::default();
+        let views = self.views.clone();
+        if !views.has_type(resource_type) || resources.is_empty() {
+            return Ok(metrics);
+        }
+        self.load_known_keys(resource_type).await?;
+        let hashes = &self.known_keys[resource_type];
+        let maybe_known: HashSet<String> = resources
+            .iter()
+            .filter(|r| hashes.contains(&key_hash(&r.key)))
+            .map(|r| r.key.clone())
+            .collect();
+        let history = if resource_type == "Patient" {
+            views
+                .views()
+                .iter()
+                .find(|v| v.name() == Some(HISTORY_VIEW) && v.resource() == "Patient")
+        } else {
+            None
+        };
+        // A new patient's versions are all in this chunk; a known one's history is read from bronze.
+        let mut chunk_versions = BTreeMap::new();
+        if let Some(view) = history {
+            let new: Vec<BronzeResource> = resources
+                .iter()
+                .filter(|r| !maybe_known.contains(&r.key))
+                .cloned()
+                .collect();
+            patient_versions(view, &new, &mut chunk_versions);
+        }
+        let mut newest: HashMap<String, BronzeResource> = HashMap::new();
+        for resource in resources {
+            match newest.get(&resource.key) {
+                Some(seen) if seen.version >= resource.version => {}
+                _ => {
+                    newest.insert(resource.key.clone(), resource);
+                }
+            }
+        }
+        let candidates: Vec<&String> = maybe_known.iter().collect();
+        let known = if candidates.is_empty() {
+            HashMap::new()
+        } else {
+            known_versions(self.lake, resource_type, &candidates).await?
+        };
+        let mut winners: Vec<&BronzeResource> = newest
+            .values()
+            .filter(|r| known.get(&r.key).is_none_or(|old| r.version > *old))
+            .collect();
+        winners.sort_by(|a, b| a.key.cmp(&b.key));
+
+        if !winners.is_empty() {
+            let mut flattened: Vec<Flattened> =
+                winners.par_iter().map(|r| flatten(&views, r)).collect();
+            for (index, view) in views.for_type(resource_type) {
+                let mut rows = Vec::new();
+                let mut touched: Vec<&String> = Vec::new();
+                for (resource, flat) in winners.iter().zip(flattened.iter_mut()) {
+                    // Each view's rows are taken once: moved into the batch, not copied.
+                    let view_rows = flat
+                        .rows
+                        .iter_mut()
+                        .find(|(i, _)| *i == index)
+                        .map(|(_, r)| std::mem::take(r))
+                        .unwrap_or_default();
+                    // Only keys that have rows now or may have had rows before need a rewrite.
+                    if !view_rows.is_empty() || known.contains_key(&resource.key) {
+                        touched.push(&resource.key);
+                    }
+                    rows.extend(
+                        view_rows
+                            .into_iter()
+                            .enumerate()
+                            .map(|(n, row)| (*resource, n, row)),
+                    );
+                }
+                if touched.is_empty() {
+                    continue;
+                }
+                let name = view_table(view.name().unwrap_or_default());
+                metrics.rows += self
+                    .write(
+                        &name,
+                        view_batch(view, rows),
+                        replace_known(&touched, &known),
+                    )
+                    .await?;
+                metrics.commits += 1;
+            }
+            let keys: Vec<&String> = winners.iter().map(|r| &r.key).collect();
+            self.write(
+                &versions_table(resource_type),
+                versions_batch(&winners),
+                replace_known(&keys, &known),
+            )
+            .await?;
+            metrics.commits += 1;
+            let rejected: Vec<(Rejected, Arc<Provenance>)> = winners
+                .iter()
+                .zip(flattened)
+                .filter_map(|(r, f)| f.rejected.map(|rejected| (rejected, r.provenance.clone())))
+                .collect();
+            if !rejected.is_empty() {
+                metrics.quarantined += rejected.len() as u64;
+                self.write(
+                    QUARANTINE_TABLE,
+                    quarantine_batch(&rejected, VIEW_STAGE),
+                    Replace::Nothing,
+                )
+                .await?;
+                metrics.commits += 1;
+            }
+            let hashes = self
+                .known_keys
+                .get_mut(resource_type)
+                .expect("loaded above");
+            hashes.extend(winners.iter().map(|r| key_hash(&r.key)));
+        }
+        if let Some(view) = history {
+            let known_ids: Vec<String> = maybe_known.into_iter().collect();
+            let mut patients = chunk_versions;
+            if !known_ids.is_empty() {
+                history_from_bronze(self.lake, view, &known_ids, &mut patients).await?;
+            }
+            if !patients.is_empty() {
+                let keys: Vec<String> = patients.keys().cloned().collect();
+                let replace = if known_ids.is_empty() {
+                    Replace::Nothing
+                } else {
+                    Replace::Matching(key_predicate("_key", &keys))
+                };
+                self.write(HISTORY_TABLE, history_batch(view, patients), replace)
+                    .await?;
+                metrics.commits += 1;
+            }
+        }
+        tracing::debug!(
+            resource_type,
+            winners = winners.len(),
+            rows = metrics.rows,
+            "silver merged"
+        );
+        Ok(metrics)
+    }
+}
