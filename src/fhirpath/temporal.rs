@@ -209,17 +209,13 @@ impl DateTimeValue {
             ]
         };
         let common = a.precision.min(b.precision) as usize;
-        let (pa, pb) = (parts(&a), parts(&b));
-        for i in 0..=common {
-            match pa[i].cmp(&pb[i]) {
-                Ordering::Equal => {}
-                unequal => return Some(unequal),
-            }
-        }
-        if a.precision != b.precision {
-            return None;
-        }
-        Some(a.nanos.cmp(&b.nanos))
+        compare_parts(
+            &parts(&a)[..=common],
+            &parts(&b)[..=common],
+            a.precision == b.precision,
+            a.nanos,
+            b.nanos,
+        )
     }
 
     /// The same instant in UTC (a value without an offset is taken as UTC).
@@ -301,6 +297,22 @@ impl DateTimeValue {
     }
 }
 
+/// FHIRPath comparison of two values part by part, as far as both are precise: unknown (`None`)
+/// when they agree that far but one is more precise; sub-seconds decide only at equal precision.
+fn compare_parts<T: Ord>(
+    a: &[T],
+    b: &[T],
+    same_precision: bool,
+    a_nanos: u32,
+    b_nanos: u32,
+) -> Option<Ordering> {
+    match a.cmp(b) {
+        Ordering::Equal if !same_precision => None,
+        Ordering::Equal => Some(a_nanos.cmp(&b_nanos)),
+        unequal => Some(unequal),
+    }
+}
+
 /// The last millisecond a fraction written with `digits` digits may mean (`.5` → `.599`).
 fn high_nanos(nanos: u32, digits: u8) -> u32 {
     if digits >= 3 {
@@ -377,16 +389,13 @@ impl TimeValue {
         let parts = |t: &Self| [t.hour, t.minute, t.second];
         let common = (self.precision.min(other.precision) as usize) - Precision::Hour as usize;
         let (a, b) = (parts(self), parts(other));
-        for i in 0..=common {
-            match a[i].cmp(&b[i]) {
-                Ordering::Equal => {}
-                unequal => return Some(unequal),
-            }
-        }
-        if self.precision != other.precision {
-            return None;
-        }
-        Some(self.nanos.cmp(&other.nanos))
+        compare_parts(
+            &a[..=common],
+            &b[..=common],
+            self.precision == other.precision,
+            self.nanos,
+            other.nanos,
+        )
     }
 
     pub fn boundary(&self, high: bool) -> Self {

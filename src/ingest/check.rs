@@ -85,16 +85,7 @@ pub async fn check_files(
     options: IngestOptions,
 ) -> Result<CheckReport, IngestError> {
     let files = source::list(paths).await?;
-    let ctx = ProduceContext {
-        batch_id: "validate".into(),
-        ingested_at: chrono::Utc::now().timestamp_micros(),
-        decode: options.decode.clone(),
-        chunk_records: options.chunk_records,
-        chunk_bytes: options.chunk_bytes,
-        checks: options.checks.clone(),
-        runtime: tokio::runtime::Handle::current(),
-        progress: options.progress.clone(),
-    };
+    let ctx = ProduceContext::new(&options, "validate");
     let (tx, mut rx) = mpsc::channel(1);
     let producer =
         tokio::task::spawn_blocking(move || produce::produce(files, HashSet::new(), &ctx, tx));

@@ -120,16 +120,7 @@ pub async fn ingest_fhir(
     runs::mark(lake, &batch_id, "started", None).await?;
     tracing::info!(batch_id, files = files.len(), "ingest run started");
 
-    let ctx = ProduceContext {
-        batch_id: batch_id.clone(),
-        ingested_at: chrono::Utc::now().timestamp_micros(),
-        decode: options.decode.clone(),
-        chunk_records: options.chunk_records,
-        chunk_bytes: options.chunk_bytes,
-        checks: options.checks.clone(),
-        runtime: tokio::runtime::Handle::current(),
-        progress: options.progress.clone(),
-    };
+    let ctx = ProduceContext::new(&options, &batch_id);
     let (tx, rx) = mpsc::channel(1);
     let producer = tokio::task::spawn_blocking(move || produce::produce(files, known, &ctx, tx));
     let written = write_chunks(lake, &views, rx, &batch_id).await;

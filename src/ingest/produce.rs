@@ -44,6 +44,22 @@ pub struct ProduceContext {
     pub progress: Arc<dyn Fn(u64) + Send + Sync>,
 }
 
+impl ProduceContext {
+    /// The context of a run: `options` as given, stamped now, on the current tokio runtime.
+    pub fn new(options: &super::IngestOptions, batch_id: &str) -> Self {
+        ProduceContext {
+            batch_id: batch_id.to_string(),
+            ingested_at: chrono::Utc::now().timestamp_micros(),
+            decode: options.decode.clone(),
+            chunk_records: options.chunk_records,
+            chunk_bytes: options.chunk_bytes,
+            checks: options.checks.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            progress: options.progress.clone(),
+        }
+    }
+}
+
 /// JSON files up to this size are read whole and decoded a group at a time.
 const SMALL_FILE_BYTES: u64 = 8 << 20;
 const GROUP_FILES: usize = 64;

@@ -4,7 +4,7 @@
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::execution::SendableRecordBatchStream;
-use deltalake::datafusion::prelude::{SessionConfig, SessionContext};
+use deltalake::datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 
 use super::LakeError;
 
@@ -17,13 +17,8 @@ fn session() -> SessionContext {
     SessionContext::new_with_config(config)
 }
 
-/// Runs `sql` (which reads from `t`) over `table` and returns the batches as they come, for reads
-/// too large to hold (rebuilding silver from bronze).
-pub async fn stream(
-    table: &DeltaTable,
-    name: &str,
-    sql: &str,
-) -> Result<SendableRecordBatchStream, LakeError> {
+/// The plan of `sql` over `table` registered as `t`.
+async fn dataframe(table: &DeltaTable, name: &str, sql: &str) -> Result<DataFrame, LakeError> {
     let err = |source| LakeError::Query {
         table: name.to_string(),
         source,
@@ -37,12 +32,24 @@ pub async fn stream(
         })?;
     let provider = table.table_provider().await.map_err(err)?;
     ctx.register_table("t", provider).map_err(err)?;
-    ctx.sql(sql)
-        .await
-        .map_err(err)?
+    ctx.sql(sql).await.map_err(err)
+}
+
+/// Runs `sql` (which reads from `t`) over `table` and returns the batches as they come, for reads
+/// too large to hold (rebuilding silver from bronze).
+pub async fn stream(
+    table: &DeltaTable,
+    name: &str,
+    sql: &str,
+) -> Result<SendableRecordBatchStream, LakeError> {
+    let frame = dataframe(table, name, sql).await?;
+    frame
         .execute_stream()
         .await
-        .map_err(err)
+        .map_err(|source| LakeError::Query {
+            table: name.to_string(),
+            source,
+        })
 }
 
 /// Runs `sql` (which reads from `t`) over `table` and collects the result.
@@ -51,23 +58,9 @@ pub async fn query(
     name: &str,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, LakeError> {
-    let err = |source| LakeError::Query {
+    let frame = dataframe(table, name, sql).await?;
+    frame.collect().await.map_err(|source| LakeError::Query {
         table: name.to_string(),
         source,
-    };
-    let ctx = session();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|source| LakeError::Delta {
-            table: name.to_string(),
-            source,
-        })?;
-    let provider = table.table_provider().await.map_err(err)?;
-    ctx.register_table("t", provider).map_err(err)?;
-    ctx.sql(sql)
-        .await
-        .map_err(err)?
-        .collect()
-        .await
-        .map_err(err)
+    })
 }

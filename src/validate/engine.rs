@@ -198,19 +198,22 @@ impl<'p, 'a> Walker<'p, 'a> {
                 ),
             )
         };
+        let failed = |location: &Loc<'_>| {
+            let severity = if invariant.error {
+                Severity::Error
+            } else {
+                Severity::Warning
+            };
+            issue(
+                severity,
+                location.to_string(),
+                &invariant.key,
+                invariant.human.clone(),
+            )
+        };
         if let Some(native) = invariant.native {
             if !native(value) {
-                let severity = if invariant.error {
-                    Severity::Error
-                } else {
-                    Severity::Warning
-                };
-                self.issues.push(issue(
-                    severity,
-                    location.to_string(),
-                    &invariant.key,
-                    invariant.human.clone(),
-                ));
+                self.issues.push(failed(location));
             }
             return;
         }
@@ -226,23 +229,10 @@ impl<'p, 'a> Walker<'p, 'a> {
         };
         match expression.evaluate(&[Item::Node(value, type_name)], &variables) {
             Ok(result) => {
-                let failed = match result.as_slice() {
-                    [] => false,
-                    [item] => matches!(item.primitive(), Item::Boolean(false)),
-                    _ => false,
-                };
-                if failed {
-                    let severity = if invariant.error {
-                        Severity::Error
-                    } else {
-                        Severity::Warning
-                    };
-                    self.issues.push(issue(
-                        severity,
-                        location.to_string(),
-                        &invariant.key,
-                        invariant.human.clone(),
-                    ));
+                // Only `false` fails: an empty result means the invariant does not apply here.
+                if matches!(result.as_slice(), [item] if matches!(item.primitive(), Item::Boolean(false)))
+                {
+                    self.issues.push(failed(location));
                 }
             }
             Err(error) => self.issues.push(not_evaluated(error.0)),
