@@ -342,15 +342,16 @@ impl fmt::Display for DateTimeValue {
         if self.precision >= Precision::Day {
             write!(f, "-{:02}", self.day)?;
         }
-        if self.precision >= Precision::Hour {
-            write!(f, "T{:02}", self.hour)?;
-        }
-        if self.precision >= Precision::Minute {
-            write!(f, ":{:02}", self.minute)?;
-        }
-        if self.precision >= Precision::Second {
-            write!(f, ":{:02}", self.second)?;
-            write_fraction(f, self.nanos, self.fraction_digits)?;
+        if self.has_time() {
+            let time = TimeValue {
+                hour: self.hour,
+                minute: self.minute,
+                second: self.second,
+                nanos: self.nanos,
+                fraction_digits: self.fraction_digits,
+                precision: self.precision,
+            };
+            write!(f, "T{time}")?;
         }
         match self.offset_minutes {
             Some(0) if self.has_time() => write!(f, "Z"),
