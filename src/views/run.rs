@@ -383,14 +383,12 @@ impl<'a> Runner<'_, 'a> {
 /// Each left row combined with each right row, the right filling the `covered` positions.
 fn product(left: Vec<Row>, right: Vec<Row>, covered: &[usize]) -> Vec<Row> {
     if left.len() == 1 && right.len() == 1 {
-        let (mut row, other) = (
+        let (mut row, mut other) = (
             left.into_iter().next().unwrap_or_default(),
             right.into_iter().next().unwrap_or_default(),
         );
-        for (i, cell) in other.into_iter().enumerate() {
-            if covered.contains(&i) {
-                row[i] = cell;
-            }
+        for &i in covered {
+            row[i] = std::mem::replace(&mut other[i], Cell::Null);
         }
         return vec![row];
     }
