@@ -142,6 +142,42 @@ pub enum IngestCommand {
         after_help = "Example:\n  vitalake ingest fhir samples/drop ../more/Patient.ndjson.gz --lake ./lake\n  vitalake ingest fhir abfss://landing@myaccount.dfs.core.windows.net/2026-11-23 --json"
     )]
     Fhir(IngestFhirArgs),
+    /// Extract every table of MySQL/MariaDB and PostgreSQL databases into bronze and silver.
+    ///
+    /// Sources come from `[[db.sources]]` in vitalake.toml and from `--source`. Passwords come from
+    /// the environment (`MYSQL_PWD`, `PGPASSWORD`, or a source's `password_env`), never from logs.
+    /// Each table is read incrementally when it has a cursor (an `updated_at`-like timestamp or an
+    /// auto-increment key) and silver already holds rows; `--full` re-reads everything and marks
+    /// rows deleted at the source.
+    #[command(
+        after_help = "Example:\n  MYSQL_PWD=... vitalake ingest db --source mysql://vitalake@127.0.0.1:3306/ikhospital\n  PGPASSWORD=... vitalake ingest db --source postgres://vitalake@127.0.0.1:5432/ikhospital \\\n      --expectations samples/ikhospital/expectations.toml --full --json"
+    )]
+    Db(IngestDbArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestDbArgs {
+    /// A source database URL (repeatable), added to those in vitalake.toml.
+    #[arg(long = "source", value_name = "URL")]
+    pub sources: Vec<String>,
+    /// Only tables matching this pattern (`*`, `?`; repeatable), for the `--source` URLs.
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Leave out tables matching this pattern (repeatable), for the `--source` URLs.
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Extract views too, for the `--source` URLs.
+    #[arg(long)]
+    pub views: bool,
+    /// Re-extract every table whole and mark rows gone at the source as deleted.
+    #[arg(long)]
+    pub full: bool,
+    /// A TOML file of data-quality expectations (overrides `db.expectations`).
+    #[arg(long, value_name = "FILE")]
+    pub expectations: Option<PathBuf>,
+    /// Print the run report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

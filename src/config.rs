@@ -63,6 +63,17 @@ pub struct Config {
     pub lake: LakeConfig,
     pub ingest: IngestConfig,
     pub validate: crate::validate::ValidateConfig,
+    pub db: DbConfig,
+}
+
+/// `[db]`: the hospital databases `vitalake ingest db` extracts.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DbConfig {
+    /// `[[db.sources]]`, one per database.
+    pub sources: Vec<crate::ingest::db::SourceConfig>,
+    /// A TOML file of data-quality expectations (`[[expectation]]`), checked after each run.
+    pub expectations: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -35,6 +35,8 @@ pub enum Error {
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
     #[error(transparent)]
+    Db(#[from] ingest::db::DbError),
+    #[error(transparent)]
     Generate(#[from] generate::GenerateError),
 }
 

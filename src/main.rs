@@ -51,6 +51,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config.lake.root = root;
     }
     match cli.command {
+        Command::Ingest(IngestCommand::Db(args)) => ingest_db(&config, args).await,
         Command::Ingest(IngestCommand::Fhir(args)) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
             let mut options = IngestOptions::from_config(&config.ingest);
@@ -252,6 +253,73 @@ async fn views_run(config: &Config, args: cli::ViewsRunArgs) -> anyhow::Result<E
         resources.len()
     );
     Ok(if failures == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `vitalake ingest db`: the configured sources plus `--source` URLs, then the report.
+async fn ingest_db(config: &Config, args: cli::IngestDbArgs) -> anyhow::Result<ExitCode> {
+    use vitalake::ingest::db::{DbOptions, SourceConfig, expectations};
+    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let mut options = DbOptions {
+        sources: config.db.sources.clone(),
+        full: args.full,
+        ..DbOptions::default()
+    };
+    options
+        .sources
+        .extend(args.sources.iter().map(|url| SourceConfig {
+            url: url.clone(),
+            include: args.include.clone(),
+            exclude: args.exclude.clone(),
+            views: args.views,
+            ..SourceConfig::default()
+        }));
+    if options.sources.is_empty() {
+        anyhow::bail!(
+            "no database to extract: pass --source mysql://USER@HOST:PORT/ikhospital (or postgres://...), \
+             or list [[db.sources]] in vitalake.toml"
+        );
+    }
+    let expectations_file = args.expectations.or_else(|| {
+        config
+            .db
+            .expectations
+            .as_ref()
+            .map(std::path::PathBuf::from)
+    });
+    if let Some(path) = expectations_file {
+        options.expectations = expectations::load(&path).map_err(vitalake::Error::from)?;
+    }
+    let bar = progress_bar().inspect(|bar| {
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {msg} {pos} rows {per_sec}",
+            )
+            .expect("valid template"),
+        )
+    });
+    if let Some(bar) = &bar {
+        let bar = bar.clone();
+        options.progress = Arc::new(move |table, rows| {
+            bar.set_message(table.to_string());
+            bar.set_position(rows);
+        });
+    }
+    let report = vitalake::ingest::db::ingest_db(&lake, &options)
+        .await
+        .map_err(vitalake::Error::from)?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.is_ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -11,6 +11,7 @@
 //! decode on one thread while this task commits chunks to Delta, then mark the run finished.
 
 pub mod check;
+pub mod db;
 pub mod produce;
 pub mod report;
 pub mod runs;
@@ -100,7 +101,7 @@ pub async fn ingest_fhir(
     options: IngestOptions,
 ) -> Result<IngestReport, IngestError> {
     let started = Instant::now();
-    let _lock = lock(lake)?;
+    let _lock = lock(lake, ".vitalake-ingest.lock")?;
     let views = silver::SilverViews::load(&options.views)?;
     let rolled_back_runs = runs::roll_back_unfinished(lake).await?;
     if !rolled_back_runs.is_empty() {
@@ -232,11 +233,11 @@ async fn write_chunks(
 
 /// One ingest at a time per local lake: a second one would take the first's run for an
 /// interrupted one and roll it back. (A remote lake relies on the operator for this.)
-fn lock(lake: &Lake) -> Result<Option<std::fs::File>, IngestError> {
+pub(crate) fn lock(lake: &Lake, file_name: &str) -> Result<Option<std::fs::File>, IngestError> {
     let Some(root) = lake.local_path() else {
         return Ok(None);
     };
-    let path = root.join(".vitalake-ingest.lock");
+    let path = root.join(file_name);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

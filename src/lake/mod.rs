@@ -7,7 +7,9 @@
 
 pub mod append;
 pub mod delete;
+pub mod merge;
 pub mod read;
+pub mod stream_append;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
@@ -17,6 +19,8 @@ use futures::TryStreamExt;
 use url::Url;
 
 pub use append::{AppendBuilder, AppendMetrics};
+pub use merge::{MergeByKey, MergeMetrics};
+pub use stream_append::StreamingAppend;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -34,11 +38,31 @@ pub enum LakeError {
         table: String,
         source: deltalake::datafusion::error::DataFusionError,
     },
+    #[error("Delta table {table}: {message}")]
+    Schema { table: String, message: String },
     #[error("listing {prefix} in the lake: {source}")]
     List {
         prefix: String,
         source: deltalake::ObjectStoreError,
     },
+}
+
+/// The version of application transaction `app_id` last committed to `table` (Delta `txn`), if any.
+/// Delta records it but does not enforce it: a writer skips work at or below it itself.
+pub async fn app_version(
+    table: &DeltaTable,
+    name: &str,
+    app_id: &str,
+) -> Result<Option<i64>, LakeError> {
+    let err = |source| LakeError::Delta {
+        table: name.to_string(),
+        source,
+    };
+    let state = table.snapshot().map_err(err)?;
+    state
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await
+        .map_err(err)
 }
 
 /// A lake root. Cheap to clone.

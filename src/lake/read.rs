@@ -10,11 +10,33 @@ use super::LakeError;
 
 /// A DataFusion session that filters Parquet rows before decoding the other columns: a look-up of a
 /// few ids in bronze then decodes the raw JSON of those rows only, not of every row in the files.
-fn session() -> SessionContext {
+pub fn session() -> SessionContext {
     let config = SessionConfig::new()
         .set_bool("datafusion.execution.parquet.pushdown_filters", true)
         .set_bool("datafusion.execution.parquet.reorder_filters", true);
     SessionContext::new_with_config(config)
+}
+
+/// Registers `table` in `ctx` under `alias`, for queries over several tables.
+pub async fn register(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    name: &str,
+    alias: &str,
+) -> Result<(), LakeError> {
+    let err = |source| LakeError::Query {
+        table: name.to_string(),
+        source,
+    };
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|source| LakeError::Delta {
+            table: name.to_string(),
+            source,
+        })?;
+    let provider = table.table_provider().await.map_err(err)?;
+    ctx.register_table(alias, provider).map_err(err)?;
+    Ok(())
 }
 
 /// The plan of `sql` over `table` registered as `t`.
@@ -24,14 +46,7 @@ async fn dataframe(table: &DeltaTable, name: &str, sql: &str) -> Result<DataFram
         source,
     };
     let ctx = session();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|source| LakeError::Delta {
-            table: name.to_string(),
-            source,
-        })?;
-    let provider = table.table_provider().await.map_err(err)?;
-    ctx.register_table("t", provider).map_err(err)?;
+    register(&ctx, table, name, "t").await?;
     ctx.sql(sql).await.map_err(err)
 }
 
