@@ -2,6 +2,7 @@
 # The test command (README): installs what the tests need on a fresh Debian machine, then runs
 # every test. Tests start their own servers on loopback; a missing one fails its test loudly.
 #   - Azurite (npm package `azurite`), the Azure Storage emulator, for the ADLS Gen2 path.
+#   - PostgreSQL and MariaDB servers (Debian packages), started by the database tests on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ mkdir -p "$cache"
 need_apt=()
 command -v npm >/dev/null || need_apt+=(nodejs npm)
 command -v cc >/dev/null || need_apt+=(build-essential)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+command -v mariadbd >/dev/null || need_apt+=(mariadb-server mariadb-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

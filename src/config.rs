@@ -196,6 +196,27 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_readme_configuration_example_parses() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("```toml\n[lake]")
+            .expect("README has the configuration example")
+            + 8;
+        let example = &readme[start..start + readme[start..].find("```").unwrap()];
+        let config: Config = toml::from_str(example).unwrap();
+        assert_eq!(config.db.sources.len(), 2);
+        assert_eq!(
+            config.db.sources[0]
+                .cursors
+                .get("events")
+                .map(String::as_str),
+            Some("updated_at")
+        );
+        assert_eq!(config.db.sources[1].schema.as_deref(), Some("public"));
+    }
+
     use super::*;
 
     /// The example in the module documentation is the one users copy: it must parse to the defaults

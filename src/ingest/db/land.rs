@@ -34,7 +34,7 @@ use crate::lake::stream_append::conform;
 use crate::lake::{Lake, LakeError, MergeByKey, StreamingAppend, app_version, read};
 
 use super::catalog::{Cursor, Table};
-use super::{Connection, DbError, DbOptions, Engine, TableReport, schema_of};
+use super::{Connection, DbError, DbOptions, Engine, Extracted, TableReport, schema_of};
 
 pub const EXTRACTED_AT: &str = "_extracted_at";
 pub const BATCH_ID: &str = "_batch_id";
@@ -155,42 +155,9 @@ async fn land(
         keys: &keys,
     };
 
-    // Bring silver up to bronze if a run died between the two commits.
     let bronze = lake.existing_table(&target.bronze).await?;
-    let extraction = match &bronze {
-        Some(t) => app_version(t, &target.bronze, &target.app_id)
-            .await?
-            .unwrap_or(0),
-        None => 0,
-    };
-    let mut silver = lake.existing_table(&target.silver).await?;
-    let silver_version = match &silver {
-        Some(t) => app_version(t, &target.silver, &target.app_id)
-            .await?
-            .unwrap_or(0),
-        None => 0,
-    };
-    if let Some(bronze) = &bronze
-        && extraction > silver_version
-    {
-        let (missing_batch, full, at) =
-            batch_of_extraction(bronze, &target.bronze, extraction).await?;
-        tracing::info!(
-            table = table.name.as_str(),
-            extraction,
-            "bringing silver up to bronze"
-        );
-        apply_to_silver(
-            lake,
-            bronze,
-            &shape,
-            &missing_batch,
-            full.then_some(at),
-            extraction,
-        )
-        .await?;
-        silver = lake.existing_table(&target.silver).await?;
-    }
+    let extraction = bring_silver_up_to_bronze(lake, bronze.as_ref(), &shape).await?;
+    let silver = lake.existing_table(&target.silver).await?;
 
     let cursor = table.cursor(configured_cursor).map_err(table_err)?;
     let watermark = match (&cursor, &silver, options.full) {
@@ -212,83 +179,42 @@ async fn land(
         .map(|(column, op, literal)| format!("{column} {op} {literal}"));
     report.watermark = watermark.map(|w| w.2);
 
-    // Schema drift against what bronze already holds.
     let casts = match &bronze {
         Some(bronze) => {
-            let existing = bronze
-                .snapshot()
-                .map_err(|source| LakeError::Delta {
-                    table: target.bronze.clone(),
-                    source,
-                })?
-                .snapshot()
-                .arrow_schema();
-            let plan = drift(&existing, &extracted_schema).map_err(table_err)?;
-            if !plan.widen.is_empty() {
-                widen(lake, &target.bronze, &plan.widen).await?;
-                if silver.is_some() {
-                    widen(lake, &target.silver, &plan.widen).await?;
-                }
-                report.widened = plan
-                    .widen
-                    .iter()
-                    .map(|f| format!("{}: {}", f.name(), f.data_type()))
-                    .collect();
-            }
-            plan.narrow
+            adapt_to_drift(
+                lake,
+                bronze,
+                silver.is_some(),
+                target,
+                &extracted_schema,
+                report,
+            )
+            .await?
         }
         None => HashMap::new(),
     };
 
-    // Extract and write bronze concurrently: rows flow through a two-batch channel.
     let extraction = extraction + 1;
     let extracted_at = chrono::Utc::now().timestamp_micros();
-    let bronze_schema = with_bronze_columns(&extracted_schema, table.primary_key.is_empty());
-    let (sender, mut receiver) = mpsc::channel::<RecordBatch>(2);
-    let bronze_table = lake.table(&target.bronze).await?;
-    let name = table.name.clone();
-    let progress = options.progress.clone();
-    let write = async {
-        let mut append =
-            StreamingAppend::begin(bronze_table, target.bronze.clone(), bronze_schema.clone())
-                .await?;
-        let mut checksum = Checksum::default();
-        let mut hasher = table.primary_key.is_empty().then(RowHasher::default);
-        let mut rows = 0u64;
-        while let Some(batch) = receiver.recv().await {
-            let batch = cast_columns(batch, &casts).map_err(&table_err)?;
-            if full {
-                checksum.add(&batch);
-            }
-            rows += batch.num_rows() as u64;
-            progress(&name, rows);
-            let batch = add_bronze_columns(batch, extracted_at, batch_id, hasher.as_mut());
-            append.write(batch).await?;
-        }
-        Ok::<_, DbError>((append, checksum))
-    };
-    let extract = connection.extract(table, filter.as_deref(), options.batch_rows, sender);
-    let (extracted, written) = tokio::join!(extract, write);
-    let (append, checksum) = written?;
-    let extracted = extracted?;
-    let metadata = HashMap::from([
-        ("vitalake.batch_id".to_string(), serde_json::json!(batch_id)),
-        (
-            "vitalake.extraction".to_string(),
-            serde_json::json!(extraction),
-        ),
-        ("vitalake.full".to_string(), serde_json::json!(full)),
-        (
-            "vitalake.extracted_at".to_string(),
-            serde_json::json!(extracted_at),
-        ),
-    ]);
-    let commit_started = Instant::now();
-    let (bronze, rows) = append
-        .commit(metadata, Some((&target.app_id, extraction)))
-        .await?;
+    let landing_started = Instant::now();
+    let (bronze, extracted, checksum) = extract_into_bronze(
+        lake,
+        connection,
+        table,
+        target,
+        Extraction {
+            filter: filter.as_deref(),
+            casts: &casts,
+            batch_id,
+            number: extraction,
+            extracted_at,
+            full,
+        },
+        options,
+    )
+    .await?;
     report.rows_at_source = extracted.rows_at_source;
-    report.rows_landed = rows as u64;
+    report.rows_landed = checksum.rows;
     let merged = apply_to_silver(
         lake,
         &bronze,
@@ -315,10 +241,157 @@ async fn land(
         mode = report.mode.as_str(),
         rows = report.rows_landed,
         source_rows = report.rows_at_source,
-        commit_ms = commit_started.elapsed().as_millis() as u64,
+        ms = landing_started.elapsed().as_millis() as u64,
         "table landed"
     );
     Ok(())
+}
+
+/// If a run died between the bronze and silver commits, silver takes bronze's last batch now.
+/// Returns the number of the last extraction in bronze.
+async fn bring_silver_up_to_bronze(
+    lake: &Lake,
+    bronze: Option<&DeltaTable>,
+    shape: &SilverShape<'_>,
+) -> Result<i64, DbError> {
+    let target = shape.target;
+    let Some(bronze) = bronze else {
+        return Ok(0);
+    };
+    let extraction = app_version(bronze, &target.bronze, &target.app_id)
+        .await?
+        .unwrap_or(0);
+    let silver_version = match lake.existing_table(&target.silver).await? {
+        Some(t) => app_version(&t, &target.silver, &target.app_id)
+            .await?
+            .unwrap_or(0),
+        None => 0,
+    };
+    if extraction > silver_version {
+        let (missing_batch, full, at) =
+            batch_of_extraction(bronze, &target.bronze, extraction).await?;
+        tracing::info!(
+            table = target.silver.as_str(),
+            extraction,
+            "bringing silver up to bronze"
+        );
+        apply_to_silver(
+            lake,
+            bronze,
+            shape,
+            &missing_batch,
+            full.then_some(at),
+            extraction,
+        )
+        .await?;
+    }
+    Ok(extraction)
+}
+
+/// Compares the extraction's columns with bronze's: widens the lake's tables where the source
+/// widened a type, and returns the columns to cast up where it narrowed one.
+async fn adapt_to_drift(
+    lake: &Lake,
+    bronze: &DeltaTable,
+    has_silver: bool,
+    target: &Target,
+    extracted: &Schema,
+    report: &mut TableReport,
+) -> Result<HashMap<String, DataType>, DbError> {
+    let existing = bronze
+        .snapshot()
+        .map_err(|source| LakeError::Delta {
+            table: target.bronze.clone(),
+            source,
+        })?
+        .snapshot()
+        .arrow_schema();
+    let plan = drift(&existing, extracted).map_err(|message| DbError::Table {
+        table: report.table.clone(),
+        message,
+    })?;
+    if !plan.widen.is_empty() {
+        widen(lake, &target.bronze, &plan.widen).await?;
+        if has_silver {
+            widen(lake, &target.silver, &plan.widen).await?;
+        }
+        report.widened = plan
+            .widen
+            .iter()
+            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+            .collect();
+    }
+    Ok(plan.narrow)
+}
+
+/// One extraction's settings.
+struct Extraction<'a> {
+    /// SQL condition on the cursor; `None` reads the whole table.
+    filter: Option<&'a str>,
+    /// Columns to cast up to the lake's wider type.
+    casts: &'a HashMap<String, DataType>,
+    batch_id: &'a str,
+    /// The table's extraction number: the Delta application transaction version.
+    number: i64,
+    extracted_at: i64,
+    full: bool,
+}
+
+/// Streams the table's rows into bronze while they are read (a two-batch channel between the two),
+/// then commits them in one Delta commit. Returns the table, what the source counted, and the
+/// checksum of the rows written (full extractions; the row count always).
+async fn extract_into_bronze(
+    lake: &Lake,
+    connection: &mut Connection,
+    table: &Table,
+    target: &Target,
+    run: Extraction<'_>,
+    options: &DbOptions,
+) -> Result<(DeltaTable, Extracted, Checksum), DbError> {
+    let extracted_schema = schema_of(table);
+    let bronze_schema = with_bronze_columns(&extracted_schema, table.primary_key.is_empty());
+    let (sender, mut receiver) = mpsc::channel::<RecordBatch>(2);
+    let bronze_table = lake.table(&target.bronze).await?;
+    let write = async {
+        let mut append =
+            StreamingAppend::begin(bronze_table, target.bronze.clone(), bronze_schema).await?;
+        let mut checksum = Checksum::default();
+        let mut hasher = table.primary_key.is_empty().then(RowHasher::default);
+        while let Some(batch) = receiver.recv().await {
+            let batch = cast_columns(batch, run.casts).map_err(|message| DbError::Table {
+                table: table.name.clone(),
+                message,
+            })?;
+            checksum.add(&batch, run.full);
+            (options.progress)(&table.name, checksum.rows);
+            let batch = add_bronze_columns(batch, run.extracted_at, run.batch_id, hasher.as_mut());
+            append.write(batch).await?;
+        }
+        Ok::<_, DbError>((append, checksum))
+    };
+    let extract = connection.extract(table, run.filter, options.batch_rows, sender);
+    let (extracted, written) = tokio::join!(extract, write);
+    let (append, checksum) = written?;
+    let extracted = extracted?;
+    let metadata = HashMap::from([
+        (
+            "vitalake.batch_id".to_string(),
+            serde_json::json!(run.batch_id),
+        ),
+        (
+            "vitalake.extraction".to_string(),
+            serde_json::json!(run.number),
+        ),
+        ("vitalake.full".to_string(), serde_json::json!(run.full)),
+        (
+            "vitalake.extracted_at".to_string(),
+            serde_json::json!(run.extracted_at),
+        ),
+    ]);
+    let (bronze, _) = append
+        .commit(metadata, Some((&target.app_id, run.number)))
+        .await?;
+    Ok((bronze, extracted, checksum))
 }
 
 /// The batch id, fullness and extraction time of bronze's extraction number `extraction`.
@@ -821,7 +894,12 @@ struct Checksum {
 }
 
 impl Checksum {
-    fn add(&mut self, batch: &RecordBatch) {
+    /// Counts `batch`'s rows and, with `hash`, adds them to the checksum.
+    fn add(&mut self, batch: &RecordBatch, hash: bool) {
+        self.rows += batch.num_rows() as u64;
+        if !hash {
+            return;
+        }
         let fields = batch
             .schema()
             .fields()
@@ -838,7 +916,6 @@ impl Checksum {
             row.as_ref().hash(&mut hasher);
             self.sum = self.sum.wrapping_add(hasher.finish());
         }
-        self.rows += batch.num_rows() as u64;
     }
 
     fn value(&self) -> u64 {
@@ -894,7 +971,7 @@ async fn landed_checksum(
             table: name.to_string(),
             message,
         })?;
-        checksum.add(&batch);
+        checksum.add(&batch, true);
     }
     Ok(checksum)
 }
