@@ -196,6 +196,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn the_readme_configuration_example_parses() {
@@ -216,8 +217,6 @@ mod tests {
         );
         assert_eq!(config.db.sources[1].schema.as_deref(), Some("public"));
     }
-
-    use super::*;
 
     /// The example in the module documentation is the one users copy: it must parse to the defaults
     /// it claims.

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use deltalake::DeltaTable;
 use deltalake::arrow::array::{
-    Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array,
 };
 use deltalake::arrow::compute::can_cast_types;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -197,7 +197,12 @@ async fn land(
     let extraction = extraction + 1;
     let extracted_at = chrono::Utc::now().timestamp_micros();
     let landing_started = Instant::now();
-    let (bronze, extracted, checksum) = extract_into_bronze(
+    let Landed {
+        bronze,
+        extracted,
+        checksum,
+        silver_rows,
+    } = extract_and_write(
         lake,
         connection,
         table,
@@ -213,17 +218,27 @@ async fn land(
         options,
     )
     .await?;
+    let extract_ms = landing_started.elapsed().as_millis() as u64;
     report.rows_at_source = extracted.rows_at_source;
     report.rows_landed = checksum.rows;
-    let merged = apply_to_silver(
-        lake,
-        &bronze,
-        &shape,
-        batch_id,
-        full.then_some(extracted_at),
-        extraction,
-    )
-    .await?;
+    let merged = match silver_rows {
+        Some(inserted) => SilverChange {
+            inserted,
+            ..SilverChange::default()
+        },
+        None => {
+            apply_to_silver(
+                lake,
+                &bronze,
+                &shape,
+                batch_id,
+                full.then_some(extracted_at),
+                extraction,
+            )
+            .await?
+        }
+    };
+    let silver_ms = landing_started.elapsed().as_millis() as u64 - extract_ms;
     report.inserted = merged.inserted;
     report.updated = merged.updated;
     report.deleted = merged.deleted;
@@ -241,6 +256,8 @@ async fn land(
         mode = report.mode.as_str(),
         rows = report.rows_landed,
         source_rows = report.rows_at_source,
+        extract_ms,
+        silver_ms,
         ms = landing_started.elapsed().as_millis() as u64,
         "table landed"
     );
@@ -337,61 +354,136 @@ struct Extraction<'a> {
     full: bool,
 }
 
-/// Streams the table's rows into bronze while they are read (a two-batch channel between the two),
-/// then commits them in one Delta commit. Returns the table, what the source counted, and the
-/// checksum of the rows written (full extractions; the row count always).
-async fn extract_into_bronze(
+/// What [`extract_and_write`] landed.
+struct Landed {
+    bronze: DeltaTable,
+    extracted: Extracted,
+    /// The rows written (and, on full runs, their checksum).
+    checksum: Checksum,
+    /// Rows written straight to silver, when this extraction created it.
+    silver_rows: Option<usize>,
+}
+
+/// Streams the table's rows into bronze while they are read, then commits them in one Delta
+/// commit. The writer is a task of its own, so decoding, Parquet encoding and the server overlap.
+/// On a table's first extraction the same batches also create silver (committed after bronze):
+/// there is nothing to merge with, and reading bronze back would cost a second pass.
+async fn extract_and_write(
     lake: &Lake,
     connection: &mut Connection,
     table: &Table,
     target: &Target,
     run: Extraction<'_>,
     options: &DbOptions,
-) -> Result<(DeltaTable, Extracted, Checksum), DbError> {
-    let extracted_schema = schema_of(table);
-    let bronze_schema = with_bronze_columns(&extracted_schema, table.primary_key.is_empty());
+) -> Result<Landed, DbError> {
+    let bronze_schema = with_bronze_columns(&schema_of(table), table.primary_key.is_empty());
+    let bronze = StreamingAppend::begin(
+        lake.table(&target.bronze).await?,
+        target.bronze.clone(),
+        bronze_schema.clone(),
+    )
+    .await?;
+    let silver = match lake.existing_table(&target.silver).await? {
+        Some(_) => None,
+        None => Some(
+            StreamingAppend::begin(
+                lake.table(&target.silver).await?,
+                target.silver.clone(),
+                with_deleted_at(&bronze_schema),
+            )
+            .await?,
+        ),
+    };
     let (sender, mut receiver) = mpsc::channel::<RecordBatch>(2);
-    let bronze_table = lake.table(&target.bronze).await?;
-    let write = async {
-        let mut append =
-            StreamingAppend::begin(bronze_table, target.bronze.clone(), bronze_schema).await?;
+    let casts = run.casts.clone();
+    let (name, batch_id, progress) = (
+        table.name.clone(),
+        run.batch_id.to_string(),
+        options.progress.clone(),
+    );
+    let (extracted_at, full) = (run.extracted_at, run.full);
+    let mut hasher = table.primary_key.is_empty().then(RowHasher::default);
+    let writer = tokio::spawn(async move {
+        let (mut bronze, mut silver) = (bronze, silver);
         let mut checksum = Checksum::default();
-        let mut hasher = table.primary_key.is_empty().then(RowHasher::default);
         while let Some(batch) = receiver.recv().await {
-            let batch = cast_columns(batch, run.casts).map_err(|message| DbError::Table {
-                table: table.name.clone(),
+            let batch = cast_columns(batch, &casts).map_err(|message| DbError::Table {
+                table: name.clone(),
                 message,
             })?;
-            checksum.add(&batch, run.full);
-            (options.progress)(&table.name, checksum.rows);
-            let batch = add_bronze_columns(batch, run.extracted_at, run.batch_id, hasher.as_mut());
-            append.write(batch).await?;
+            checksum.add(&batch, full);
+            progress(&name, checksum.rows);
+            let batch = add_bronze_columns(batch, extracted_at, &batch_id, hasher.as_mut());
+            if let Some(silver) = &mut silver {
+                silver.write(add_deleted_at(&batch)).await?;
+            }
+            bronze.write(batch).await?;
         }
-        Ok::<_, DbError>((append, checksum))
-    };
-    let extract = connection.extract(table, run.filter, options.batch_rows, sender);
-    let (extracted, written) = tokio::join!(extract, write);
-    let (append, checksum) = written?;
+        Ok::<_, DbError>((bronze, silver, checksum))
+    });
+    let extracted = connection
+        .extract(table, run.filter, options.batch_rows, sender)
+        .await;
+    let written = writer.await.map_err(|e| DbError::Table {
+        table: table.name.clone(),
+        message: format!("the lake writer failed: {e}"),
+    })?;
+    // A writer error explains an extraction stopped by it: report that one first.
+    let (bronze, silver, checksum) = written?;
     let extracted = extracted?;
-    let metadata = HashMap::from([
-        (
+    let metadata = |extraction: bool| {
+        let mut m = HashMap::from([(
             "vitalake.batch_id".to_string(),
             serde_json::json!(run.batch_id),
-        ),
-        (
-            "vitalake.extraction".to_string(),
-            serde_json::json!(run.number),
-        ),
-        ("vitalake.full".to_string(), serde_json::json!(run.full)),
-        (
-            "vitalake.extracted_at".to_string(),
-            serde_json::json!(run.extracted_at),
-        ),
-    ]);
-    let (bronze, _) = append
-        .commit(metadata, Some((&target.app_id, run.number)))
+        )]);
+        if extraction {
+            m.insert("vitalake.extraction".into(), serde_json::json!(run.number));
+            m.insert("vitalake.full".into(), serde_json::json!(run.full));
+            m.insert(
+                "vitalake.extracted_at".into(),
+                serde_json::json!(run.extracted_at),
+            );
+        }
+        m
+    };
+    let (bronze, _) = bronze
+        .commit(metadata(true), Some((&target.app_id, run.number)))
         .await?;
-    Ok((bronze, extracted, checksum))
+    let silver_rows = match silver {
+        Some(silver) => Some(
+            silver
+                .commit(metadata(false), Some((&target.app_id, run.number)))
+                .await?
+                .1,
+        ),
+        None => None,
+    };
+    Ok(Landed {
+        bronze,
+        extracted,
+        checksum,
+        silver_rows,
+    })
+}
+
+fn with_deleted_at(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        DELETED_AT,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    ));
+    Arc::new(Schema::new(fields))
+}
+
+fn add_deleted_at(batch: &RecordBatch) -> RecordBatch {
+    let schema = with_deleted_at(&batch.schema());
+    let mut columns = batch.columns().to_vec();
+    columns.push(new_null_array(
+        schema.field(schema.fields().len() - 1).data_type(),
+        batch.num_rows(),
+    ));
+    RecordBatch::try_new(schema, columns).expect("silver columns line up")
 }
 
 /// The batch id, fullness and extraction time of bronze's extraction number `extraction`.
@@ -489,17 +581,7 @@ async fn apply_to_silver(
             })?
             .snapshot()
             .arrow_schema();
-        let mut fields: Vec<Field> = bronze_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new(
-            DELETED_AT,
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            true,
-        ));
-        let schema: SchemaRef = Arc::new(Schema::new(fields));
+        let schema = with_deleted_at(&bronze_schema);
         let mut append = StreamingAppend::begin(
             lake.table(&target.silver).await?,
             target.silver.clone(),
