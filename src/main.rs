@@ -18,6 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use cli::{Cli, Command, GenerateCommand, IngestCommand, RefreshCommand, ViewsCommand};
 use vitalake::config::Config;
+use vitalake::ingest::db::DbError;
 use vitalake::ingest::silver::SilverViews;
 use vitalake::ingest::{IngestError, IngestOptions};
 use vitalake::lake::Lake;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
                         | vitalake::Error::Ingest(
                             IngestError::Input { .. } | IngestError::Remote { .. }
                         )
+                        | vitalake::Error::Db(DbError::Expectations { .. })
                 )
             });
             ExitCode::from(if bad_input { 2 } else { 1 })
@@ -278,10 +280,11 @@ async fn ingest_db(config: &Config, args: cli::IngestDbArgs) -> anyhow::Result<E
             ..SourceConfig::default()
         }));
     if options.sources.is_empty() {
-        anyhow::bail!(
-            "no database to extract: pass --source mysql://USER@HOST:PORT/ikhospital (or postgres://...), \
-             or list [[db.sources]] in vitalake.toml"
+        eprintln!(
+            "error: no database to extract: pass --source mysql://USER@HOST:PORT/ikhospital (or \
+             postgres://...), or list [[db.sources]] in vitalake.toml"
         );
+        return Ok(ExitCode::from(2));
     }
     let expectations_file = args.expectations.or_else(|| {
         config
