@@ -571,6 +571,7 @@ async fn a_wrong_password_or_a_dead_server_is_a_clear_error_and_other_sources_st
             &format!("mysql://vitalake@127.0.0.1:{dead_port}/ikhospital"),
         ])
         .args(["--source", &server.url()])
+        .args(["--source", &server.url()])
         .env("PGPASSWORD", PASSWORD)
         .output()
         .unwrap();
@@ -601,4 +602,7 @@ async fn a_wrong_password_or_a_dead_server_is_a_clear_error_and_other_sources_st
     );
     assert!(sources[2]["error"].is_null());
     assert_eq!(count(&lake, "silver/ikhospital/wards").await, 1);
+    // The same database listed twice lands once.
+    let twice = sources[3]["tables"][0]["error"].as_str().unwrap();
+    assert!(twice.contains("already extracted"), "{twice}");
 }

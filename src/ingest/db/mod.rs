@@ -321,15 +321,17 @@ pub async fn ingest_db(lake: &Lake, options: &DbOptions) -> Result<DbReport, DbE
         batch_id: batch_id.clone(),
         ..DbReport::default()
     };
+    // silver path -> (source URL, table name) of every table landed in this run.
     let mut landed: BTreeMap<String, (String, String)> = BTreeMap::new();
     for config in &options.sources {
         let source = extract_source(lake, config, options, &batch_id, &mut landed).await;
         report.sources.push(source);
     }
-    let silver_tables = landed
-        .into_iter()
-        .map(|(name, (_, silver))| (name, silver))
-        .collect();
+    // Expectations name tables without their database: the first database's table wins.
+    let mut silver_tables = BTreeMap::new();
+    for (silver, (_, name)) in landed {
+        silver_tables.entry(name).or_insert(silver);
+    }
     report.expectations =
         expectations::check(lake, &silver_tables, &options.expectations, &batch_id).await?;
     report.seconds = started.elapsed().as_secs_f64();
@@ -373,18 +375,18 @@ async fn extract_source(
         .iter()
         .filter(|t| catalog::is_selected(&t.name, &config.include, &config.exclude))
     {
-        if let Some((first, _)) = landed.get(&table.name) {
+        let target = land::Target::new(url.engine, &url.database, &table.name);
+        if let Some((first, _)) = landed.get(&target.silver) {
             report.tables.push(TableReport::failed(
                 &table.name,
                 format!(
-                    "a table {} was already extracted from {first} into the same silver table; \
-                     exclude it from one of the sources",
-                    table.name
+                    "{} was already extracted from {first} into {} in this run; exclude the \
+                     table from one of the sources",
+                    table.name, target.silver
                 ),
             ));
             continue;
         }
-        let target = land::Target::new(url.engine, &url.database, &table.name);
         let table_report = land::land_table(
             lake,
             &mut connection,
@@ -397,8 +399,8 @@ async fn extract_source(
         .await;
         if table_report.error.is_none() {
             landed.insert(
-                table.name.clone(),
-                (report.url.clone(), target.silver.clone()),
+                target.silver.clone(),
+                (report.url.clone(), table.name.clone()),
             );
         }
         report.tables.push(table_report);
