@@ -4,9 +4,10 @@
 //!    `_row_hash` for a table without a primary key) and become visible in **one** commit that
 //!    carries the Delta application transaction `vitalake-extract/<bronze path>` = N, the table's
 //!    N-th extraction.
-//! 2. Silver takes exactly those rows, by a MERGE on the primary key (or `_row_hash`) committed with
-//!    the same transaction id and version N. A full extraction also marks silver rows the source
-//!    no longer has (`_deleted_at`).
+//! 2. Silver takes exactly those rows ([`super::silver`]), by a MERGE on the primary key (or
+//!    `_row_hash`) committed with the same transaction id and version N. A full extraction also
+//!    marks silver rows the source no longer has (`_deleted_at`). A table's first extraction writes
+//!    silver from the same batches instead, committed right after bronze.
 //!
 //! A run killed before (1) leaves no trace. A run killed between (1) and (2) leaves bronze at N and
 //! silver at N-1: the next run first brings silver up from bronze's batch N, then extracts. The
@@ -14,7 +15,6 @@
 //! skipped.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,18 +22,16 @@ use deltalake::DeltaTable;
 use deltalake::arrow::array::{
     Array, ArrayRef, RecordBatch, StringArray, TimestampMicrosecondArray, new_null_array,
 };
-use deltalake::arrow::compute::can_cast_types;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use deltalake::arrow::row::{RowConverter, SortField};
-use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
-use futures::{StreamExt, TryStreamExt};
-use sha2::{Digest, Sha256};
+use futures::TryStreamExt;
 use tokio::sync::mpsc;
 
-use crate::lake::stream_append::conform;
-use crate::lake::{Lake, LakeError, MergeByKey, StreamingAppend, app_version, read};
+use crate::lake::{Lake, LakeError, StreamingAppend, app_version, read};
 
 use super::catalog::{Cursor, Table};
+use super::checksum::{Checksum, RowHasher, landed_checksum};
+use super::drift::{cast_columns, drift, widen};
+use super::silver::{SilverChange, SilverShape, apply_to_silver};
 use super::{Connection, DbError, DbOptions, Engine, Extracted, TableReport, schema_of};
 
 pub const EXTRACTED_AT: &str = "_extracted_at";
@@ -466,7 +464,7 @@ async fn extract_and_write(
     })
 }
 
-fn with_deleted_at(schema: &Schema) -> SchemaRef {
+pub(super) fn with_deleted_at(schema: &Schema) -> SchemaRef {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(
         DELETED_AT,
@@ -522,187 +520,6 @@ async fn batch_of_extraction(
         })
 }
 
-/// Which silver table a batch goes to, the bronze columns it takes, and its key.
-#[derive(Clone, Copy)]
-struct SilverShape<'a> {
-    target: &'a Target,
-    columns: &'a [String],
-    keys: &'a [String],
-}
-
-/// What [`apply_to_silver`] did.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SilverChange {
-    pub inserted: usize,
-    pub updated: usize,
-    pub deleted: usize,
-}
-
-/// Merges bronze's rows of `batch_id` into silver by `keys`; with `full_at`, silver rows the batch
-/// does not hold are marked deleted at that time.
-async fn apply_to_silver(
-    lake: &Lake,
-    bronze: &DeltaTable,
-    shape: &SilverShape<'_>,
-    batch_id: &str,
-    full_at: Option<i64>,
-    extraction: i64,
-) -> Result<SilverChange, DbError> {
-    let SilverShape {
-        target,
-        columns,
-        keys,
-    } = *shape;
-    let ctx = read::session();
-    read::register(&ctx, bronze, &target.bronze, "bronze").await?;
-    let query_err = |source| LakeError::Query {
-        table: target.silver.clone(),
-        source,
-    };
-    let source = ctx
-        .sql(&format!(
-            "SELECT {}, arrow_cast(NULL, 'Timestamp(Microsecond, Some(\"UTC\"))') AS {DELETED_AT} \
-             FROM bronze WHERE {BATCH_ID} = '{batch_id}'",
-            columns
-                .iter()
-                .map(|c| crate::lake::merge::quote(c))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .await
-        .map_err(query_err)?;
-    let Some(silver) = lake.existing_table(&target.silver).await? else {
-        // First extraction: a plain streaming append, no join.
-        let bronze_schema = bronze
-            .snapshot()
-            .map_err(|source| LakeError::Delta {
-                table: target.bronze.clone(),
-                source,
-            })?
-            .snapshot()
-            .arrow_schema();
-        let schema = with_deleted_at(&bronze_schema);
-        let mut append = StreamingAppend::begin(
-            lake.table(&target.silver).await?,
-            target.silver.clone(),
-            schema.clone(),
-        )
-        .await?;
-        let mut stream = source.execute_stream().await.map_err(query_err)?;
-        while let Some(batch) = stream.next().await {
-            let batch =
-                conform(&batch.map_err(query_err)?, &schema).map_err(|message| DbError::Table {
-                    table: target.silver.clone(),
-                    message,
-                })?;
-            append.write(batch).await?;
-        }
-        let metadata =
-            HashMap::from([("vitalake.batch_id".to_string(), serde_json::json!(batch_id))]);
-        let (_, rows) = append
-            .commit(metadata, Some((&target.app_id, extraction)))
-            .await?;
-        return Ok(SilverChange {
-            inserted: rows,
-            ..SilverChange::default()
-        });
-    };
-    // A row changed when a source column differs (nested ones compared as text) or it was deleted;
-    // a column new to silver changes every row.
-    let target_schema = silver
-        .snapshot()
-        .map_err(|source| LakeError::Delta {
-            table: target.silver.clone(),
-            source,
-        })?
-        .snapshot()
-        .arrow_schema();
-    let source_schema = source.schema().as_arrow().clone();
-    let compared: Vec<_> = source_schema
-        .fields()
-        .iter()
-        .filter(|f| ![EXTRACTED_AT, BATCH_ID, DELETED_AT].contains(&f.name().as_str()))
-        .collect();
-    let changed = compared
-        .iter()
-        .all(|f| target_schema.field_with_name(f.name()).is_ok())
-        .then(|| {
-            compared
-                .iter()
-                .map(|f| {
-                    let q = crate::lake::merge::quote(f.name());
-                    differs(
-                        &format!("target.{q}"),
-                        &format!("source.{q}"),
-                        f.data_type(),
-                    )
-                })
-                .chain([format!("(target.{DELETED_AT} IS NOT NULL)")])
-                .collect::<Vec<_>>()
-                .join(" OR ")
-        });
-    let mut merge = MergeByKey::new(silver, target.silver.clone(), ctx, source, keys.to_vec())
-        .with_transaction(&target.app_id, extraction)
-        .with_metadata("vitalake.batch_id", batch_id);
-    let deleted_at =
-        full_at.map(|at| format!("arrow_cast({at}, 'Timestamp(Microsecond, Some(\"UTC\"))')"));
-    if let Some(value) = &deleted_at {
-        merge = merge.marking_missing(DELETED_AT, value);
-    }
-    if let Some(changed) = changed {
-        merge = merge.updating_when(changed);
-    }
-    let (silver, metrics) = merge.execute().await?;
-    let deleted = match &deleted_at {
-        Some(value) => {
-            count(&silver, &target.silver, &format!("{DELETED_AT} = {value}")).await? as usize
-        }
-        None => 0,
-    };
-    Ok(SilverChange {
-        inserted: metrics.inserted,
-        updated: metrics.updated - deleted,
-        deleted,
-    })
-}
-
-/// SQL saying the values `a` and `b` of type `data_type` differ (nulls compare equal to nulls).
-/// Structs compare field by field, lists as text: DataFusion compares neither directly.
-fn differs(a: &str, b: &str, data_type: &DataType) -> String {
-    match data_type {
-        DataType::Struct(fields) => fields
-            .iter()
-            .map(|f| {
-                let get = |x: &str| format!("get_field({x}, '{}')", f.name());
-                differs(&get(a), &get(b), f.data_type())
-            })
-            .collect::<Vec<_>>()
-            .join(" OR "),
-        t if t.is_nested() => {
-            format!("(CAST({a} AS VARCHAR) IS DISTINCT FROM CAST({b} AS VARCHAR))")
-        }
-        _ => format!("({a} IS DISTINCT FROM {b})"),
-    }
-}
-
-async fn count(table: &DeltaTable, name: &str, predicate: &str) -> Result<i64, DbError> {
-    let batches = read::query(
-        table,
-        name,
-        &format!("SELECT count(*) FROM t WHERE {predicate}"),
-    )
-    .await?;
-    Ok(batches
-        .first()
-        .and_then(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<deltalake::arrow::array::Int64Array>()
-                .map(|a| a.value(0))
-        })
-        .unwrap_or(0))
-}
-
 /// The cursor's largest value in silver as `(quoted column, operator, source literal)`, or `None`
 /// when silver holds no value yet.
 async fn watermark(
@@ -754,137 +571,6 @@ async fn watermark(
     Ok(Some((quoted, ">=", literal)))
 }
 
-/// How the columns of a new extraction meet the table's: columns to widen in the table (a wider
-/// type at the source), and columns to cast up on write (a narrower one).
-#[derive(Debug, Default)]
-struct Drift {
-    widen: Vec<Field>,
-    narrow: HashMap<String, DataType>,
-}
-
-fn drift(existing: &Schema, extracted: &Schema) -> Result<Drift, String> {
-    let mut plan = Drift::default();
-    for field in extracted.fields() {
-        let Ok(old) = existing.field_with_name(field.name()) else {
-            continue; // a new column: schema evolution adds it
-        };
-        let (old, new) = (old.data_type(), field.data_type());
-        if old == new {
-            continue;
-        }
-        if widens(old, new) {
-            plan.widen.push(field.as_ref().clone());
-        } else if widens(new, old) {
-            plan.narrow.insert(field.name().clone(), old.clone());
-        } else {
-            return Err(format!(
-                "column {} changed from {old} to {new}, which cannot hold the old values without \
-                 loss; rename the column at the source or re-land the table into a new lake path",
-                field.name()
-            ));
-        }
-    }
-    Ok(plan)
-}
-
-/// Whether every value of `from` is a value of `to`.
-fn widens(from: &DataType, to: &DataType) -> bool {
-    use DataType::*;
-    let int_rank = |t: &DataType| match t {
-        Int8 => Some(1),
-        Int16 => Some(2),
-        Int32 => Some(3),
-        Int64 => Some(4),
-        _ => None,
-    };
-    match (from, to) {
-        (a, b) if int_rank(a).is_some() && int_rank(b).is_some() => int_rank(a) < int_rank(b),
-        (Int8 | Int16 | Int32, Float64) | (Int8 | Int16, Float32) | (Float32, Float64) => true,
-        (Int8 | Int16 | Int32 | Int64, Decimal128(p, s)) => {
-            let digits = match from {
-                Int8 => 3,
-                Int16 => 5,
-                Int32 => 10,
-                _ => 19,
-            };
-            (*p as i32 - *s as i32) >= digits
-        }
-        (Decimal128(p1, s1), Decimal128(p2, s2)) => {
-            s2 >= s1 && (*p2 as i32 - *s2 as i32) >= (*p1 as i32 - *s1 as i32)
-        }
-        (Date32, Timestamp(TimeUnit::Microsecond, None)) => true,
-        (_, Utf8) => matches!(from, Decimal128(..)),
-        _ => false,
-    }
-}
-
-/// Rewrites `name` with `fields` widened, in one commit (rare: a source column changed type).
-async fn widen(lake: &Lake, name: &str, fields: &[Field]) -> Result<(), DbError> {
-    let table = lake.table(name).await?;
-    let batches = read::query(&table, name, "SELECT * FROM t").await?;
-    let schema = table
-        .snapshot()
-        .map_err(|source| LakeError::Delta {
-            table: name.to_string(),
-            source,
-        })?
-        .snapshot()
-        .arrow_schema();
-    let widened: SchemaRef = Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| {
-                fields
-                    .iter()
-                    .find(|w| w.name() == f.name())
-                    .cloned()
-                    .unwrap_or_else(|| f.as_ref().clone())
-            })
-            .collect::<Vec<_>>(),
-    ));
-    let batches = batches
-        .iter()
-        .map(|b| conform(b, &widened))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|message| DbError::Table {
-            table: name.to_string(),
-            message,
-        })?;
-    let batches = if batches.is_empty() {
-        vec![RecordBatch::new_empty(widened)]
-    } else {
-        batches
-    };
-    tracing::info!(table = name, columns = fields.len(), "widening columns");
-    crate::lake::AppendBuilder::new(table, name, batches)
-        .replacing_all()
-        .with_metadata("vitalake.operation", "widen columns")
-        .execute()
-        .await?;
-    Ok(())
-}
-
-/// `batch` with the columns named in `casts` cast to the table's (wider) type.
-fn cast_columns(
-    batch: RecordBatch,
-    casts: &HashMap<String, DataType>,
-) -> Result<RecordBatch, String> {
-    if casts.is_empty() {
-        return Ok(batch);
-    }
-    let fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| match casts.get(f.name()) {
-            Some(t) if can_cast_types(f.data_type(), t) => Field::new(f.name(), t.clone(), true),
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    conform(&batch, &Arc::new(Schema::new(fields)))
-}
-
 fn with_bronze_columns(extracted: &Schema, row_hash: bool) -> SchemaRef {
     let mut fields: Vec<Field> = extracted
         .fields()
@@ -932,181 +618,4 @@ fn add_bronze_columns(
     fields.push(Field::new(BATCH_ID, DataType::Utf8, true));
     columns.push(Arc::new(StringArray::from(vec![batch_id; rows])));
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("bronze columns line up")
-}
-
-/// The key of a row in a table without a primary key: SHA-256 of its values as text, plus how many
-/// identical rows came before it in this extraction (so duplicates stay distinct rows).
-#[derive(Default)]
-struct RowHasher {
-    seen: HashMap<[u8; 16], u32>,
-}
-
-impl RowHasher {
-    fn hashes(&mut self, batch: &RecordBatch) -> StringArray {
-        let options = FormatOptions::default().with_null("\u{0}");
-        let formatters: Vec<_> = batch
-            .columns()
-            .iter()
-            .map(|c| {
-                ArrayFormatter::try_new(c.as_ref(), &options).expect("every Arrow type displays")
-            })
-            .collect();
-        (0..batch.num_rows())
-            .map(|row| {
-                let mut digest = Sha256::new();
-                for f in &formatters {
-                    digest.update(f.value(row).to_string().as_bytes());
-                    digest.update([0x1f]);
-                }
-                let hash: [u8; 16] = digest.finalize()[..16].try_into().expect("16 bytes");
-                let n = self.seen.entry(hash).or_insert(0);
-                *n += 1;
-                Some(format!("{}-{}", hex::encode(hash), n))
-            })
-            .collect()
-    }
-}
-
-/// An order-independent checksum of rows: the wrapping sum of a hash of each row's bytes in Arrow's
-/// row format, so the rows read from the source and the rows read back from the lake can be compared.
-#[derive(Default)]
-struct Checksum {
-    sum: u64,
-    rows: u64,
-}
-
-impl Checksum {
-    /// Counts `batch`'s rows and, with `hash`, adds them to the checksum.
-    fn add(&mut self, batch: &RecordBatch, hash: bool) {
-        self.rows += batch.num_rows() as u64;
-        if !hash {
-            return;
-        }
-        let fields = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
-        let converter =
-            RowConverter::new(fields).expect("row format supports every extracted type");
-        let rows = converter
-            .convert_columns(batch.columns())
-            .expect("columns match the converter");
-        for row in rows.iter() {
-            let mut hasher = DefaultHasher::new();
-            row.as_ref().hash(&mut hasher);
-            self.sum = self.sum.wrapping_add(hasher.finish());
-        }
-    }
-
-    fn value(&self) -> u64 {
-        self.sum
-    }
-}
-
-/// The checksum of bronze's rows of `batch_id`, read back from the lake.
-async fn landed_checksum(
-    bronze: &DeltaTable,
-    name: &str,
-    batch_id: &str,
-    extracted: &Schema,
-    casts: &HashMap<String, DataType>,
-) -> Result<Checksum, DbError> {
-    let schema: SchemaRef = Arc::new(Schema::new(
-        extracted
-            .fields()
-            .iter()
-            .map(|f| {
-                Field::new(
-                    f.name(),
-                    casts
-                        .get(f.name())
-                        .cloned()
-                        .unwrap_or_else(|| f.data_type().clone()),
-                    true,
-                )
-            })
-            .collect::<Vec<_>>(),
-    ));
-    let columns: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| crate::lake::merge::quote(f.name()))
-        .collect();
-    let mut stream = read::stream(
-        bronze,
-        name,
-        &format!(
-            "SELECT {} FROM t WHERE {BATCH_ID} = '{batch_id}'",
-            columns.join(", ")
-        ),
-    )
-    .await?;
-    let mut checksum = Checksum::default();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| LakeError::Query {
-            table: name.to_string(),
-            source,
-        })?;
-        let batch = conform(&batch, &schema).map_err(|message| DbError::Table {
-            table: name.to_string(),
-            message,
-        })?;
-        checksum.add(&batch, true);
-    }
-    Ok(checksum)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn widening_keeps_every_old_value_and_anything_else_stops_the_table() {
-        let old = Schema::new(vec![
-            Field::new("a", DataType::Int32, true),
-            Field::new("b", DataType::Int64, true),
-            Field::new("c", DataType::Utf8, true),
-        ]);
-        let new = Schema::new(vec![
-            Field::new("a", DataType::Int64, true),
-            Field::new("b", DataType::Int32, true),
-            Field::new("c", DataType::Utf8, true),
-            Field::new("d", DataType::Boolean, true),
-        ]);
-        let plan = drift(&old, &new).unwrap();
-        assert_eq!(plan.widen.len(), 1);
-        assert_eq!(plan.widen[0].name(), "a");
-        assert_eq!(plan.narrow.get("b"), Some(&DataType::Int64));
-        let incompatible = Schema::new(vec![Field::new("c", DataType::Int32, true)]);
-        assert!(drift(&old, &incompatible).unwrap_err().contains("column c"));
-        assert!(widens(
-            &DataType::Decimal128(10, 2),
-            &DataType::Decimal128(12, 2)
-        ));
-        assert!(!widens(
-            &DataType::Decimal128(10, 2),
-            &DataType::Decimal128(10, 3)
-        ));
-    }
-
-    #[test]
-    fn identical_rows_keep_distinct_keys() {
-        let batch = RecordBatch::try_new(
-            Arc::new(Schema::new(vec![Field::new("x", DataType::Utf8, true)])),
-            vec![Arc::new(StringArray::from(vec![
-                Some("a"),
-                Some("a"),
-                None,
-            ]))],
-        )
-        .unwrap();
-        let hashes = RowHasher::default().hashes(&batch);
-        assert_ne!(hashes.value(0), hashes.value(1));
-        assert_eq!(
-            hashes.value(0).split('-').next(),
-            hashes.value(1).split('-').next()
-        );
-    }
 }

@@ -3,7 +3,8 @@
 //! - [`catalog`]: tables, columns, primary keys and incremental cursors, as both sources describe them.
 //! - [`columns`]: source types to Arrow kinds Delta can hold without loss, and their builders.
 //! - [`postgres`], [`mysql`]: discovery and extraction, one file per engine.
-//! - [`land`]: one table into `bronze/<engine>/<db>/<table>` and `silver/<db>/<table>`, exactly once.
+//! - [`land`]: one table into `bronze/<engine>/<db>/<table>` and `silver/<db>/<table>`, exactly once;
+//!   with [`silver`] (the merge), [`drift`] (schema changes) and [`checksum`] (row keys, reconciliation).
 //! - [`expectations`]: business rules over silver, declared in configuration, counted and flagged.
 //! - [`report`]: the run report.
 //!
@@ -11,12 +12,15 @@
 //! cannot be read, is reported and the others still run.
 
 pub mod catalog;
+pub mod checksum;
 pub mod columns;
+pub mod drift;
 pub mod expectations;
 pub mod land;
 pub mod mysql;
 pub mod postgres;
 pub mod report;
+pub mod silver;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
