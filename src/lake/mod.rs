@@ -65,6 +65,18 @@ pub async fn app_version(
         .map_err(err)
 }
 
+/// The Arrow schema of a loaded table.
+pub fn arrow_schema(
+    table: &DeltaTable,
+    name: &str,
+) -> Result<deltalake::arrow::datatypes::SchemaRef, LakeError> {
+    let state = table.snapshot().map_err(|source| LakeError::Delta {
+        table: name.to_string(),
+        source,
+    })?;
+    Ok(state.snapshot().arrow_schema())
+}
+
 /// A lake root. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Lake {

@@ -10,7 +10,7 @@ use deltalake::arrow::compute::can_cast_types;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::lake::stream_append::conform;
-use crate::lake::{Lake, LakeError, read};
+use crate::lake::{Lake, read};
 
 use super::DbError;
 
@@ -82,14 +82,7 @@ fn widens(from: &DataType, to: &DataType) -> bool {
 pub async fn widen(lake: &Lake, name: &str, fields: &[Field]) -> Result<(), DbError> {
     let table = lake.table(name).await?;
     let batches = read::query(&table, name, "SELECT * FROM t").await?;
-    let schema = table
-        .snapshot()
-        .map_err(|source| LakeError::Delta {
-            table: name.to_string(),
-            source,
-        })?
-        .snapshot()
-        .arrow_schema();
+    let schema = crate::lake::arrow_schema(&table, name)?;
     let widened: SchemaRef = Arc::new(Schema::new(
         schema
             .fields()

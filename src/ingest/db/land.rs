@@ -313,14 +313,7 @@ async fn adapt_to_drift(
     extracted: &Schema,
     report: &mut TableReport,
 ) -> Result<HashMap<String, DataType>, DbError> {
-    let existing = bronze
-        .snapshot()
-        .map_err(|source| LakeError::Delta {
-            table: target.bronze.clone(),
-            source,
-        })?
-        .snapshot()
-        .arrow_schema();
+    let existing = crate::lake::arrow_schema(bronze, &target.bronze)?;
     let plan = drift(&existing, extracted).map_err(|message| DbError::Table {
         table: report.table.clone(),
         message,
@@ -552,16 +545,12 @@ async fn watermark(
     }
     let time = chrono::DateTime::from_timestamp_micros(value).unwrap_or_default();
     let text = time.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let schema = crate::lake::arrow_schema(silver, name)?;
     let utc = matches!(
-        silver
-            .snapshot()
-            .ok()
-            .map(|s| s.snapshot().arrow_schema())
-            .and_then(|s| s
-                .field_with_name(&cursor.column)
-                .ok()
-                .map(|f| f.data_type().clone())),
-        Some(DataType::Timestamp(_, Some(_)))
+        schema
+            .field_with_name(&cursor.column)
+            .map(|f| f.data_type()),
+        Ok(DataType::Timestamp(_, Some(_)))
     );
     let literal = match connection {
         Connection::Postgres(_) if utc => format!("'{text}+00'::timestamptz"),

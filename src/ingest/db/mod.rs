@@ -263,8 +263,59 @@ pub fn schema_of(table: &Table) -> SchemaRef {
     ))
 }
 
-fn batch_of(schema: &SchemaRef, arrays: Vec<ArrayRef>) -> RecordBatch {
-    RecordBatch::try_new(schema.clone(), arrays).expect("builders follow the schema")
+/// One table's read as both engines do it: the columns read, their kinds, the SELECT list, and
+/// the channel batches go to.
+pub struct TableRead<'a> {
+    pub table: &'a Table,
+    pub columns: Vec<&'a catalog::Column>,
+    pub kinds: Vec<columns::Kind>,
+    /// The columns' SELECT expressions, comma-separated.
+    pub select: String,
+    schema: SchemaRef,
+    out: mpsc::Sender<RecordBatch>,
+}
+
+impl<'a> TableRead<'a> {
+    fn new(table: &'a Table, out: mpsc::Sender<RecordBatch>) -> TableRead<'a> {
+        let columns: Vec<_> = table.columns.iter().filter(|c| c.is_supported()).collect();
+        TableRead {
+            kinds: columns
+                .iter()
+                .map(|c| c.kind.clone().expect("supported"))
+                .collect(),
+            select: columns
+                .iter()
+                .map(|c| c.select.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            columns,
+            schema: schema_of(table),
+            table,
+            out,
+        }
+    }
+
+    /// The error for a value of column `index` in row `row` (counted from 1) that does not decode.
+    pub fn bad_value(&self, index: usize, row: u64, e: columns::BadValue) -> DbError {
+        let column = self.columns[index];
+        DbError::Table {
+            table: self.table.name.clone(),
+            message: format!(
+                "column {}.{} ({}), row {row}: {}",
+                self.table.name, column.name, column.source_type, e.0
+            ),
+        }
+    }
+
+    /// Sends one batch of finished columns to the lake writer.
+    pub async fn send(&self, arrays: Vec<ArrayRef>) -> Result<(), DbError> {
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), arrays).expect("builders follow the schema");
+        self.out.send(batch).await.map_err(|_| DbError::Table {
+            table: self.table.name.clone(),
+            message: "the lake writer stopped".into(),
+        })
+    }
 }
 
 /// An open connection to one source.
@@ -298,9 +349,10 @@ impl Connection {
         batch_rows: usize,
         out: mpsc::Sender<RecordBatch>,
     ) -> Result<Extracted, DbError> {
+        let read = TableRead::new(table, out);
         match self {
-            Connection::MySql(c) => c.extract(table, filter, batch_rows, out).await,
-            Connection::Postgres(c) => c.extract(table, filter, batch_rows, out).await,
+            Connection::MySql(c) => c.extract(&read, filter, batch_rows).await,
+            Connection::Postgres(c) => c.extract(&read, filter, batch_rows).await,
         }
     }
 

@@ -8,11 +8,10 @@
 use futures::StreamExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, OptsBuilder, Row, Value};
-use tokio::sync::mpsc;
 
 use super::catalog::{Column, Table};
 use super::columns::{BadValue, ColumnBuilder, Kind};
-use super::{DbError, Extracted, SourceUrl, batch_of, schema_of};
+use super::{DbError, Extracted, SourceUrl, TableRead};
 
 pub struct MySql {
     conn: Conn,
@@ -146,11 +145,11 @@ impl MySql {
 
     pub async fn extract(
         &mut self,
-        table: &Table,
+        read: &TableRead<'_>,
         filter: Option<&str>,
         batch_rows: usize,
-        out: mpsc::Sender<deltalake::arrow::record_batch::RecordBatch>,
     ) -> Result<Extracted, DbError> {
+        let table = read.table;
         let url = self.url.clone();
         let err = |e: mysql_async::Error| DbError::Table {
             table: table.name.clone(),
@@ -158,17 +157,7 @@ impl MySql {
         };
         let from = quote(&table.name);
         let condition = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
-        let columns: Vec<&Column> = table.columns.iter().filter(|c| c.is_supported()).collect();
-        let kinds: Vec<Kind> = columns
-            .iter()
-            .map(|c| c.kind.clone().expect("supported"))
-            .collect();
-        let select = columns
-            .iter()
-            .map(|c| c.select.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let schema = schema_of(table);
+        let (kinds, select) = (&read.kinds, &read.select);
         self.conn
             .query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await
@@ -195,36 +184,22 @@ impl MySql {
                 while let Some(row) = stream.next().await {
                     let row = row.map_err(err)?;
                     for (i, builder) in builders.iter_mut().enumerate() {
-                        append(&kinds[i], row.as_ref(i), builder).map_err(|e| DbError::Table {
-                            table: table.name.clone(),
-                            message: format!(
-                                "column {}.{} ({}), row {}: {}",
-                                table.name,
-                                columns[i].name,
-                                columns[i].source_type,
-                                rows + 1,
-                                e.0
-                            ),
-                        })?;
+                        append(&kinds[i], row.as_ref(i), builder)
+                            .map_err(|e| read.bad_value(i, rows + 1, e))?;
                     }
                     rows += 1;
                     in_batch += 1;
                     if in_batch == batch_rows {
                         in_batch = 0;
-                        let arrays = builders.iter_mut().map(ColumnBuilder::finish).collect();
-                        if out.send(batch_of(&schema, arrays)).await.is_err() {
-                            return Err(DbError::Table {
-                                table: table.name.clone(),
-                                message: "the lake writer stopped".into(),
-                            });
-                        }
+                        read.send(builders.iter_mut().map(ColumnBuilder::finish).collect())
+                            .await?;
                     }
                 }
             }
         }
         if in_batch > 0 {
-            let arrays = builders.iter_mut().map(ColumnBuilder::finish).collect();
-            let _ = out.send(batch_of(&schema, arrays)).await;
+            read.send(builders.iter_mut().map(ColumnBuilder::finish).collect())
+                .await?;
         }
         self.conn.query_drop("COMMIT").await.map_err(err)?;
         Ok(Extracted {

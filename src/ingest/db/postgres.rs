@@ -6,12 +6,11 @@
 //! in one REPEATABLE READ transaction, so the reconciliation compares the same snapshot.
 
 use futures::StreamExt;
-use tokio::sync::mpsc;
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
 use super::catalog::{Column, Table};
 use super::columns::{BadValue, ColumnBuilder, Kind};
-use super::{DbError, Extracted, SourceUrl, batch_of, schema_of};
+use super::{DbError, Extracted, SourceUrl, TableRead};
 
 pub struct Postgres {
     client: Client,
@@ -174,11 +173,11 @@ impl Postgres {
     /// sent to `out`. The row count at the source comes from the same snapshot.
     pub async fn extract(
         &mut self,
-        table: &Table,
+        read: &TableRead<'_>,
         filter: Option<&str>,
         batch_rows: usize,
-        out: mpsc::Sender<deltalake::arrow::record_batch::RecordBatch>,
     ) -> Result<Extracted, DbError> {
+        let table = read.table;
         let url = self.url.clone();
         let err = |e: tokio_postgres::Error| DbError::Table {
             table: table.name.clone(),
@@ -186,17 +185,7 @@ impl Postgres {
         };
         let from = format!("{}.{}", quote(&self.schema), quote(&table.name));
         let condition = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
-        let columns: Vec<&Column> = table.columns.iter().filter(|c| c.is_supported()).collect();
-        let kinds: Vec<Kind> = columns
-            .iter()
-            .map(|c| c.kind.clone().expect("supported"))
-            .collect();
-        let select = columns
-            .iter()
-            .map(|c| c.select.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let schema = schema_of(table);
+        let select = &read.select;
         let transaction = self
             .client
             .build_transaction()
@@ -213,7 +202,7 @@ impl Postgres {
         let copy =
             format!("COPY (SELECT {select} FROM {from}{condition}) TO STDOUT (FORMAT binary)");
         let mut stream = Box::pin(transaction.copy_out(&copy).await.map_err(err)?);
-        let mut decoder = CopyDecoder::new(&kinds);
+        let mut decoder = CopyDecoder::new(&read.kinds);
         let mut rows = 0u64;
         let mut buffer: Vec<u8> = Vec::new();
         let mut at = 0usize;
@@ -238,29 +227,11 @@ impl Postgres {
                         }
                         rows += 1;
                         if decoder.rows == batch_rows {
-                            let batch = batch_of(&schema, decoder.finish());
-                            if out.send(batch).await.is_err() {
-                                return Err(DbError::Table {
-                                    table: table.name.clone(),
-                                    message: "the lake writer stopped".into(),
-                                });
-                            }
+                            read.send(decoder.finish()).await?;
                         }
                     }
                     Ok(None) => break,
-                    Err((column, e)) => {
-                        return Err(DbError::Table {
-                            table: table.name.clone(),
-                            message: format!(
-                                "column {}.{} ({}), row {}: {}",
-                                table.name,
-                                columns[column].name,
-                                columns[column].source_type,
-                                rows + 1,
-                                e.0
-                            ),
-                        });
-                    }
+                    Err((column, e)) => return Err(read.bad_value(column, rows + 1, e)),
                 }
             }
         }
@@ -271,8 +242,7 @@ impl Postgres {
             });
         }
         if decoder.rows > 0 {
-            let batch = batch_of(&schema, decoder.finish());
-            let _ = out.send(batch).await;
+            read.send(decoder.finish()).await?;
         }
         transaction.commit().await.map_err(err)?;
         Ok(Extracted {

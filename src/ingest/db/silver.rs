@@ -65,14 +65,7 @@ pub async fn apply_to_silver(
         .map_err(query_err)?;
     let Some(silver) = lake.existing_table(&target.silver).await? else {
         // First extraction: a plain streaming append, no join.
-        let bronze_schema = bronze
-            .snapshot()
-            .map_err(|source| LakeError::Delta {
-                table: target.bronze.clone(),
-                source,
-            })?
-            .snapshot()
-            .arrow_schema();
+        let bronze_schema = crate::lake::arrow_schema(bronze, &target.bronze)?;
         let schema = with_deleted_at(&bronze_schema);
         let mut append = StreamingAppend::begin(
             lake.table(&target.silver).await?,
@@ -101,14 +94,7 @@ pub async fn apply_to_silver(
     };
     // A row changed when a source column differs (nested ones compared as text) or it was deleted;
     // a column new to silver changes every row.
-    let target_schema = silver
-        .snapshot()
-        .map_err(|source| LakeError::Delta {
-            table: target.silver.clone(),
-            source,
-        })?
-        .snapshot()
-        .arrow_schema();
+    let target_schema = crate::lake::arrow_schema(&silver, &target.silver)?;
     let source_schema = source.schema().as_arrow().clone();
     let compared: Vec<_> = source_schema
         .fields()
