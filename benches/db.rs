@@ -12,12 +12,14 @@
 //! The export and the first extraction run twice each and the faster run is kept (the first warms
 //! the server's cache for both).
 
+mod support;
+
 #[path = "../tests/it/servers.rs"]
 #[allow(dead_code)]
 mod servers;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use servers::{Engine, PASSWORD, Server};
 
@@ -136,38 +138,24 @@ fn native_export(server: &Server) -> f64 {
 
 /// One full extraction into `dir/lake`: (seconds, peak RSS in KB).
 fn extract(server: &Server, rows: u64, dir: &std::path::Path) -> (f64, u64) {
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalake"))
-        .arg("--lake")
-        .arg(dir.join("lake"))
-        .args([
-            "ingest",
-            "db",
-            "--json",
-            "--full",
-            "--include",
-            "readings",
-            "--source",
-            &server.url(),
-        ])
-        .env(server.password_var(), PASSWORD)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak_rss_kb = 0;
-    while child.try_wait().unwrap().is_none() {
-        if let Some(hwm) = std::fs::read_to_string(&status_path)
-            .ok()
-            .and_then(|s| vm_hwm_kb(&s))
-        {
-            peak_rss_kb = peak_rss_kb.max(hwm);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let output = child.wait_with_output().unwrap();
+    let measured = support::run_sampling_rss(
+        Command::new(env!("CARGO_BIN_EXE_vitalake"))
+            .arg("--lake")
+            .arg(dir.join("lake"))
+            .args([
+                "ingest",
+                "db",
+                "--json",
+                "--full",
+                "--include",
+                "readings",
+                "--source",
+                &server.url(),
+            ])
+            .env(server.password_var(), PASSWORD)
+            .stderr(Stdio::null()),
+    );
+    let output = measured.output;
     assert!(
         output.status.success(),
         "{}",
@@ -177,10 +165,5 @@ fn extract(server: &Server, rows: u64, dir: &std::path::Path) -> (f64, u64) {
     let table = &report["sources"][0]["tables"][0];
     assert_eq!(table["rows_landed"], rows, "{table}");
     assert_eq!(table["reconciled"], true, "{table}");
-    (secs, peak_rss_kb)
-}
-
-fn vm_hwm_kb(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    (measured.secs, measured.peak_rss_kb)
 }

@@ -8,9 +8,11 @@
 //! from /proc. Sizes: `VITALAKE_BENCH_DROP_MB` (default 200) and `VITALAKE_BENCH_NDJSON_MB`
 //! (default 1024); data is generated under `target/bench-data` and reused.
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use rayon::prelude::*;
 
@@ -176,30 +178,16 @@ fn ingest(input: &Path, data: &Path, validate: bool) -> Measured {
     let lake = data.join("lake");
     let _ = std::fs::remove_dir_all(&lake);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vitalake"))
-        .env("VITALAKE_VALIDATE_ENABLED", validate.to_string())
-        .env("VITALAKE_VALIDATE_PROFILES", root.join("profiles"))
-        .env("VITALAKE_INGEST_VIEWS", root.join("profiles/views"))
-        .args(["ingest", "fhir", "--json", "--lake"])
-        .arg(&lake)
-        .arg(input)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak_rss_kb = 0;
-    while child.try_wait().unwrap().is_none() {
-        if let Some(hwm) = std::fs::read_to_string(&status_path)
-            .ok()
-            .and_then(|s| vm_hwm_kb(&s))
-        {
-            peak_rss_kb = peak_rss_kb.max(hwm);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let secs = started.elapsed().as_secs_f64();
-    let output = child.wait_with_output().unwrap();
+    let measured = support::run_sampling_rss(
+        Command::new(env!("CARGO_BIN_EXE_vitalake"))
+            .env("VITALAKE_VALIDATE_ENABLED", validate.to_string())
+            .env("VITALAKE_VALIDATE_PROFILES", root.join("profiles"))
+            .env("VITALAKE_INGEST_VIEWS", root.join("profiles/views"))
+            .args(["ingest", "fhir", "--json", "--lake"])
+            .arg(&lake)
+            .arg(input),
+    );
+    let output = measured.output;
     assert!(output.status.success());
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let resources =
@@ -208,12 +196,7 @@ fn ingest(input: &Path, data: &Path, validate: bool) -> Measured {
     Measured {
         bytes: report["bytes_read"].as_u64().unwrap(),
         resources,
-        secs,
-        peak_rss_kb,
+        secs: measured.secs,
+        peak_rss_kb: measured.peak_rss_kb,
     }
-}
-
-fn vm_hwm_kb(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

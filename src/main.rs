@@ -70,16 +70,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{report}");
-            }
-            Ok(if report.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            print_report(&report, args.json, report.success())
         }
         Command::Generate(GenerateCommand::Fhir(args)) => {
             let summary = vitalake::generate::write_drop(&args.out, &args.options())
@@ -317,12 +308,21 @@ async fn ingest_db(config: &Config, args: cli::IngestDbArgs) -> anyhow::Result<E
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    print_report(&report, args.json, report.is_ok())
+}
+
+/// A run report as JSON or as text; exit code 1 unless the run went `ok`.
+fn print_report(
+    report: &(impl serde::Serialize + std::fmt::Display),
+    json: bool,
+    ok: bool,
+) -> anyhow::Result<ExitCode> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{report}");
     }
-    Ok(if report.is_ok() {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
