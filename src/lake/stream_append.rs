@@ -5,11 +5,13 @@
 //! streaming `RecordBatchWriter`), and only [`StreamingAppend::commit`] makes them visible: a run
 //! killed before it leaves unreferenced files and an unchanged table. The commit can carry a Delta
 //! application transaction (`txn`), which a reader checks with [`super::app_version`].
+//!
+//! [`conform`] and [`append_columns`] shape batches for a table: by its schema, or with extra columns.
 
 use std::collections::HashMap;
 
 use deltalake::DeltaTable;
-use deltalake::arrow::array::new_null_array;
+use deltalake::arrow::array::{ArrayRef, new_null_array};
 use deltalake::arrow::compute::{CastOptions, cast_with_options};
 use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::arrow::record_batch::RecordBatch;
@@ -133,4 +135,21 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, S
         })
         .collect::<Result<Vec<_>, _>>()?;
     RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+}
+
+/// `batch` with `extra` columns added after its own.
+pub fn append_columns(batch: RecordBatch, extra: Vec<(Field, ArrayRef)>) -> RecordBatch {
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut columns = batch.columns().to_vec();
+    for (field, column) in extra {
+        fields.push(field);
+        columns.push(column);
+    }
+    RecordBatch::try_new(std::sync::Arc::new(Schema::new(fields)), columns)
+        .expect("appended columns line up")
 }

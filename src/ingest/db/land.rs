@@ -26,6 +26,7 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use futures::TryStreamExt;
 use tokio::sync::mpsc;
 
+use crate::lake::stream_append::append_columns;
 use crate::lake::{Lake, LakeError, StreamingAppend, app_version, read};
 
 use super::catalog::{Cursor, Table};
@@ -457,24 +458,24 @@ async fn extract_and_write(
     })
 }
 
-pub(super) fn with_deleted_at(schema: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(
+fn deleted_at_field() -> Field {
+    Field::new(
         DELETED_AT,
         DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         true,
-    ));
+    )
+}
+
+pub(super) fn with_deleted_at(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(deleted_at_field());
     Arc::new(Schema::new(fields))
 }
 
 fn add_deleted_at(batch: &RecordBatch) -> RecordBatch {
-    let schema = with_deleted_at(&batch.schema());
-    let mut columns = batch.columns().to_vec();
-    columns.push(new_null_array(
-        schema.field(schema.fields().len() - 1).data_type(),
-        batch.num_rows(),
-    ));
-    RecordBatch::try_new(schema, columns).expect("silver columns line up")
+    let field = deleted_at_field();
+    let nulls = new_null_array(field.data_type(), batch.num_rows());
+    append_columns(batch.clone(), vec![(field, nulls)])
 }
 
 /// The batch id, fullness and extraction time of bronze's extraction number `extraction`.
@@ -585,26 +586,24 @@ fn add_bronze_columns(
     hasher: Option<&mut RowHasher>,
 ) -> RecordBatch {
     let rows = batch.num_rows();
-    let mut fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    let mut extra: Vec<(Field, ArrayRef)> = Vec::new();
     if let Some(hasher) = hasher {
-        fields.push(Field::new(ROW_HASH, DataType::Utf8, true));
-        columns.push(Arc::new(hasher.hashes(&batch)));
+        extra.push((
+            Field::new(ROW_HASH, DataType::Utf8, true),
+            Arc::new(hasher.hashes(&batch)),
+        ));
     }
-    fields.push(Field::new(
-        EXTRACTED_AT,
-        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-        true,
+    extra.push((
+        Field::new(
+            EXTRACTED_AT,
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Arc::new(TimestampMicrosecondArray::from(vec![extracted_at; rows]).with_timezone("UTC")),
     ));
-    columns.push(Arc::new(
-        TimestampMicrosecondArray::from(vec![extracted_at; rows]).with_timezone("UTC"),
+    extra.push((
+        Field::new(BATCH_ID, DataType::Utf8, true),
+        Arc::new(StringArray::from(vec![batch_id; rows])),
     ));
-    fields.push(Field::new(BATCH_ID, DataType::Utf8, true));
-    columns.push(Arc::new(StringArray::from(vec![batch_id; rows])));
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("bronze columns line up")
+    append_columns(batch, extra)
 }

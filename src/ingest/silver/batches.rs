@@ -125,21 +125,6 @@ pub(super) fn version_columns<'r>(
     ]
 }
 
-pub(super) fn append_columns(batch: RecordBatch, extra: Vec<(Field, ArrayRef)>) -> RecordBatch {
-    let mut fields: Vec<Field> = batch
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    let mut columns = batch.columns().to_vec();
-    for (field, column) in extra {
-        fields.push(field);
-        columns.push(column);
-    }
-    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("silver columns line up")
-}
-
 pub(super) fn versions_batch(resources: &[&BronzeResource]) -> RecordBatch {
     let mut fields = vec![Field::new("_key", DataType::Utf8, false)];
     let mut columns: Vec<ArrayRef> = vec![Arc::new(

@@ -55,6 +55,7 @@ use super::IngestError;
 use super::tables::{Provenance, QUARANTINE_TABLE, bronze_fhir_table, quarantine_batch};
 use crate::fhir::{Location, Rejected};
 use crate::issue::{Issue, Severity};
+use crate::lake::stream_append::append_columns;
 use crate::lake::{AppendBuilder, Lake, delete, read};
 use crate::views::{self, Cell, View, ViewError};
 
