@@ -49,6 +49,41 @@ pub enum Command {
     /// Rebuild derived tables from the layer below.
     #[command(subcommand)]
     Refresh(RefreshCommand),
+    /// Land a stream of Observation / MedicationDispense events in bronze, quarantine and silver.
+    ///
+    /// Events are NDJSON lines (a resource or a Bundle of them per line). They are decoded and
+    /// validated as `ingest fhir` does, and land in micro-batches, exactly once: a restarted stream
+    /// skips what it already landed and finishes a batch a crash interrupted. Ctrl-C or SIGTERM
+    /// lands the current batch, then stops.
+    #[command(
+        after_help = "Example:\n  vitalake stream --source file:samples/stream/observations.ndjson\n  vitalake stream --source file:/var/spool/bp.ndjson --follow --metrics 127.0.0.1:9464\n  gunzip -c readings.ndjson.gz | vitalake stream --source stdin --hub wearables"
+    )]
+    Stream(StreamArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// `file:PATH` (NDJSON; a line's number is its sequence number) or `stdin`.
+    #[arg(long, value_name = "SOURCE")]
+    pub source: String,
+    /// With a file source: wait for more lines at the end of the file, like `tail -f`.
+    #[arg(long)]
+    pub follow: bool,
+    /// The hub the events belong to: they land in bronze/eventhubs/<HUB>.
+    #[arg(long, value_name = "HUB", default_value = "observations")]
+    pub hub: String,
+    /// A micro-batch closes after this many events ...
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub batch_events: usize,
+    /// ... or this many milliseconds after its first event.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub batch_ms: u64,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +233,26 @@ pub enum GenerateCommand {
         after_help = "Example:\n  vitalake generate fhir --patients 100 --seed 42 --out /tmp/drop"
     )]
     Fhir(GenerateFhirArgs),
+    /// Write a deterministic day of wearable readings for `vitalake stream`: noise, late and
+    /// duplicated events, and injected episodes (listed in episodes.json) for the anomaly rules.
+    #[command(
+        after_help = "Example:\n  vitalake generate stream --patients 24 --hours 24 --seed 2026 --out samples/stream"
+    )]
+    Stream(GenerateStreamArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateStreamArgs {
+    /// Patients p<seed in hex>-00000 ... (the ids `generate fhir` gives with the same seed).
+    #[arg(long, default_value_t = 24)]
+    pub patients: usize,
+    #[arg(long, default_value_t = 24)]
+    pub hours: u32,
+    #[arg(long, default_value_t = 2026)]
+    pub seed: u64,
+    /// Output folder (created): observations.ndjson, pharmacy.ndjson, episodes.json.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -21,6 +21,7 @@ pub mod generate;
 pub mod ingest;
 pub mod issue;
 pub mod lake;
+pub mod stream;
 pub mod validate;
 pub mod views;
 

@@ -79,6 +79,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Generate(GenerateCommand::Stream(args)) => {
+            let options = vitalake::generate::stream::StreamOptions {
+                patients: args.patients,
+                hours: args.hours,
+                seed: args.seed,
+            };
+            let summary = vitalake::generate::stream::write_stream(&args.out, &options)
+                .map_err(vitalake::Error::from)
+                .with_context(|| format!("generating into {}", args.out.display()))?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Validate(args) => {
             let mut options = IngestOptions::from_config(&config.ingest);
             options.checks = profile_checks(&config)?;
@@ -135,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Views(ViewsCommand::Run(args)) => views_run(&config, args).await,
+        Command::Stream(args) => stream(&config, args).await,
         Command::Refresh(RefreshCommand::Silver(args)) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
             let views = SilverViews::load(std::path::Path::new(&config.ingest.views))
@@ -329,6 +342,45 @@ fn print_report(
     })
 }
 
+/// `vitalake stream`: runs until the source ends, or until Ctrl-C / SIGTERM, then prints a report.
+async fn stream(config: &Config, args: cli::StreamArgs) -> anyhow::Result<ExitCode> {
+    use vitalake::ingest::stream::{StreamOptions, run_stream};
+    let source = vitalake::stream::SourceSpec::parse(&args.source, args.follow)
+        .map_err(|e| vitalake::Error::from(IngestError::from(e)))?;
+    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+    let ingest = IngestOptions::from_config(&config.ingest);
+    let options = StreamOptions {
+        hub: args.hub,
+        bounds: vitalake::stream::BatchBounds {
+            max_events: args.batch_events.max(1),
+            max_wait: std::time::Duration::from_millis(args.batch_ms),
+        },
+        decode: ingest.decode,
+        checks: profile_checks(config)?,
+        views: ingest.views,
+        metrics: args.metrics,
+        stop,
+    };
+    let report = run_stream(&lake, source, options)
+        .await
+        .map_err(vitalake::Error::from)?;
+    print_report(&report, args.json, true)
+}
+
+/// Cancels `stop` on Ctrl-C or SIGTERM.
+async fn cancel_on_signal(stop: tokio_util::sync::CancellationToken) {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(()) = async { match terminate.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+    }
+    tracing::info!("stopping: landing the current batch");
+    stop.cancel();
+}
+
 /// A progress bar on a terminal; plain log lines otherwise.
 fn progress_bar() -> Option<ProgressBar> {
     if !std::io::stderr().is_terminal() {
@@ -347,9 +399,15 @@ fn progress_bar() -> Option<ProgressBar> {
 fn init_tracing(verbose: u8) {
     let default = match verbose {
         // The Delta kernel logs an ERROR for every table it is asked to open before its first commit,
-        // which is how new tables start here: not an error for our users.
-        0 => "vitalake=info,warn,buoyant_kernel::snapshot::builder=off",
-        1 => "vitalake=debug,info,buoyant_kernel::snapshot::builder=off",
+        // which is how new tables start here: not an error for our users. Its writer warns on every
+        // commit to a table with a binary column (bronze event bodies) that it keeps no statistics
+        // for it, which is what we want.
+        0 => {
+            "vitalake=info,warn,buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error"
+        }
+        1 => {
+            "vitalake=debug,info,buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error"
+        }
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VITALAKE_LOG")

@@ -11,6 +11,7 @@
 //! Every resource appears in exactly one file, so ingesting the drop counts each once.
 
 pub mod people;
+pub mod stream;
 
 use std::fmt;
 use std::io::Write;

@@ -17,6 +17,7 @@ pub mod report;
 pub mod runs;
 pub mod silver;
 pub mod source;
+pub mod stream;
 pub mod tables;
 
 use std::collections::HashMap;

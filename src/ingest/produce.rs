@@ -308,13 +308,18 @@ fn decode_line(line: &crate::fhir::ndjson::Line, ctx: &ProduceContext) -> Vec<De
 fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mut Vec<Decoded>) {
     let start = out.len();
     decode(text, location, &ctx.decode, out);
-    if ctx.checks.is_empty() {
+    apply_checks(&ctx.checks, &mut out[start..]);
+}
+
+/// Runs `checks` on every decoded resource: error-level findings reject it (with all its findings),
+/// lesser ones stay with it as warnings. Shared by file ingest and the stream.
+pub(crate) fn apply_checks(checks: &[Arc<dyn Check>], decoded: &mut [Decoded]) {
+    if checks.is_empty() {
         return;
     }
-    for decoded in &mut out[start..] {
+    for decoded in decoded {
         if let Decoded::Resource(resource) = decoded {
-            let issues: Vec<Issue> = ctx
-                .checks
+            let issues: Vec<Issue> = checks
                 .iter()
                 .flat_map(|c| c.check(&resource.resource_type, &resource.raw))
                 .collect();

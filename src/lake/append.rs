@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::protocol::SaveMode;
@@ -29,6 +30,7 @@ pub struct AppendBuilder {
     replace_where: Option<String>,
     replace_all: bool,
     merge_schema: bool,
+    transactions: Vec<(String, i64)>,
 }
 
 impl AppendBuilder {
@@ -42,6 +44,7 @@ impl AppendBuilder {
             replace_where: None,
             replace_all: false,
             merge_schema: false,
+            transactions: Vec::new(),
         }
     }
 
@@ -76,9 +79,22 @@ impl AppendBuilder {
         self
     }
 
+    /// Records application transaction `(app_id, version)` in the same commit (Delta `txn`), so a
+    /// writer can tell after a crash whether this append happened ([`super::app_version`]). Can be
+    /// given once per application id.
+    pub fn with_transaction(mut self, app_id: &str, version: i64) -> Self {
+        self.transactions.push((app_id.to_string(), version));
+        self
+    }
+
     pub async fn execute(self) -> Result<(DeltaTable, AppendMetrics), LakeError> {
         let rows = self.batches.iter().map(RecordBatch::num_rows).sum();
         let name = self.name;
+        let mut properties = CommitProperties::default().with_metadata(self.metadata);
+        for (app_id, version) in &self.transactions {
+            properties =
+                properties.with_application_transaction(Transaction::new(app_id, *version));
+        }
         let mut write = self
             .table
             .write(self.batches)
@@ -87,7 +103,7 @@ impl AppendBuilder {
             } else {
                 SaveMode::Append
             })
-            .with_commit_properties(CommitProperties::default().with_metadata(self.metadata));
+            .with_commit_properties(properties);
         if self.replace_all {
             write = write.with_schema_mode(SchemaMode::Overwrite);
         } else if self.merge_schema {

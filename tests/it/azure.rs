@@ -107,7 +107,7 @@ impl Azurite {
 
 /// The process-wide settings `object_store` reads for the emulator; set once, before any Azure
 /// client is built, and identical for every test that uses them.
-fn emulator_environment(azurite: &Azurite) -> &'static str {
+pub fn emulator_environment(azurite: &Azurite) -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
     URL.get_or_init(|| {
         // SAFETY: set once, before the Azure clients that read these variables exist.

@@ -10,4 +10,5 @@ mod ingest_fhir;
 mod servers;
 mod silver;
 mod sql_on_fhir;
+mod stream;
 mod validate;

@@ -21,6 +21,9 @@ pub struct SilverWriter<'l> {
     tables: HashMap<String, DeltaTable>,
     /// Per resource type: hashes of the keys in `silver/versions/<type>`, this run's included.
     known_keys: HashMap<String, HashSet<u64>>,
+    /// Merging again what may already be partly merged (a stream batch interrupted before silver):
+    /// every key is replaced, so nothing is written twice.
+    redo: bool,
 }
 
 impl<'l> SilverWriter<'l> {
@@ -31,6 +34,20 @@ impl<'l> SilverWriter<'l> {
             batch_id: batch_id.to_string(),
             tables: HashMap::new(),
             known_keys: HashMap::new(),
+            redo: false,
+        }
+    }
+
+    /// Switches redo mode on or off (see the `redo` field).
+    pub fn redoing(&mut self, redo: bool) {
+        self.redo = redo;
+    }
+
+    fn replace(&self, keys: &[&String], known: &HashMap<String, VersionKey>) -> Replace {
+        if self.redo {
+            Replace::Matching(key_predicate("_key", keys.iter().copied()))
+        } else {
+            replace_known(keys, known)
         }
     }
 
@@ -85,7 +102,7 @@ impl<'l> SilverWriter<'l> {
         let hashes = &self.known_keys[resource_type];
         let maybe_known: HashSet<String> = resources
             .iter()
-            .filter(|r| hashes.contains(&key_hash(&r.key)))
+            .filter(|r| self.redo || hashes.contains(&key_hash(&r.key)))
             .map(|r| r.key.clone())
             .collect();
         let history = if resource_type == "Patient" {
@@ -123,7 +140,11 @@ impl<'l> SilverWriter<'l> {
         };
         let mut winners: Vec<&BronzeResource> = newest
             .values()
-            .filter(|r| known.get(&r.key).is_none_or(|old| r.version > *old))
+            .filter(|r| {
+                known
+                    .get(&r.key)
+                    .is_none_or(|old| r.version > *old || (self.redo && r.version == *old))
+            })
             .collect();
         winners.sort_by(|a, b| a.key.cmp(&b.key));
 
@@ -142,7 +163,7 @@ impl<'l> SilverWriter<'l> {
                         .map(|(_, r)| std::mem::take(r))
                         .unwrap_or_default();
                     // Only keys that have rows now or may have had rows before need a rewrite.
-                    if !view_rows.is_empty() || known.contains_key(&resource.key) {
+                    if !view_rows.is_empty() || known.contains_key(&resource.key) || self.redo {
                         touched.push(&resource.key);
                     }
                     rows.extend(
@@ -156,20 +177,16 @@ impl<'l> SilverWriter<'l> {
                     continue;
                 }
                 let name = view_table(view.name().unwrap_or_default());
-                metrics.rows += self
-                    .write(
-                        &name,
-                        view_batch(view, rows),
-                        replace_known(&touched, &known),
-                    )
-                    .await?;
+                let replace = self.replace(&touched, &known);
+                metrics.rows += self.write(&name, view_batch(view, rows), replace).await?;
                 metrics.commits += 1;
             }
             let keys: Vec<&String> = winners.iter().map(|r| &r.key).collect();
+            let replace = self.replace(&keys, &known);
             self.write(
                 &versions_table(resource_type),
                 versions_batch(&winners),
-                replace_known(&keys, &known),
+                replace,
             )
             .await?;
             metrics.commits += 1;
@@ -180,10 +197,21 @@ impl<'l> SilverWriter<'l> {
                 .collect();
             if !rejected.is_empty() {
                 metrics.quarantined += rejected.len() as u64;
+                let replace = if self.redo {
+                    let batches: HashSet<&String> =
+                        rejected.iter().map(|(_, p)| &p.batch_id).collect();
+                    Replace::Matching(format!(
+                        "stage = {} AND {}",
+                        quote(VIEW_STAGE),
+                        key_predicate("batch_id", batches)
+                    ))
+                } else {
+                    Replace::Nothing
+                };
                 self.write(
                     QUARANTINE_TABLE,
                     quarantine_batch(&rejected, VIEW_STAGE),
-                    Replace::Nothing,
+                    replace,
                 )
                 .await?;
                 metrics.commits += 1;

@@ -1,0 +1,345 @@
+//! Landing micro-batches: bronze, then quarantine, then silver, then the checkpoint.
+//!
+//! Exactly once, across crashes: the bronze commit carries a Delta application transaction per
+//! partition (app id = namespace/hub/consumer group/partition, version = the batch's last sequence
+//! number), and the checkpoint is written only once silver has the batch. So on a restart:
+//! - events at or below the committed version are skipped (they are in bronze);
+//! - if the checkpoint is behind the committed version, the batch between them reached bronze but
+//!   maybe not all of silver: it is read back from bronze and merged again in redo mode, where every
+//!   key and quarantine row is replaced rather than added ([`Lander::recover`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use azure_messaging_eventhubs::CheckpointStore;
+use azure_messaging_eventhubs::models::Checkpoint;
+use deltalake::DeltaTable;
+use futures::TryStreamExt;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+
+use super::events::{
+    DATE_COLUMN, LandedEvent, bronze_batch, bronze_events_table, decode_event, events_from_bronze,
+    source_name, source_uri,
+};
+use crate::fhir::{DecodeOptions, Decoded, Rejected, ResourceRecord};
+use crate::ingest::IngestError;
+use crate::ingest::silver::{SilverViews, SilverWriter, from_bronze};
+use crate::ingest::tables::{self, Provenance, QUARANTINE_TABLE, quarantine_batch};
+use crate::lake::delete::delete_where;
+use crate::lake::{AppendBuilder, Lake, app_version, read};
+use crate::stream::checkpoints::Checkpoints;
+use crate::stream::{Event, StreamId};
+use crate::validate::Check;
+
+/// The quarantine stage of stream events.
+pub const STREAM_STAGE: &str = "stream";
+
+/// One partition's events for one landing, in sequence order, all above what bronze has.
+pub struct PartitionBatch {
+    pub partition_id: String,
+    pub events: Vec<Event>,
+}
+
+/// What one landing did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Landed {
+    pub events: u64,
+    pub resources: u64,
+    pub quarantined: u64,
+    pub silver_rows: u64,
+}
+
+/// Lands the batches of one stream; keeps its tables open between batches.
+pub struct Lander<'l> {
+    lake: &'l Lake,
+    stream: StreamId,
+    table_name: String,
+    bronze: Option<DeltaTable>,
+    quarantine: Option<DeltaTable>,
+    silver: SilverWriter<'l>,
+    checkpoints: Arc<Checkpoints>,
+    decode: DecodeOptions,
+    checks: Vec<Arc<dyn Check>>,
+}
+
+impl<'l> Lander<'l> {
+    pub fn new(
+        lake: &'l Lake,
+        stream: StreamId,
+        views: SilverViews,
+        checkpoints: Arc<Checkpoints>,
+        decode: DecodeOptions,
+        checks: Vec<Arc<dyn Check>>,
+    ) -> Self {
+        Lander {
+            lake,
+            table_name: bronze_events_table(&stream.hub),
+            stream,
+            bronze: None,
+            quarantine: None,
+            silver: SilverWriter::new(lake, views, "stream"),
+            checkpoints,
+            decode,
+            checks,
+        }
+    }
+
+    async fn bronze_table(&mut self) -> Result<DeltaTable, IngestError> {
+        Ok(match self.bronze.take() {
+            Some(table) => table,
+            None => self.lake.table(&self.table_name).await?,
+        })
+    }
+
+    /// The last sequence number bronze holds for `partition_id`, if any.
+    pub async fn committed(&mut self, partition_id: &str) -> Result<Option<i64>, IngestError> {
+        let table = self.bronze_table().await?;
+        let version = if table.version().is_some() {
+            app_version(&table, &self.table_name, &self.stream.app_id(partition_id)).await?
+        } else {
+            None
+        };
+        self.bronze = Some(table);
+        Ok(version)
+    }
+
+    /// Finishes a batch that reached bronze but maybe not silver (see the module docs); returns the
+    /// last committed sequence number of the partition and how many events were merged again.
+    pub async fn recover(&mut self, partition_id: &str) -> Result<(Option<i64>, u64), IngestError> {
+        let Some(committed) = self.committed(partition_id).await? else {
+            return Ok((None, 0));
+        };
+        let checkpoint = self
+            .checkpoints
+            .checkpoint(
+                &self.stream.namespace,
+                &self.stream.hub,
+                &self.stream.consumer_group,
+                partition_id,
+            )
+            .await
+            .map_err(|e| IngestError::Silver(e.to_string()))?
+            .and_then(|c| c.sequence_number);
+        if checkpoint.is_some_and(|c| c >= committed) {
+            return Ok((Some(committed), 0));
+        }
+        let after = checkpoint.unwrap_or(i64::MIN);
+        let sql = format!(
+            "SELECT * FROM t WHERE source = {} AND partition_id = {} AND sequence_number > {after} AND sequence_number <= {committed} ORDER BY sequence_number",
+            sql_text(&source_name(&self.stream)),
+            sql_text(partition_id),
+        );
+        let table = self.bronze_table().await?;
+        let batches: Vec<_> = read::stream(&table, &self.table_name, &sql)
+            .await?
+            .try_collect()
+            .await
+            .map_err(|e| IngestError::Silver(format!("reading {}: {e}", self.table_name)))?;
+        self.bronze = Some(table);
+        let landed: Vec<LandedEvent> = batches.iter().flat_map(events_from_bronze).collect();
+        tracing::info!(
+            partition_id,
+            events = landed.len(),
+            after,
+            committed,
+            "finishing a batch that reached bronze before the last stop"
+        );
+        self.silver.redoing(true);
+        let result = self.merge_into_silver(partition_id, &landed, true).await;
+        self.silver.redoing(false);
+        result?;
+        let offset = landed.last().and_then(|e| e.event.offset.clone());
+        self.checkpoint(partition_id, committed, offset).await?;
+        Ok((Some(committed), landed.len() as u64))
+    }
+
+    /// Lands one batch per partition: one bronze commit for all of them, then quarantine and silver,
+    /// then each partition's checkpoint.
+    pub async fn land(&mut self, batches: Vec<PartitionBatch>) -> Result<Landed, IngestError> {
+        let batches: Vec<PartitionBatch> = batches
+            .into_iter()
+            .filter(|b| !b.events.is_empty())
+            .collect();
+        if batches.is_empty() {
+            return Ok(Landed::default());
+        }
+        let batch_id = uuid::Uuid::now_v7().to_string();
+        let ingested_at = chrono::Utc::now().timestamp_micros();
+        let source = source_name(&self.stream);
+        let rows: Vec<_> = batches
+            .iter()
+            .map(|b| bronze_batch(&source, &b.events, &batch_id, ingested_at))
+            .collect();
+        let mut append = AppendBuilder::new(self.bronze_table().await?, &self.table_name, rows)
+            .with_partition_columns(&[DATE_COLUMN])
+            .with_metadata("vitalake.batch_id", batch_id.as_str())
+            .with_metadata("vitalake.operation", "stream");
+        for batch in &batches {
+            let last = batch.events.last().expect("not empty").sequence_number;
+            append = append.with_transaction(&self.stream.app_id(&batch.partition_id), last);
+        }
+        let (table, _) = append.execute().await?;
+        self.bronze = Some(table);
+
+        let mut landed = Landed::default();
+        for batch in &batches {
+            let events: Vec<LandedEvent> = batch
+                .events
+                .iter()
+                .map(|event| LandedEvent {
+                    event: event.clone(),
+                    batch_id: batch_id.clone(),
+                    ingested_at,
+                })
+                .collect();
+            let step = self
+                .merge_into_silver(&batch.partition_id, &events, false)
+                .await?;
+            landed.events += batch.events.len() as u64;
+            landed.resources += step.resources;
+            landed.quarantined += step.quarantined;
+            landed.silver_rows += step.silver_rows;
+        }
+        for batch in batches {
+            let last = batch.events.last().expect("not empty");
+            self.checkpoint(
+                &batch.partition_id,
+                last.sequence_number,
+                last.offset.clone(),
+            )
+            .await?;
+        }
+        Ok(landed)
+    }
+
+    /// Decodes landed events and merges them into quarantine and silver.
+    async fn merge_into_silver(
+        &mut self,
+        partition_id: &str,
+        events: &[LandedEvent],
+        redo: bool,
+    ) -> Result<Landed, IngestError> {
+        let mut landed = Landed::default();
+        if events.is_empty() {
+            return Ok(landed);
+        }
+        let uri = source_uri(&self.stream, partition_id);
+        let hash = hex::encode(Sha256::digest(uri.as_bytes()));
+        let (decode, checks) = (&self.decode, &self.checks);
+        let decoded: Vec<(usize, Vec<Decoded>)> = events
+            .par_iter()
+            .enumerate()
+            .map(|(i, landed)| (i, decode_event(&landed.event, decode, checks)))
+            .collect();
+        let mut provenances: BTreeMap<(String, i64), Arc<Provenance>> = BTreeMap::new();
+        let mut by_type: BTreeMap<String, Vec<(ResourceRecord, Arc<Provenance>)>> = BTreeMap::new();
+        let mut rejected: Vec<(Rejected, Arc<Provenance>)> = Vec::new();
+        for (i, records) in decoded {
+            let event = &events[i];
+            let provenance = provenances
+                .entry((event.batch_id.clone(), event.ingested_at))
+                .or_insert_with(|| {
+                    Arc::new(Provenance {
+                        source_uri: uri.clone(),
+                        source_sha256: hash.clone(),
+                        batch_id: event.batch_id.clone(),
+                        ingested_at: event.ingested_at,
+                    })
+                })
+                .clone();
+            for record in records {
+                match record {
+                    Decoded::Resource(r) => by_type
+                        .entry(r.resource_type.clone())
+                        .or_default()
+                        .push((r, provenance.clone())),
+                    Decoded::Rejected(r) => rejected.push((r, provenance.clone())),
+                }
+            }
+        }
+        if !rejected.is_empty() || redo {
+            landed.quarantined = rejected.len() as u64;
+            self.quarantine(&uri, events, &rejected, redo).await?;
+        }
+        for (resource_type, records) in by_type {
+            landed.resources += records.len() as u64;
+            let resources = from_bronze(&resource_type, &tables::bronze_batch(&records));
+            let merged = self.silver.merge_chunk(&resource_type, resources).await?;
+            landed.silver_rows += merged.rows;
+            landed.quarantined += merged.quarantined;
+        }
+        Ok(landed)
+    }
+
+    /// Appends the batch's rejected events to quarantine; in redo mode replaces what an interrupted
+    /// attempt may have put there for the same sequence numbers.
+    async fn quarantine(
+        &mut self,
+        uri: &str,
+        events: &[LandedEvent],
+        rejected: &[(Rejected, Arc<Provenance>)],
+        redo: bool,
+    ) -> Result<(), IngestError> {
+        let table = match self.quarantine.take() {
+            Some(table) => table,
+            None => self.lake.table(QUARANTINE_TABLE).await?,
+        };
+        let replace = redo.then(|| {
+            let (first, last) = (
+                events.first().expect("not empty").event.sequence_number,
+                events.last().expect("not empty").event.sequence_number,
+            );
+            format!(
+                "stage = {} AND source_uri = {} AND line >= {first} AND line <= {last}",
+                sql_text(STREAM_STAGE),
+                sql_text(uri)
+            )
+        });
+        if rejected.is_empty() {
+            // Redo with nothing to quarantine: only what an earlier attempt left must go.
+            if let Some(predicate) = replace
+                && table.version().is_some()
+            {
+                delete_where(table, QUARANTINE_TABLE, &predicate).await?;
+            }
+            return Ok(());
+        }
+        let mut append = AppendBuilder::new(
+            table,
+            QUARANTINE_TABLE,
+            vec![quarantine_batch(rejected, STREAM_STAGE)],
+        )
+        .with_schema_merge()
+        .with_metadata("vitalake.operation", "stream");
+        if let Some(predicate) = replace {
+            append = append.replacing(predicate);
+        }
+        let (table, _) = append.execute().await?;
+        self.quarantine = Some(table);
+        Ok(())
+    }
+
+    async fn checkpoint(
+        &self,
+        partition_id: &str,
+        sequence_number: i64,
+        offset: Option<String>,
+    ) -> Result<(), IngestError> {
+        self.checkpoints
+            .update_checkpoint(Checkpoint {
+                fully_qualified_namespace: self.stream.namespace.clone(),
+                event_hub_name: self.stream.hub.clone(),
+                consumer_group: self.stream.consumer_group.clone(),
+                partition_id: partition_id.to_string(),
+                offset,
+                sequence_number: Some(sequence_number),
+            })
+            .await
+            .map_err(|e| IngestError::Silver(format!("writing the checkpoint: {e}")))
+    }
+}
+
+fn sql_text(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}

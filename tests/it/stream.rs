@@ -1,0 +1,502 @@
+//! `vitalake stream` on the embedded default sources (an NDJSON file, followed or not, and stdin):
+//! every event once in bronze and silver across re-runs, SIGKILL and SIGTERM; malformed events in
+//! quarantine with their sequence numbers; the checkpoint store's ownership race on Azurite.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use azure_messaging_eventhubs::CheckpointStore;
+use azure_messaging_eventhubs::models::{Checkpoint, Ownership};
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use vitalake::stream::checkpoints::Checkpoints;
+
+use crate::azure::{Azurite, emulator_environment};
+use crate::common::{count, rows, run_ok, temp_lake, vitalake};
+
+/// `vitalake generate stream` into `dir`; returns the observations file.
+fn generate_stream(dir: &Path, patients: usize, hours: u32, seed: u64) -> PathBuf {
+    run_ok(
+        vitalake()
+            .args(["generate", "stream", "--patients", &patients.to_string()])
+            .args([
+                "--hours",
+                &hours.to_string(),
+                "--seed",
+                &seed.to_string(),
+                "--out",
+            ])
+            .arg(dir),
+    );
+    dir.join("observations.ndjson")
+}
+
+fn stream(lake: &Path, file: &Path, extra: &[&str]) -> Command {
+    let mut cmd = vitalake();
+    cmd.arg("--lake")
+        .arg(lake)
+        .args(["stream", "--json", "--source"])
+        .arg(format!("file:{}", file.display()))
+        .args(extra);
+    cmd
+}
+
+fn report(cmd: &mut Command) -> Value {
+    serde_json::from_slice(&run_ok(cmd).stdout).unwrap()
+}
+
+/// What the file holds, walked independently of vitalake: events, and the distinct ids of blood
+/// pressure panels (LOINC 85354-9) and heart rates (8867-4).
+struct Expected {
+    events: u64,
+    distinct_lines: u64,
+    /// The last line each blood-pressure id is on.
+    bp_lines: std::collections::BTreeMap<String, u64>,
+    bp_ids: BTreeSet<String>,
+    hr_ids: BTreeSet<String>,
+}
+
+fn expected(file: &Path) -> Expected {
+    let text = std::fs::read_to_string(file).unwrap();
+    let mut out = Expected {
+        events: 0,
+        distinct_lines: text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<BTreeSet<_>>()
+            .len() as u64,
+        bp_lines: Default::default(),
+        bp_ids: BTreeSet::new(),
+        hr_ids: BTreeSet::new(),
+    };
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.events += 1;
+        let event: Value = serde_json::from_str(line).unwrap();
+        let resources: Vec<&Value> = match event["resourceType"].as_str() {
+            Some("Bundle") => event["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| &e["resource"])
+                .collect(),
+            _ => vec![&event],
+        };
+        for r in resources {
+            let codes: Vec<&str> = r["code"]["coding"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|c| c["code"].as_str()).collect())
+                .unwrap_or_default();
+            let id = r["id"].as_str().unwrap().to_string();
+            if codes.contains(&"85354-9") {
+                out.bp_lines.insert(id.clone(), number as u64 + 1);
+                out.bp_ids.insert(id);
+            } else if codes.contains(&"8867-4") {
+                out.hr_ids.insert(id);
+            }
+        }
+    }
+    out
+}
+
+/// Bronze holds each event once; silver holds each reading once.
+async fn assert_every_event_once(lake: &vitalake::lake::Lake, expected: &Expected) {
+    assert_eq!(
+        rows(
+            lake,
+            "bronze/eventhubs/observations",
+            "SELECT count(*), count(DISTINCT sequence_number) FROM t"
+        )
+        .await,
+        vec![vec![
+            expected.events.to_string(),
+            expected.events.to_string()
+        ]]
+    );
+    let ids = |table: &'static str| async move {
+        rows(lake, table, "SELECT id FROM t")
+            .await
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect::<Vec<_>>()
+    };
+    let bp = ids("silver/fhir/blood_pressure").await;
+    assert_eq!(
+        bp.len(),
+        expected.bp_ids.len(),
+        "no reading twice in silver"
+    );
+    assert_eq!(bp.into_iter().collect::<BTreeSet<_>>(), expected.bp_ids);
+    let hr = ids("silver/fhir/heart_rate").await;
+    assert_eq!(
+        hr.into_iter().collect::<BTreeSet<_>>().len(),
+        expected.hr_ids.len()
+    );
+    assert_eq!(
+        count(lake, "silver/fhir/heart_rate").await,
+        expected.hr_ids.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_sample_lands_every_event_once_and_a_rerun_adds_nothing() {
+    let (dir, lake) = temp_lake();
+    let file = generate_stream(&dir.path().join("stream"), 10, 24, 5);
+    let expected = expected(&file);
+    let lake_path = dir.path().join("lake");
+    let first = report(&mut stream(&lake_path, &file, &["--batch-events", "250"]));
+    assert_eq!(first["events"], expected.events);
+    assert!(first["batches"].as_u64().unwrap() >= expected.events / 250);
+    assert_eq!(first["quarantined"], 0);
+    assert_every_event_once(&lake, &expected).await;
+    // The sample sends some events twice, and silver (checked above) still has each reading once.
+    assert!(expected.distinct_lines < expected.events);
+    let again = report(&mut stream(&lake_path, &file, &[]));
+    assert_eq!(again["events"], 0);
+    assert_eq!(again["skipped_already_landed"], expected.events);
+    assert_every_event_once(&lake, &expected).await;
+    // Bronze keeps the provenance a replay needs.
+    let provenance = rows(
+        &lake,
+        "bronze/eventhubs/observations",
+        "SELECT source, partition_id, min(sequence_number), max(sequence_number) FROM t GROUP BY source, partition_id",
+    )
+    .await;
+    let canonical = std::fs::canonicalize(&file).unwrap().display().to_string();
+    assert_eq!(
+        provenance,
+        vec![vec![
+            "file/observations/$Default".to_string(),
+            canonical,
+            "1".to_string(),
+            expected.events.to_string()
+        ]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_foreign_events_go_to_quarantine_with_their_sequence_numbers() {
+    let (dir, lake) = temp_lake();
+    let file = dir.path().join("events.ndjson");
+    let good = |id: &str| {
+        format!(
+            r#"{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"8867-4"}}]}},"subject":{{"reference":"Patient/p1"}},"effectiveDateTime":"2026-11-02T08:00:00Z","valueQuantity":{{"value":72,"unit":"/min","system":"http://unitsofmeasure.org","code":"/min"}}}}"#
+        )
+    };
+    let lines = [
+        good("hr-1"),
+        r#"{"resourceType":"Observation","id":"broken","status":"#.to_string(),
+        r#"{"resourceType":"Patient","id":"p1"}"#.to_string(),
+        r#"{"resourceType":"Observation","id":"hr-x","status":"final","code":{"text":"hr"},"pulse":80}"#.to_string(),
+        good("hr-2"),
+        good("hr-1"),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let lake_path = dir.path().join("lake");
+    let report = report(&mut stream(&lake_path, &file, &[]));
+    assert_eq!(report["events"], 6);
+    assert_eq!(report["quarantined"], 3);
+    let quarantined = rows(
+        &lake,
+        "silver/quarantine",
+        "SELECT line, stage, source_uri, errors[1]['rule'] FROM t ORDER BY line",
+    )
+    .await;
+    let uri = format!("file://{}", std::fs::canonicalize(&file).unwrap().display());
+    let lines: Vec<&str> = quarantined.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(lines, ["2", "3", "4"]);
+    assert!(quarantined.iter().all(|r| r[1] == "stream" && r[2] == uri));
+    assert_eq!(quarantined[1][3], "stream-type");
+    // The duplicate of hr-1 (line 6) lands once in silver; all six events are in bronze.
+    assert_eq!(
+        rows(
+            &lake,
+            "silver/fhir/heart_rate",
+            "SELECT id FROM t ORDER BY id"
+        )
+        .await,
+        vec![vec!["hr-1".to_string()], vec!["hr-2".to_string()]]
+    );
+    assert_eq!(count(&lake, "bronze/eventhubs/observations").await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_killed_at_random_moments_ends_with_every_event_once() {
+    let (dir, lake) = temp_lake();
+    let file = generate_stream(&dir.path().join("stream"), 120, 24, 9);
+    let expected = expected(&file);
+    let lake_path = dir.path().join("lake");
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for _ in 0..6 {
+        let mut child = stream(&lake_path, &file, &["--batch-events", "400"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.random_range(300..2500)));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    run_ok(&mut stream(&lake_path, &file, &["--batch-events", "400"]));
+    assert_every_event_once(&lake, &expected).await;
+}
+
+/// A batch in bronze whose silver merge may have been cut short: setting the checkpoint back makes
+/// the next run merge those events again, in redo mode, and silver still holds each reading once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_between_bronze_and_silver_is_finished_once_by_the_next_run() {
+    let (dir, lake) = temp_lake();
+    let file = generate_stream(&dir.path().join("stream"), 12, 12, 21);
+    let expected = expected(&file);
+    let lake_path = dir.path().join("lake");
+    run_ok(&mut stream(&lake_path, &file, &["--batch-events", "200"]));
+    let checkpoints =
+        Checkpoints::open(&lake_path.join("_checkpoints").display().to_string()).unwrap();
+    let partition = std::fs::canonicalize(&file).unwrap().display().to_string();
+    checkpoints
+        .update_checkpoint(Checkpoint {
+            fully_qualified_namespace: "file".into(),
+            event_hub_name: "observations".into(),
+            consumer_group: "$Default".into(),
+            partition_id: partition.clone(),
+            offset: None,
+            sequence_number: Some(expected.events as i64 - 300),
+        })
+        .await
+        .unwrap();
+    // And silver lost a reading of that range, as if its merge had not happened.
+    let (lost, _) = expected
+        .bp_lines
+        .iter()
+        .find(|(_, line)| **line > expected.events - 300)
+        .unwrap();
+    let table = lake.table("silver/fhir/blood_pressure").await.unwrap();
+    table
+        .delete()
+        .with_predicate(format!("id = '{lost}'"))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&lake, "silver/fhir/blood_pressure").await,
+        expected.bp_ids.len() as u64 - 1
+    );
+    let again = report(&mut stream(&lake_path, &file, &[]));
+    assert_eq!(again["recovered_events"], 300);
+    assert_eq!(again["events"], 0);
+    assert_every_event_once(&lake, &expected).await;
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    child.wait().unwrap()
+}
+
+fn metrics(port: u16) -> String {
+    use std::io::Read;
+    let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = socket.read_to_string(&mut text);
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_followed_file_streams_new_lines_and_sigterm_stops_after_landing() {
+    let (dir, lake) = temp_lake();
+    let sample = generate_stream(&dir.path().join("stream"), 4, 6, 2);
+    let all: Vec<String> = std::fs::read_to_string(&sample)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let (head, tail) = all.split_at(all.len() / 2);
+    let file = dir.path().join("live.ndjson");
+    std::fs::write(&file, head.join("\n") + "\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let lake_path = dir.path().join("lake");
+    let mut child = stream(
+        &lake_path,
+        &file,
+        &[
+            "--follow",
+            "--batch-ms",
+            "200",
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let landed =
+        |n: usize| move || metrics(port).contains(&format!("vitalake_stream_events_total {n}\n"));
+    wait_for("the first half", landed(head.len()));
+    let mut writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    writer
+        .write_all((tail.join("\n") + "\n").as_bytes())
+        .unwrap();
+    wait_for("the lines appended later", landed(all.len()));
+    assert!(metrics(port).contains("vitalake_stream_batch_seconds_count"));
+    let status = terminate(&mut child);
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+    assert_eq!(
+        count(&lake, "bronze/eventhubs/observations").await,
+        all.len() as u64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stdin_events_are_numbered_on_from_the_last_run() {
+    let (dir, lake) = temp_lake();
+    let sample = generate_stream(&dir.path().join("stream"), 3, 4, 8);
+    let text = std::fs::read_to_string(&sample).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let lake_path = dir.path().join("lake");
+    for part in [&lines[..10], &lines[10..]] {
+        let mut child = vitalake()
+            .arg("--lake")
+            .arg(&lake_path)
+            .args(["stream", "--source", "stdin", "--hub", "wearables"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all((part.join("\n") + "\n").as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(
+        rows(
+            &lake,
+            "bronze/eventhubs/wearables",
+            "SELECT count(*), count(DISTINCT sequence_number), min(sequence_number), max(sequence_number), min(partition_id) FROM t"
+        )
+        .await,
+        vec![vec![
+            lines.len().to_string(),
+            lines.len().to_string(),
+            "1".to_string(),
+            lines.len().to_string(),
+            "stdin".to_string()
+        ]]
+    );
+}
+
+/// The Blob checkpoint store on Azurite: two instances racing for one partition with the same
+/// ETag, exactly one wins; checkpoints read back per partition, a file path as partition id too.
+#[tokio::test(flavor = "multi_thread")]
+async fn blob_checkpoint_store_lets_exactly_one_racer_own_a_partition() {
+    let azurite = Azurite::start();
+    emulator_environment(&azurite);
+    azurite.create_container("checkpoints");
+    let store = Checkpoints::open("az://checkpoints/vitalake").unwrap();
+    let ownership = |owner: &str, etag| Ownership {
+        fully_qualified_namespace: "ns.servicebus.windows.net".into(),
+        event_hub_name: "bp".into(),
+        consumer_group: "$Default".into(),
+        partition_id: "0".into(),
+        owner_id: Some(owner.into()),
+        etag,
+        last_modified_time: None,
+    };
+    let first = store
+        .claim_ownership(&[ownership("a", None)])
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(
+        store
+            .claim_ownership(&[ownership("b", None)])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a blind claim on an owned partition loses"
+    );
+    let seen = first[0].etag.clone();
+    let (claim_b, claim_c) = ([ownership("b", seen.clone())], [ownership("c", seen)]);
+    let (b, c) = tokio::join!(
+        store.claim_ownership(&claim_b),
+        store.claim_ownership(&claim_c)
+    );
+    let (b, c) = (b.unwrap(), c.unwrap());
+    assert_eq!(b.len() + c.len(), 1, "exactly one racer wins");
+    let winner = if b.is_empty() { "c" } else { "b" };
+    let owners = store
+        .list_ownerships("ns.servicebus.windows.net", "bp", "$Default")
+        .await
+        .unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].owner_id.as_deref(), Some(winner));
+    assert!(owners[0].last_modified_time.is_some());
+    // The winner renews with the ETag it got back.
+    let renewed = store
+        .claim_ownership(&[Ownership {
+            etag: owners[0].etag.clone(),
+            ..ownership(winner, None)
+        }])
+        .await
+        .unwrap();
+    assert_eq!(renewed.len(), 1);
+
+    for (partition, seq) in [("0", 41), ("/data/bp.ndjson", 7), ("0", 42)] {
+        store
+            .update_checkpoint(Checkpoint {
+                fully_qualified_namespace: "ns.servicebus.windows.net".into(),
+                event_hub_name: "bp".into(),
+                consumer_group: "$Default".into(),
+                partition_id: partition.into(),
+                offset: Some(format!("{}", seq * 10)),
+                sequence_number: Some(seq),
+            })
+            .await
+            .unwrap();
+    }
+    let checkpoints = store
+        .list_checkpoints("ns.servicebus.windows.net", "bp", "$Default")
+        .await
+        .unwrap();
+    let found: Vec<(String, Option<i64>)> = checkpoints
+        .into_iter()
+        .map(|c| (c.partition_id, c.sequence_number))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("/data/bp.ndjson".to_string(), Some(7)),
+            ("0".to_string(), Some(42))
+        ]
+    );
+}
