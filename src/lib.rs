@@ -9,8 +9,10 @@
 //! - [`fhirpath`]: the FHIRPath engine (parser, evaluator, function table) over a resource's JSON.
 //! - [`validate`]: the seam where profile validation plugs into ingestion.
 //! - [`views`]: SQL-on-FHIR v2 ViewDefinitions compiled and run into Arrow record batches.
-//! - [`ingest`]: file drops into bronze, silver and quarantine, exactly once per file.
-//! - [`generate`]: deterministic synthetic FHIR drops for samples, tests and benchmarks.
+//! - [`stream`]: event sources (file, stdin), micro-batching, and the Event Hubs checkpoint store.
+//! - [`ingest`]: file drops, database extracts and stream micro-batches into bronze, silver and
+//!   quarantine, exactly once.
+//! - [`generate`]: deterministic synthetic FHIR drops and streams for samples, tests and benchmarks.
 //!
 //! `main.rs` is only the command line; `cli.rs` turns its arguments into the option types here.
 
