@@ -49,6 +49,15 @@ pub enum Command {
     /// Rebuild derived tables from the layer below.
     #[command(subcommand)]
     Refresh(RefreshCommand),
+    /// Publish NDJSON events to an Event Hub (connection from EVENTHUBS_CONNECTION_STRING).
+    ///
+    /// Each line is one event; the patient (`subject`) is its partition key, so a patient's
+    /// readings stay in order. Events go in batches under the hub's message size limit. The tool
+    /// to replay samples and to load-test.
+    #[command(
+        after_help = "Example:\n  EVENTHUBS_CONNECTION_STRING='Endpoint=sb://...' vitalake send samples/stream/observations.ndjson --hub observations"
+    )]
+    Send(SendArgs),
     /// Land a stream of Observation / MedicationDispense events in bronze, quarantine and silver.
     ///
     /// Events are NDJSON lines (a resource or a Bundle of them per line). They are decoded and
@@ -56,20 +65,34 @@ pub enum Command {
     /// skips what it already landed and finishes a batch a crash interrupted. Ctrl-C or SIGTERM
     /// lands the current batch, then stops.
     #[command(
-        after_help = "Example:\n  vitalake stream --source file:samples/stream/observations.ndjson\n  vitalake stream --source file:/var/spool/bp.ndjson --follow --metrics 127.0.0.1:9464\n  gunzip -c readings.ndjson.gz | vitalake stream --source stdin --hub wearables"
+        after_help = "Example:\n  vitalake stream --source file:samples/stream/observations.ndjson\n  EVENTHUBS_CONNECTION_STRING=... vitalake stream --source eventhubs:observations --consumer-group lake\n  vitalake stream --source file:/var/spool/bp.ndjson --follow --metrics 127.0.0.1:9464\n  gunzip -c readings.ndjson.gz | vitalake stream --source stdin --hub wearables"
     )]
     Stream(StreamArgs),
 }
 
 #[derive(Debug, Args)]
+pub struct SendArgs {
+    /// An NDJSON file of events.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    #[arg(long, value_name = "HUB")]
+    pub hub: String,
+}
+
+#[derive(Debug, Args)]
 pub struct StreamArgs {
-    /// `file:PATH` (NDJSON; a line's number is its sequence number) or `stdin`.
+    /// `file:PATH` (NDJSON; a line's number is its sequence number), `stdin`, or `eventhubs:HUB`
+    /// (connection from EVENTHUBS_CONNECTION_STRING).
     #[arg(long, value_name = "SOURCE")]
     pub source: String,
+    /// The Event Hubs consumer group; processes on one group share the partitions.
+    #[arg(long, value_name = "GROUP", default_value = "$Default")]
+    pub consumer_group: String,
     /// With a file source: wait for more lines at the end of the file, like `tail -f`.
     #[arg(long)]
     pub follow: bool,
-    /// The hub the events belong to: they land in bronze/eventhubs/<HUB>.
+    /// With a file or stdin source, the hub the events belong to: they land in
+    /// bronze/eventhubs/<HUB>. An Event Hubs source lands in its own hub's table.
     #[arg(long, value_name = "HUB", default_value = "observations")]
     pub hub: String,
     /// A micro-batch closes after this many events ...

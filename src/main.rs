@@ -148,6 +148,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Views(ViewsCommand::Run(args)) => views_run(&config, args).await,
         Command::Stream(args) => stream(&config, args).await,
+        Command::Send(args) => {
+            let options =
+                vitalake::stream::event_hubs::EventHubsOptions::from_env(&args.hub, "$Default")
+                    .map_err(|e| vitalake::Error::from(IngestError::from(e)))?;
+            let sent = vitalake::stream::send::send_file(&args.file, &options)
+                .await
+                .map_err(|e| vitalake::Error::from(IngestError::from(e)))?;
+            println!("{sent}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Refresh(RefreshCommand::Silver(args)) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
             let views = SilverViews::load(std::path::Path::new(&config.ingest.views))
@@ -351,8 +361,13 @@ async fn stream(config: &Config, args: cli::StreamArgs) -> anyhow::Result<ExitCo
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(stop.clone()));
     let ingest = IngestOptions::from_config(&config.ingest);
+    let hub = match &source {
+        vitalake::stream::SourceSpec::EventHubs { hub } => hub.clone(),
+        _ => args.hub,
+    };
     let options = StreamOptions {
-        hub: args.hub,
+        hub,
+        consumer_group: args.consumer_group,
         bounds: vitalake::stream::BatchBounds {
             max_events: args.batch_events.max(1),
             max_wait: std::time::Duration::from_millis(args.batch_ms),

@@ -10,7 +10,9 @@
 //! `ingest::stream`'s job; sources never see the lake's tables.
 
 pub mod checkpoints;
+pub mod event_hubs;
 pub mod file;
+pub mod send;
 pub mod stdin;
 
 use std::collections::BTreeMap;

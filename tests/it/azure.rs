@@ -27,38 +27,69 @@ const ACCOUNT: &str = "devstoreaccount1";
 const KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-/// A running Azurite blob service on a free loopback port, stopped when dropped.
+/// The Azurite blob service of this test process, on a free loopback port. One for all tests:
+/// `object_store` finds the emulator through process-wide environment variables, so two would race.
 pub struct Azurite {
     pub port: u16,
-    child: Child,
+    _child: Child,
     _data: tempfile::TempDir,
 }
 
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Azurite {
-    pub fn start() -> Azurite {
+    /// Starts Azurite on first use and points `object_store` at it. It runs under a shell that
+    /// stops it when this process's end closes the shell's standard input.
+    pub fn shared() -> &'static Azurite {
+        static AZURITE: OnceLock<Azurite> = OnceLock::new();
+        AZURITE.get_or_init(|| {
+            let azurite = Azurite::start();
+            // SAFETY: set once, before any Azure client that reads these variables exists.
+            unsafe {
+                std::env::set_var("AZURE_STORAGE_USE_EMULATOR", "true");
+                std::env::set_var("AZURITE_BLOB_STORAGE_URL", azurite.url());
+            }
+            azurite
+        })
+    }
+
+    fn start() -> Azurite {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let data = tempfile::tempdir().unwrap();
-        let child = Command::new("azurite-blob")
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string(), "--location"])
+        if Command::new("azurite-blob")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            panic!(
+                "cannot start azurite-blob: run the README's test command, which installs Azurite (npm package `azurite`) and puts it on PATH"
+            );
+        }
+        let child = Command::new("bash")
+            .arg("-c")
+            .arg(r#"azurite-blob "$@" & child=$!; read -r _; kill $child"#)
+            .arg("azurite")
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+            ])
             .arg(data.path())
-            .args(["--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry"])
+            .args([
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+                "--disableTelemetry",
+            ])
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start azurite-blob ({e}): run the README's test command, which installs Azurite (npm package `azurite`) and puts it on PATH")
-            });
+            .unwrap();
         let started = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -69,7 +100,7 @@ impl Azurite {
         }
         Azurite {
             port,
-            child,
+            _child: child,
             _data: data,
         }
     }
@@ -105,24 +136,9 @@ impl Azurite {
     }
 }
 
-/// The process-wide settings `object_store` reads for the emulator; set once, before any Azure
-/// client is built, and identical for every test that uses them.
-pub fn emulator_environment(azurite: &Azurite) -> &'static str {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        // SAFETY: set once, before the Azure clients that read these variables exist.
-        unsafe {
-            std::env::set_var("AZURE_STORAGE_USE_EMULATOR", "true");
-            std::env::set_var("AZURITE_BLOB_STORAGE_URL", azurite.url());
-        }
-        azurite.url()
-    })
-}
-
 #[tokio::test]
 async fn landing_folder_on_blob_storage_into_a_lake_on_blob_storage() {
-    let azurite = Azurite::start();
-    emulator_environment(&azurite);
+    let azurite = Azurite::shared();
     azurite.create_container("landing");
     azurite.create_container("lake");
 

@@ -38,6 +38,12 @@ impl<'l> SilverWriter<'l> {
         }
     }
 
+    /// Drops the open tables and known keys: another process may have written silver since.
+    pub fn forget(&mut self) {
+        self.tables.clear();
+        self.known_keys.clear();
+    }
+
     /// Switches redo mode on or off (see the `redo` field).
     pub fn redoing(&mut self, redo: bool) {
         self.redo = redo;

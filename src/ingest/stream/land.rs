@@ -107,6 +107,8 @@ impl<'l> Lander<'l> {
     /// Finishes a batch that reached bronze but maybe not silver (see the module docs); returns the
     /// last committed sequence number of the partition and how many events were merged again.
     pub async fn recover(&mut self, partition_id: &str) -> Result<(Option<i64>, u64), IngestError> {
+        // Another process may have written silver for this partition since this one last did.
+        self.silver.forget();
         let Some(committed) = self.committed(partition_id).await? else {
             return Ok((None, 0));
         };
@@ -164,6 +166,10 @@ impl<'l> Lander<'l> {
         if batches.is_empty() {
             return Ok(Landed::default());
         }
+        let batches = self.drop_landed_elsewhere(batches).await?;
+        if batches.is_empty() {
+            return Ok(Landed::default());
+        }
         let batch_id = uuid::Uuid::now_v7().to_string();
         let ingested_at = chrono::Utc::now().timestamp_micros();
         let source = source_name(&self.stream);
@@ -193,9 +199,7 @@ impl<'l> Lander<'l> {
                     ingested_at,
                 })
                 .collect();
-            let step = self
-                .merge_into_silver(&batch.partition_id, &events, false)
-                .await?;
+            let step = self.merge_with_retry(&batch.partition_id, &events).await?;
             landed.events += batch.events.len() as u64;
             landed.resources += step.resources;
             landed.quarantined += step.quarantined;
@@ -211,6 +215,72 @@ impl<'l> Lander<'l> {
             .await?;
         }
         Ok(landed)
+    }
+
+    /// Another process on the consumer group may have owned a partition a moment ago and landed
+    /// part of what this one read before its reader was cut off: keep only events above what bronze
+    /// has now.
+    async fn drop_landed_elsewhere(
+        &mut self,
+        batches: Vec<PartitionBatch>,
+    ) -> Result<Vec<PartitionBatch>, IngestError> {
+        let mut table = self.bronze_table().await?;
+        if table.version().is_some() {
+            table.update_incremental(None).await.map_err(|source| {
+                crate::lake::LakeError::Delta {
+                    table: self.table_name.clone(),
+                    source,
+                }
+            })?;
+        }
+        self.bronze = Some(table);
+        let mut kept = Vec::with_capacity(batches.len());
+        for mut batch in batches {
+            if let Some(committed) = self.committed(&batch.partition_id).await? {
+                let before = batch.events.len();
+                batch.events.retain(|e| e.sequence_number > committed);
+                if batch.events.len() < before {
+                    tracing::warn!(
+                        partition_id = batch.partition_id.as_str(),
+                        skipped = before - batch.events.len(),
+                        "events already landed by another process skipped"
+                    );
+                }
+            }
+            if !batch.events.is_empty() {
+                kept.push(batch);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Silver may be written by other processes at the same time (other partitions, `ingest fhir`):
+    /// a commit that loses such a race is merged again from fresh tables, in redo mode, which
+    /// replaces rather than adds, so a retry never writes a row twice.
+    async fn merge_with_retry(
+        &mut self,
+        partition_id: &str,
+        events: &[LandedEvent],
+    ) -> Result<Landed, IngestError> {
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 1;
+        loop {
+            let redo = attempt > 1;
+            self.silver.redoing(redo);
+            let result = self.merge_into_silver(partition_id, events, redo).await;
+            self.silver.redoing(false);
+            match result {
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::warn!(partition_id, attempt, error = %e, "silver merge lost a race; merging again");
+                    self.silver.forget();
+                    self.quarantine = None;
+                    tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)))
+                        .await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Decodes landed events and merges them into quarantine and silver.

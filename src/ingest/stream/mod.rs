@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::IngestError;
@@ -25,6 +26,7 @@ use super::silver::SilverViews;
 use crate::fhir::DecodeOptions;
 use crate::lake::Lake;
 use crate::stream::checkpoints::Checkpoints;
+use crate::stream::event_hubs::{self, EventHubsOptions};
 use crate::stream::{BatchBounds, Partition, SourceSpec, StreamError, file, next_batch, stdin};
 use crate::validate::Check;
 
@@ -42,6 +44,8 @@ pub struct StreamOptions {
     pub metrics: Option<SocketAddr>,
     /// Cancelled on SIGTERM / Ctrl-C: the current batch is landed, then the run ends.
     pub stop: CancellationToken,
+    /// The Event Hubs consumer group (`$Default` unless given).
+    pub consumer_group: String,
 }
 
 /// What a `vitalake stream` run did (printed when it ends).
@@ -72,31 +76,16 @@ impl From<StreamError> for IngestError {
 }
 
 /// Runs the stream from `source` until it ends (a file without follow, stdin at EOF) or `stop`.
+///
+/// One task per partition collects micro-batches; this task lands them, one at a time (batches of
+/// several partitions that are ready together go into one bronze commit), so the lake sees one
+/// writer per process.
 pub async fn run_stream(
     lake: &Lake,
     source: SourceSpec,
     options: StreamOptions,
 ) -> Result<StreamReport, IngestError> {
     let started = Instant::now();
-    let stream_id = match &source {
-        SourceSpec::File { .. } => file::stream_id(&options.hub),
-        SourceSpec::Stdin => stdin::stream_id(&options.hub),
-        SourceSpec::EventHubs { .. } => {
-            return Err(IngestError::Remote {
-                uri: "eventhubs".into(),
-                reason: "the Event Hubs source is not built yet; stream from file:PATH or stdin"
-                    .into(),
-            });
-        }
-    };
-    // One local reader per file or stdin stream of a hub: two would number the same events twice.
-    let _lock = super::lock(
-        lake,
-        &format!(
-            ".vitalake-stream-{}-{}.lock",
-            stream_id.namespace, options.hub
-        ),
-    )?;
     let views = SilverViews::load(&options.views)?;
     let checkpoints = Checkpoints::beside_lake(lake.root())?;
     let metrics = Arc::new(Metrics::default());
@@ -109,37 +98,73 @@ pub async fn run_stream(
             })?;
         tracing::info!(%bound, "serving Prometheus metrics");
     }
-    let mut lander = Lander::new(
-        lake,
-        stream_id,
-        views,
-        checkpoints,
-        options.decode.clone(),
-        options.checks.clone(),
-    );
     let mut report = StreamReport {
         hub: options.hub.clone(),
         ..StreamReport::default()
     };
-    let partition_id = match &source {
-        SourceSpec::File { path, .. } => file::partition_id(path)?,
-        _ => stdin::PARTITION.to_string(),
+    let new_lander = |stream_id| {
+        Lander::new(
+            lake,
+            stream_id,
+            views.clone(),
+            checkpoints.clone(),
+            options.decode.clone(),
+            options.checks.clone(),
+        )
     };
-    let (committed, redone) = lander.recover(&partition_id).await?;
-    report.recovered_events += redone;
-    let mut partition = match &source {
-        SourceSpec::File { path, follow } => file::open(path, *follow)?,
-        _ => stdin::open(committed.unwrap_or(0)),
-    };
-    consume(
-        &mut lander,
-        &mut partition,
-        committed,
-        &options,
-        &metrics,
-        &mut report,
-    )
-    .await?;
+    match source {
+        SourceSpec::EventHubs { hub } => {
+            let hub_options = EventHubsOptions::from_env(&hub, &options.consumer_group)?;
+            let mut source =
+                event_hubs::open(&hub_options, checkpoints.clone(), options.stop.clone()).await?;
+            let mut lander = new_lander(source.stream.clone());
+            let result = land_partitions(
+                &mut lander,
+                &mut source.partitions,
+                &options,
+                &metrics,
+                &mut report,
+            )
+            .await;
+            source.shutdown().await;
+            result?;
+        }
+        local => {
+            let stream_id = match &local {
+                SourceSpec::File { .. } => file::stream_id(&options.hub),
+                _ => stdin::stream_id(&options.hub),
+            };
+            // One local reader per file or stdin stream of a hub: two would number events twice.
+            let _lock = super::lock(
+                lake,
+                &format!(
+                    ".vitalake-stream-{}-{}.lock",
+                    stream_id.namespace, options.hub
+                ),
+            )?;
+            let mut lander = new_lander(stream_id);
+            let partition = match &local {
+                SourceSpec::File { path, follow } => file::open(path, *follow)?,
+                _ => {
+                    // Standard input is numbered on from what the lake has.
+                    let (committed, redone) = lander.recover(stdin::PARTITION).await?;
+                    report.recovered_events += redone;
+                    stdin::open(committed.unwrap_or(0))
+                }
+            };
+            let (tx, mut partitions) = mpsc::channel(1);
+            tx.send(partition).await.expect("the receiver is here");
+            drop(tx);
+            land_partitions(
+                &mut lander,
+                &mut partitions,
+                &options,
+                &metrics,
+                &mut report,
+            )
+            .await?;
+        }
+    }
     report.duration_secs = started.elapsed().as_secs_f64();
     tracing::info!(
         events = report.events,
@@ -150,62 +175,191 @@ pub async fn run_stream(
     Ok(report)
 }
 
-/// Lands one partition's batches until it ends or `stop`.
-async fn consume(
+/// What a partition's reader asks the writer.
+enum Request {
+    /// Finish what a crash left and say the last sequence number bronze has.
+    Recover {
+        partition_id: String,
+        reply: oneshot::Sender<Result<Option<i64>, String>>,
+    },
+    /// Land this batch.
+    Land {
+        batch: PartitionBatch,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// Reads the partitions as they arrive, each in a task of its own, and lands their batches until
+/// every reader has stopped and no partition is coming (or `stop`).
+async fn land_partitions(
     lander: &mut Lander<'_>,
-    partition: &mut Partition,
-    mut committed: Option<i64>,
+    partitions: &mut mpsc::Receiver<Partition>,
     options: &StreamOptions,
     metrics: &Metrics,
     report: &mut StreamReport,
 ) -> Result<(), IngestError> {
+    let (tx, mut requests) = mpsc::channel::<Request>(64);
+    let mut readers = tokio::task::JoinSet::new();
+    let mut more_partitions = true;
+    loop {
+        tokio::select! {
+            partition = partitions.recv(), if more_partitions && !options.stop.is_cancelled() => {
+                match partition {
+                    Some(partition) => {
+                        readers.spawn(read_partition(partition, tx.clone(), options.bounds, options.stop.clone()));
+                    }
+                    None => more_partitions = false,
+                }
+            }
+            Some(request) = requests.recv() => {
+                let mut lands = Vec::new();
+                let mut pending = Some(request);
+                // Batches of other partitions that are ready now share the bronze commit.
+                while let Some(request) = pending.take().or_else(|| requests.try_recv().ok()) {
+                    match request {
+                        Request::Recover { partition_id, reply } => {
+                            let recovered = lander.recover(&partition_id).await;
+                            let answer = match recovered {
+                                Ok((committed, redone)) => {
+                                    report.recovered_events += redone;
+                                    Ok(committed)
+                                }
+                                Err(e) => Err(e.to_string()),
+                            };
+                            let _ = reply.send(answer);
+                        }
+                        Request::Land { batch, reply } => lands.push((batch, reply)),
+                    }
+                }
+                if !lands.is_empty() {
+                    land(lander, lands, metrics, report).await?;
+                }
+            }
+            Some(ended) = readers.join_next() => {
+                match ended {
+                    Ok(Ok((partition_id, skipped))) => {
+                        report.skipped_already_landed += skipped;
+                        tracing::info!(partition_id, skipped, "partition reader stopped");
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "partition reader stopped"),
+                    Err(e) => tracing::warn!(error = %e, "partition reader failed"),
+                }
+            }
+            () = options.stop.cancelled(), if more_partitions => more_partitions = false,
+        }
+        if !more_partitions && readers.is_empty() {
+            return Ok(());
+        }
+    }
+}
+
+/// Lands the batches of several partitions in one go and answers their readers.
+async fn land(
+    lander: &mut Lander<'_>,
+    lands: Vec<(PartitionBatch, oneshot::Sender<Result<(), String>>)>,
+    metrics: &Metrics,
+    report: &mut StreamReport,
+) -> Result<(), IngestError> {
+    let started = Instant::now();
+    let newest: Vec<(String, Option<i64>, i64)> = lands
+        .iter()
+        .map(|(b, _)| {
+            (
+                b.partition_id.clone(),
+                b.events.iter().filter_map(|e| e.enqueued_time).max(),
+                b.events.last().map_or(0, |e| e.sequence_number),
+            )
+        })
+        .collect();
+    let (batches, replies): (Vec<_>, Vec<_>) = lands.into_iter().unzip();
+    let landed = lander.land(batches).await;
+    let failure = landed.as_ref().err().map(|e| e.to_string());
+    for reply in replies {
+        let _ = reply.send(match &failure {
+            None => Ok(()),
+            Some(e) => Err(e.clone()),
+        });
+    }
+    // A failed landing stops the stream: a restart finds the lake as the last good batch left it.
+    let landed = landed?;
+    let seconds = started.elapsed().as_secs_f64();
+    metrics.record_batch(landed.events, landed.resources, landed.quarantined, seconds);
+    let now = chrono::Utc::now().timestamp_micros();
+    for (partition_id, enqueued, last_sequence) in newest {
+        let lag_ms = enqueued.map_or(0, |t| (now - t) / 1000);
+        metrics.record_lag(&partition_id, lag_ms as f64 / 1000.0);
+        tracing::info!(
+            partition_id,
+            last_sequence,
+            lag_ms,
+            "partition batch landed"
+        );
+    }
+    report.events += landed.events;
+    report.resources += landed.resources;
+    report.quarantined += landed.quarantined;
+    report.silver_rows += landed.silver_rows;
+    report.batches += 1;
+    tracing::info!(
+        events = landed.events,
+        quarantined = landed.quarantined,
+        commit_ms = (seconds * 1000.0) as u64,
+        "batch landed"
+    );
+    Ok(())
+}
+
+/// One partition: asks for its committed sequence number, then sends batches of newer events to the
+/// writer and waits for each to land, until the partition ends, fails, or `stop`. Returns the
+/// partition id and how many events it skipped as already landed.
+async fn read_partition(
+    mut partition: Partition,
+    writer: mpsc::Sender<Request>,
+    bounds: BatchBounds,
+    stop: CancellationToken,
+) -> Result<(String, u64), String> {
+    let mut skipped = 0u64;
+    let id = partition.id.clone();
+    let (reply, answer) = oneshot::channel();
+    writer
+        .send(Request::Recover {
+            partition_id: id.clone(),
+            reply,
+        })
+        .await
+        .map_err(|_| "the writer stopped".to_string())?;
+    let mut committed = answer
+        .await
+        .map_err(|_| "the writer stopped".to_string())??;
     let mut pending_error = None;
     loop {
-        let mut batch = next_batch(
-            &mut partition.events,
-            options.bounds,
-            &mut pending_error,
-            &options.stop,
-        )
-        .await?;
-        let read = batch.events.len();
+        let mut batch = next_batch(&mut partition.events, bounds, &mut pending_error, &stop)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(committed) = committed {
+            let read = batch.events.len();
             batch.events.retain(|e| e.sequence_number > committed);
+            skipped += (read - batch.events.len()) as u64;
         }
-        report.skipped_already_landed += (read - batch.events.len()) as u64;
-        if let Some(last) = batch.events.last() {
-            let newest_enqueued = batch.events.iter().filter_map(|e| e.enqueued_time).max();
-            let last_sequence = last.sequence_number;
-            let started = Instant::now();
-            let landed = lander
-                .land(vec![PartitionBatch {
-                    partition_id: partition.id.clone(),
-                    events: std::mem::take(&mut batch.events),
-                }])
-                .await?;
-            let seconds = started.elapsed().as_secs_f64();
-            committed = Some(last_sequence);
-            metrics.record_batch(landed.events, landed.resources, landed.quarantined, seconds);
-            let lag_ms = newest_enqueued
-                .map(|t| (chrono::Utc::now().timestamp_micros() - t) / 1000)
-                .unwrap_or(0);
-            metrics.record_lag(&partition.id, lag_ms as f64 / 1000.0);
-            report.events += landed.events;
-            report.resources += landed.resources;
-            report.quarantined += landed.quarantined;
-            report.silver_rows += landed.silver_rows;
-            report.batches += 1;
-            tracing::info!(
-                events = landed.events,
-                quarantined = landed.quarantined,
-                last_sequence,
-                lag_ms,
-                commit_ms = (seconds * 1000.0) as u64,
-                "batch landed"
-            );
+        if let Some(last) = batch.events.last().map(|e| e.sequence_number) {
+            let (reply, answer) = oneshot::channel();
+            writer
+                .send(Request::Land {
+                    batch: PartitionBatch {
+                        partition_id: id.clone(),
+                        events: std::mem::take(&mut batch.events),
+                    },
+                    reply,
+                })
+                .await
+                .map_err(|_| "the writer stopped".to_string())?;
+            answer
+                .await
+                .map_err(|_| "the writer stopped".to_string())??;
+            committed = Some(last);
         }
         if batch.ended {
-            return Ok(());
+            return Ok((id, skipped));
         }
     }
 }
