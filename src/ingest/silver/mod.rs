@@ -170,7 +170,8 @@ pub struct SilverMetrics {
     pub commits: u64,
 }
 
-pub(super) fn quote(value: &str) -> String {
+/// `value` as a SQL string literal.
+pub(crate) fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 

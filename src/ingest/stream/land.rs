@@ -24,7 +24,7 @@ use super::events::{
 };
 use crate::fhir::{DecodeOptions, Decoded, Rejected, ResourceRecord};
 use crate::ingest::IngestError;
-use crate::ingest::silver::{SilverViews, SilverWriter, from_bronze};
+use crate::ingest::silver::{SilverViews, SilverWriter, from_bronze, quote};
 use crate::ingest::tables::{self, Provenance, QUARANTINE_TABLE, quarantine_batch};
 use crate::lake::delete::delete_where;
 use crate::lake::{AppendBuilder, Lake, app_version, read};
@@ -129,8 +129,8 @@ impl<'l> Lander<'l> {
         let after = checkpoint.unwrap_or(i64::MIN);
         let sql = format!(
             "SELECT * FROM t WHERE source = {} AND partition_id = {} AND sequence_number > {after} AND sequence_number <= {committed} ORDER BY sequence_number",
-            sql_text(&source_name(&self.stream)),
-            sql_text(partition_id),
+            quote(&source_name(&self.stream)),
+            quote(partition_id),
         );
         let table = self.bronze_table().await?;
         let batches: Vec<_> = read::stream(&table, &self.table_name, &sql)
@@ -362,8 +362,8 @@ impl<'l> Lander<'l> {
             );
             format!(
                 "stage = {} AND source_uri = {} AND line >= {first} AND line <= {last}",
-                sql_text(STREAM_STAGE),
-                sql_text(uri)
+                quote(STREAM_STAGE),
+                quote(uri)
             )
         });
         if rejected.is_empty() {
@@ -408,8 +408,4 @@ impl<'l> Lander<'l> {
             .await
             .map_err(|e| IngestError::Silver(format!("writing the checkpoint: {e}")))
     }
-}
-
-fn sql_text(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
 }
