@@ -6,8 +6,6 @@ mod bad_input;
 mod common;
 mod crash;
 mod db;
-mod eventhubs;
-mod eventhubs_peer;
 mod ingest_fhir;
 mod servers;
 mod silver;
