@@ -68,6 +68,47 @@ pub enum Command {
         after_help = "Example:\n  vitalake stream --source file:samples/stream/observations.ndjson\n  EVENTHUBS_CONNECTION_STRING=... vitalake stream --source eventhubs:observations --consumer-group lake\n  vitalake stream --source file:/var/spool/bp.ndjson --follow --metrics 127.0.0.1:9464\n  gunzip -c readings.ndjson.gz | vitalake stream --source stdin --hub wearables"
     )]
     Stream(StreamArgs),
+    /// Anomaly rules (anomaly-rules/*.yaml): check them, run their tests, backtest them on silver.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Check every rule file against the rule schema; each problem with its file, line and field.
+    #[command(after_help = "Example:\n  vitalake rules check anomaly-rules/")]
+    Check(RulesDirArgs),
+    /// Run the inline tests of the rule files (readings in, alerts expected out).
+    #[command(after_help = "Example:\n  vitalake rules test\n  vitalake rules test my-rules/")]
+    Test(RulesDirArgs),
+    /// Replay silver's readings through a rule set and report, per rule, the alerts it would have
+    /// raised and alerts per patient-day. Nothing is sent or written.
+    #[command(
+        after_help = "Example:\n  vitalake rules backtest --since 30d\n  vitalake rules backtest --since 90d --rules candidate-rules/ --json"
+    )]
+    Backtest(RulesBacktestArgs),
+    /// Print the JSON Schema rule files are checked against.
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct RulesDirArgs {
+    /// The rule folder.
+    #[arg(value_name = "DIR", default_value = "anomaly-rules")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RulesBacktestArgs {
+    /// How far back to replay, by effective time (e.g. 30d, 12h).
+    #[arg(long, value_name = "DURATION", default_value = "30d")]
+    pub since: String,
+    /// The rule folder.
+    #[arg(long, value_name = "DIR", default_value = "anomaly-rules")]
+    pub rules: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +145,18 @@ pub struct StreamArgs {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Evaluate the anomaly rules in this folder on every reading as it arrives (reloaded when the
+    /// folder changes or on SIGHUP).
+    #[arg(long, value_name = "DIR")]
+    pub rules: Option<PathBuf>,
+    /// Where alerts go, besides silver/alerts: `stdout`, `file:PATH` (CloudEvents, one per line),
+    /// or `eventhubs:HUB`.
+    #[arg(long, value_name = "SINK", default_value = "stdout", requires = "rules")]
+    pub alerts: String,
+    /// How late (in effective time) a reading may arrive and still be evaluated in order; later
+    /// ones are evaluated as backfill: recorded, never sent.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub lateness: String,
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,

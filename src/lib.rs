@@ -16,6 +16,7 @@
 //!
 //! `main.rs` is only the command line; `cli.rs` turns its arguments into the option types here.
 
+pub mod alerts;
 pub mod config;
 pub mod fhir;
 pub mod fhirpath;
@@ -23,6 +24,7 @@ pub mod generate;
 pub mod ingest;
 pub mod issue;
 pub mod lake;
+pub mod rules;
 pub mod stream;
 pub mod validate;
 pub mod views;

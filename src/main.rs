@@ -148,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Views(ViewsCommand::Run(args)) => views_run(&config, args).await,
         Command::Stream(args) => stream(&config, args).await,
+        Command::Rules(command) => rules(&config, command).await,
         Command::Send(args) => {
             let options =
                 vitalake::stream::event_hubs::EventHubsOptions::from_env(&args.hub, "$Default")
@@ -377,11 +378,67 @@ async fn stream(config: &Config, args: cli::StreamArgs) -> anyhow::Result<ExitCo
         views: ingest.views,
         metrics: args.metrics,
         stop,
+        rules: match args.rules {
+            Some(dir) => Some(vitalake::ingest::stream::RulesOptions {
+                dir,
+                sink: args.alerts,
+                lateness: vitalake::rules::rule::duration_millis(&args.lateness)
+                    .map_err(|e| anyhow::anyhow!("--lateness: {e}"))?,
+            }),
+            None => None,
+        },
     };
     let report = run_stream(&lake, source, options)
         .await
         .map_err(vitalake::Error::from)?;
     print_report(&report, args.json, true)
+}
+
+async fn rules(config: &Config, command: cli::RulesCommand) -> anyhow::Result<ExitCode> {
+    use vitalake::rules::{RuleSet, backtest, cases};
+    let load = |dir: &std::path::Path| {
+        RuleSet::load_dir(dir).map_err(|problems| {
+            anyhow::anyhow!("{} problem(s) in {}:\n{problems}", problems.0.len(), dir.display())
+        })
+    };
+    match command {
+        cli::RulesCommand::Schema => {
+            print!("{}", vitalake::rules::SCHEMA);
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::RulesCommand::Check(args) => match RuleSet::load_dir(&args.dir) {
+            Ok(set) => {
+                println!("{}: {} rules, all valid", args.dir.display(), set.rules.len());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(problems) => {
+                print!("{problems}");
+                println!("{} problem(s)", problems.0.len());
+                Ok(ExitCode::from(1))
+            }
+        },
+        cli::RulesCommand::Test(args) => {
+            let set = load(&args.dir)?;
+            let outcomes = cases::run_all(&set);
+            for outcome in &outcomes {
+                println!("{outcome}");
+            }
+            let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
+            println!("{} tests: {} passed, {failed} failed", outcomes.len(), outcomes.len() - failed);
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        cli::RulesCommand::Backtest(args) => {
+            let set = load(&args.rules)?;
+            let since = vitalake::rules::rule::duration_millis(&args.since)
+                .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let now = chrono::Utc::now().timestamp_millis();
+            let report = backtest::run(&lake, &set, since, now)
+                .await
+                .map_err(vitalake::Error::from)?;
+            print_report(&report, args.json, true)
+        }
+    }
 }
 
 /// Cancels `stop` on Ctrl-C or SIGTERM.

@@ -71,6 +71,8 @@ pub enum StreamError {
     EventHubs(String),
     #[error("invalid stream source {0:?}; expected file:PATH, stdin or eventhubs:HUB")]
     BadSource(String),
+    #[error("invalid alert sink {0:?}; expected stdout, file:PATH or eventhubs:HUB")]
+    BadSink(String),
 }
 
 /// One partition of a source: its events in sequence order.

@@ -10,5 +10,6 @@ mod ingest_fhir;
 mod servers;
 mod silver;
 mod sql_on_fhir;
+mod rules;
 mod stream;
 mod validate;

@@ -26,6 +26,7 @@ use crate::fhir::{DecodeOptions, Decoded, Rejected, ResourceRecord};
 use crate::ingest::IngestError;
 use crate::ingest::silver::{SilverViews, SilverWriter, from_bronze, quote};
 use crate::ingest::tables::{self, Provenance, QUARANTINE_TABLE, quarantine_batch};
+use crate::alerts;
 use crate::lake::delete::delete_where;
 use crate::lake::{AppendBuilder, Lake, app_version, read};
 use crate::stream::checkpoints::Checkpoints;
@@ -39,6 +40,8 @@ pub const STREAM_STAGE: &str = "stream";
 pub struct PartitionBatch {
     pub partition_id: String,
     pub events: Vec<Event>,
+    /// The alerts the rules raised on these events (already sent), recorded before bronze.
+    pub alerts: Vec<super::alerting::Alert>,
 }
 
 /// What one landing did.
@@ -48,6 +51,7 @@ pub struct Landed {
     pub resources: u64,
     pub quarantined: u64,
     pub silver_rows: u64,
+    pub alerts: u64,
 }
 
 /// Lands the batches of one stream; keeps its tables open between batches.
@@ -83,6 +87,10 @@ impl<'l> Lander<'l> {
             decode,
             checks,
         }
+    }
+
+    pub fn lake(&self) -> &'l Lake {
+        self.lake
     }
 
     async fn bronze_table(&mut self) -> Result<DeltaTable, IngestError> {
@@ -170,6 +178,16 @@ impl<'l> Lander<'l> {
         if batches.is_empty() {
             return Ok(Landed::default());
         }
+        let mut landed = Landed::default();
+        // Alerts first: once an event is in bronze it is not read again, so its alerts must be on
+        // record by then (see `alerting`).
+        for batch in &batches {
+            if !batch.alerts.is_empty() {
+                let source = source_uri(&self.stream, &batch.partition_id);
+                alerts::table::append(self.lake, alerts::table::alert_rows(&batch.alerts, &source)).await?;
+                landed.alerts += batch.alerts.len() as u64;
+            }
+        }
         let batch_id = uuid::Uuid::now_v7().to_string();
         let ingested_at = chrono::Utc::now().timestamp_micros();
         let source = source_name(&self.stream);
@@ -188,7 +206,6 @@ impl<'l> Lander<'l> {
         let (table, _) = append.execute().await?;
         self.bronze = Some(table);
 
-        let mut landed = Landed::default();
         for batch in &batches {
             let events: Vec<LandedEvent> = batch
                 .events

@@ -9,6 +9,7 @@
 //! silver merge is theirs too ([`super::silver::SilverWriter`]), so a reading lands the same way
 //! whether it came in a file or on the stream.
 
+pub mod alerting;
 pub mod events;
 pub mod land;
 pub mod metrics;
@@ -30,6 +31,7 @@ use crate::stream::event_hubs::{self, EventHubsOptions};
 use crate::stream::{BatchBounds, Partition, SourceSpec, StreamError, file, next_batch, stdin};
 use crate::validate::Check;
 
+use alerting::{Alert, Alerting};
 use land::{Lander, PartitionBatch};
 use metrics::Metrics;
 
@@ -46,6 +48,16 @@ pub struct StreamOptions {
     pub stop: CancellationToken,
     /// The Event Hubs consumer group (`$Default` unless given).
     pub consumer_group: String,
+    /// The anomaly rules, evaluated on every reading as it arrives.
+    pub rules: Option<RulesOptions>,
+}
+
+pub struct RulesOptions {
+    pub dir: std::path::PathBuf,
+    /// `stdout`, `file:PATH` or `eventhubs:HUB`.
+    pub sink: String,
+    /// Allowed lateness in milliseconds.
+    pub lateness: i64,
 }
 
 /// What a `vitalake stream` run did (printed when it ends).
@@ -60,6 +72,8 @@ pub struct StreamReport {
     pub batches: u64,
     /// Events of a batch an earlier run left between bronze and silver, merged again.
     pub recovered_events: u64,
+    /// Alert events recorded in silver/alerts (sent, shadow, backfill or inhibited).
+    pub alerts: u64,
     pub duration_secs: f64,
 }
 
@@ -102,6 +116,14 @@ pub async fn run_stream(
         hub: options.hub.clone(),
         ..StreamReport::default()
     };
+    let alerting = match &options.rules {
+        Some(rules) => {
+            let alerting = Alerting::open(rules.dir.clone(), &rules.sink, rules.lateness).await?;
+            alerting.watch(options.stop.clone());
+            Some(alerting)
+        }
+        None => None,
+    };
     let new_lander = |stream_id| {
         Lander::new(
             lake,
@@ -122,6 +144,7 @@ pub async fn run_stream(
                 &mut lander,
                 &mut source.partitions,
                 &options,
+                alerting.clone(),
                 &metrics,
                 &mut report,
             )
@@ -159,11 +182,15 @@ pub async fn run_stream(
                 &mut lander,
                 &mut partitions,
                 &options,
+                alerting.clone(),
                 &metrics,
                 &mut report,
             )
             .await?;
         }
+    }
+    if let Some(alerting) = alerting {
+        alerting.close().await;
     }
     report.duration_secs = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -182,6 +209,10 @@ enum Request {
         partition_id: String,
         reply: oneshot::Sender<Result<Option<i64>, String>>,
     },
+    /// Rebuild the rules' state from silver (once, after the first recovery).
+    WarmUp {
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// Land this batch.
     Land {
         batch: PartitionBatch,
@@ -195,6 +226,7 @@ async fn land_partitions(
     lander: &mut Lander<'_>,
     partitions: &mut mpsc::Receiver<Partition>,
     options: &StreamOptions,
+    alerting: Option<Arc<Alerting>>,
     metrics: &Metrics,
     report: &mut StreamReport,
 ) -> Result<(), IngestError> {
@@ -206,7 +238,7 @@ async fn land_partitions(
             partition = partitions.recv(), if more_partitions && !options.stop.is_cancelled() => {
                 match partition {
                     Some(partition) => {
-                        readers.spawn(read_partition(partition, tx.clone(), options.bounds, options.stop.clone()));
+                        readers.spawn(read_partition(partition, tx.clone(), alerting.clone(), options.bounds, options.stop.clone()));
                     }
                     None => more_partitions = false,
                 }
@@ -227,6 +259,13 @@ async fn land_partitions(
                                 Err(e) => Err(e.to_string()),
                             };
                             let _ = reply.send(answer);
+                        }
+                        Request::WarmUp { reply } => {
+                            let warmed = match &alerting {
+                                Some(alerting) => alerting.warm_up(lander.lake()).await.map_err(|e| e.to_string()),
+                                None => Ok(()),
+                            };
+                            let _ = reply.send(warmed);
                         }
                         Request::Land { batch, reply } => lands.push((batch, reply)),
                     }
@@ -299,6 +338,7 @@ async fn land(
     report.resources += landed.resources;
     report.quarantined += landed.quarantined;
     report.silver_rows += landed.silver_rows;
+    report.alerts += landed.alerts;
     report.batches += 1;
     tracing::info!(
         events = landed.events,
@@ -313,8 +353,9 @@ async fn land(
 /// writer and waits for each to land, until the partition ends, fails, or `stop`. Returns the
 /// partition id and how many events it skipped as already landed.
 async fn read_partition(
-    mut partition: Partition,
+    partition: Partition,
     writer: mpsc::Sender<Request>,
+    alerting: Option<Arc<Alerting>>,
     bounds: BatchBounds,
     stop: CancellationToken,
 ) -> Result<(String, u64), String> {
@@ -331,9 +372,25 @@ async fn read_partition(
     let mut committed = answer
         .await
         .map_err(|_| "the writer stopped".to_string())??;
+    // Alerts of the events read so far, handed to the writer with their batch.
+    let alerts: Arc<std::sync::Mutex<Vec<Alert>>> = Arc::default();
+    let mut events = match alerting {
+        None => partition.events,
+        Some(alerting) => {
+            let (reply, answer) = oneshot::channel();
+            writer
+                .send(Request::WarmUp { reply })
+                .await
+                .map_err(|_| "the writer stopped".to_string())?;
+            answer
+                .await
+                .map_err(|_| "the writer stopped".to_string())??;
+            evaluated(partition.events, alerting, committed, alerts.clone())
+        }
+    };
     let mut pending_error = None;
     loop {
-        let mut batch = next_batch(&mut partition.events, bounds, &mut pending_error, &stop)
+        let mut batch = next_batch(&mut events, bounds, &mut pending_error, &stop)
             .await
             .map_err(|e| e.to_string())?;
         if let Some(committed) = committed {
@@ -342,12 +399,14 @@ async fn read_partition(
             skipped += (read - batch.events.len()) as u64;
         }
         if let Some(last) = batch.events.last().map(|e| e.sequence_number) {
+            let batch_alerts = std::mem::take(&mut *alerts.lock().expect("lock"));
             let (reply, answer) = oneshot::channel();
             writer
                 .send(Request::Land {
                     batch: PartitionBatch {
                         partition_id: id.clone(),
                         events: std::mem::take(&mut batch.events),
+                        alerts: batch_alerts,
                     },
                     reply,
                 })
@@ -362,6 +421,31 @@ async fn read_partition(
             return Ok((id, skipped));
         }
     }
+}
+
+/// The partition's events, each evaluated by the rules as it is read (events at or below
+/// `committed` were evaluated before they landed, and are skipped). An event comes out only after
+/// its alerts were sent and put in `alerts`, so a batch carries exactly its events' alerts.
+fn evaluated(
+    events: futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>>,
+    alerting: Arc<Alerting>,
+    committed: Option<i64>,
+    alerts: Arc<std::sync::Mutex<Vec<Alert>>>,
+) -> futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>> {
+    use futures::StreamExt;
+    events
+        .then(move |item| {
+            let (alerting, alerts) = (alerting.clone(), alerts.clone());
+            async move {
+                let event = item?;
+                if committed.is_none_or(|c| event.sequence_number > c) {
+                    let raised = alerting.offer(&event).await?;
+                    alerts.lock().expect("lock").extend(raised);
+                }
+                Ok(event)
+            }
+        })
+        .boxed()
 }
 
 impl std::fmt::Display for StreamReport {
@@ -383,6 +467,9 @@ impl std::fmt::Display for StreamReport {
                 "  {} events skipped: already landed by an earlier run",
                 self.skipped_already_landed
             )?;
+        }
+        if self.alerts > 0 {
+            writeln!(f, "  {} alert events recorded in silver/alerts", self.alerts)?;
         }
         if self.recovered_events > 0 {
             writeln!(

@@ -1,0 +1,235 @@
+//! The anomaly rules on the stream: every reading is evaluated as it arrives, before its batch
+//! lands, and alerts are sent at once; the lake's commit never delays an alert.
+//!
+//! Exactly-once bookkeeping, with the lake as the memory:
+//! - an alert is sent, then recorded in `silver/alerts` *before* the bronze commit of its batch;
+//! - on restart the evaluator's state is rebuilt from silver's readings over the longest rule
+//!   window, and the ids already in `silver/alerts` are not sent again. Events after the last
+//!   bronze commit are read again and evaluated again: their alerts have the same ids, so an
+//!   alert sent and recorded before a crash is not sent twice, and one sent but not yet recorded
+//!   is sent again (at least once, with a stable id).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use super::IngestError;
+use crate::alerts::sink::Sink;
+use crate::alerts::{cloud_event, table};
+use crate::lake::Lake;
+use crate::rules::evaluate::{AlertEvent, Delivery, Evaluator, Options};
+use crate::rules::reading::{self, Reading};
+use crate::rules::{RuleSet, fingerprint};
+use crate::stream::{Event, StreamError};
+
+/// An alert and its CloudEvent.
+pub type Alert = (AlertEvent, Value);
+
+pub struct Alerting {
+    dir: PathBuf,
+    evaluator: Mutex<Evaluator>,
+    longest_window: Mutex<i64>,
+    lateness: i64,
+    sink: Sink,
+    /// Ids in `silver/alerts`, or sent and waiting for their batch to record them.
+    recorded: Mutex<HashSet<String>>,
+    warmed_up: OnceCell<()>,
+    folder: Mutex<Option<String>>,
+}
+
+impl Alerting {
+    /// Loads the rules (refusing to start on a broken set) and opens the sink.
+    pub async fn open(dir: PathBuf, sink: &str, lateness: i64) -> Result<Arc<Alerting>, IngestError> {
+        let rules = RuleSet::load_dir(&dir).map_err(|problems| IngestError::Input {
+            path: dir.display().to_string(),
+            source: std::io::Error::other(format!("the rules are not valid:\n{problems}")),
+        })?;
+        let sink = Sink::open(sink).await?;
+        tracing::info!(rules = rules.rules.len(), folder = %dir.display(), "anomaly rules loaded");
+        Ok(Arc::new(Alerting {
+            folder: Mutex::new(fingerprint(&dir)),
+            longest_window: Mutex::new(rules.longest_window()),
+            evaluator: Mutex::new(Evaluator::new(&rules, Options { lateness })),
+            dir,
+            lateness,
+            sink,
+            recorded: Mutex::new(HashSet::new()),
+            warmed_up: OnceCell::new(),
+        }))
+    }
+
+    /// Rebuilds the evaluator's state from silver, once, after the first partition has finished
+    /// what a crash left (so silver holds every landed reading).
+    pub async fn warm_up(&self, lake: &Lake) -> Result<(), IngestError> {
+        self.warmed_up
+            .get_or_try_init(|| async {
+                let window = *self.longest_window.lock().expect("lock") + self.lateness;
+                let Some(newest) = reading::newest_time(lake).await? else {
+                    return Ok(());
+                };
+                let since = newest - window;
+                let readings = reading::from_silver(lake, since).await?;
+                let recorded = table::recorded_ids(lake, since - window).await?;
+                let now = chrono::Utc::now().timestamp_millis();
+                let mut evaluator = self.evaluator.lock().expect("lock");
+                for reading in &readings {
+                    evaluator.evaluate(reading, now);
+                }
+                tracing::info!(
+                    readings = readings.len(),
+                    patients = evaluator.patients(),
+                    recorded_alerts = recorded.len(),
+                    "rule state rebuilt from silver"
+                );
+                self.recorded.lock().expect("lock").extend(recorded);
+                Ok::<(), IngestError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Evaluates the readings of one event and sends its new alerts. Returns every new alert (sent
+    /// or only to be recorded).
+    pub async fn offer(&self, event: &Event) -> Result<Vec<Alert>, StreamError> {
+        let readings = readings_of(event);
+        if readings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut alerts = Vec::new();
+        {
+            let mut evaluator = self.evaluator.lock().expect("lock");
+            let mut recorded = self.recorded.lock().expect("lock");
+            for reading in &readings {
+                for alert in evaluator.evaluate(reading, now) {
+                    if recorded.insert(alert.id.clone()) {
+                        let event = cloud_event(&alert);
+                        alerts.push((alert, event));
+                    }
+                }
+            }
+        }
+        let to_send: Vec<(String, Value)> = alerts
+            .iter()
+            .filter(|(a, _)| a.delivery == Delivery::Sent)
+            .map(|(a, e)| (a.patient.clone(), e.clone()))
+            .collect();
+        let mut attempt = 0;
+        while let Err(e) = self.sink.send(&to_send).await {
+            attempt += 1;
+            if attempt == 5 {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, attempt, "sending alerts failed; retrying");
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+        for (alert, _) in &alerts {
+            tracing::info!(
+                rule = %alert.rule.id,
+                alert_id = %alert.id,
+                status = alert.transition.name(),
+                delivery = alert.delivery.name(),
+                lag_ms = alert.detected_at - alert.effective_time,
+                "alert"
+            );
+        }
+        Ok(alerts)
+    }
+
+    /// Reloads the rules if the folder changed (or `force`, on SIGHUP). All or nothing: a broken
+    /// edit keeps the running set and says why.
+    pub fn reload(&self, force: bool) {
+        let now = fingerprint(&self.dir);
+        let mut folder = self.folder.lock().expect("lock");
+        if !force && now == *folder {
+            return;
+        }
+        *folder = now;
+        match RuleSet::load_dir(&self.dir) {
+            Ok(rules) => {
+                *self.longest_window.lock().expect("lock") = rules.longest_window();
+                self.evaluator.lock().expect("lock").replace_rules(&rules);
+                tracing::info!(rules = rules.rules.len(), "anomaly rules reloaded");
+            }
+            Err(problems) => {
+                for problem in &problems.0 {
+                    tracing::warn!(%problem, "rule reload refused; the running rules stay");
+                }
+            }
+        }
+    }
+
+    /// Watches the folder (every second) and SIGHUP until `stop`.
+    pub fn watch(self: &Arc<Self>, stop: CancellationToken) {
+        let alerting = self.clone();
+        tokio::spawn(async move {
+            let mut hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let force = tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = tick.tick() => false,
+                    Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+                };
+                let alerting = alerting.clone();
+                let _ = tokio::task::spawn_blocking(move || alerting.reload(force)).await;
+            }
+        });
+    }
+
+    pub async fn close(self: Arc<Self>) {
+        if let Ok(alerting) = Arc::try_unwrap(self) {
+            alerting.sink.close().await;
+        }
+    }
+}
+
+/// The readings an event carries (a resource or a Bundle of them; gzip per its content encoding).
+/// Anything else gives none: decoding errors are the landing's business (quarantine).
+fn readings_of(event: &Event) -> Vec<Reading> {
+    let gzipped = event
+        .content_encoding
+        .as_deref()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
+    let body = if gzipped {
+        let mut plain = Vec::new();
+        use std::io::Read;
+        if flate2::read::GzDecoder::new(event.body.as_slice())
+            .read_to_end(&mut plain)
+            .is_err()
+        {
+            return Vec::new();
+        }
+        std::borrow::Cow::Owned(plain)
+    } else {
+        std::borrow::Cow::Borrowed(&event.body)
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return Vec::new();
+    };
+    let received_at = event
+        .enqueued_time
+        .map_or_else(|| chrono::Utc::now().timestamp_millis(), |micros| micros / 1000);
+    let resources: Vec<&Value> = match value.get("resourceType").and_then(Value::as_str) {
+        Some("Bundle") => value
+            .get("entry")
+            .and_then(Value::as_array)
+            .map(|entries| entries.iter().filter_map(|e| e.get("resource")).collect())
+            .unwrap_or_default(),
+        _ => vec![&value],
+    };
+    resources
+        .into_iter()
+        .filter_map(reading::from_observation)
+        .map(|mut r| {
+            r.received_at = Some(received_at);
+            r
+        })
+        .collect()
+}
