@@ -68,9 +68,30 @@ pub enum Command {
         after_help = "Example:\n  vitalake stream --source file:samples/stream/observations.ndjson\n  EVENTHUBS_CONNECTION_STRING=... vitalake stream --source eventhubs:observations --consumer-group lake\n  vitalake stream --source file:/var/spool/bp.ndjson --follow --metrics 127.0.0.1:9464\n  gunzip -c readings.ndjson.gz | vitalake stream --source stdin --hub wearables"
     )]
     Stream(StreamArgs),
+    /// Run one read-only SQL query over every table of the lake (bronze.*, silver.*, gold.*).
+    ///
+    /// Tables are named by their path: silver/fhir/blood_pressure is silver.blood_pressure,
+    /// silver/ikhospital/doctors is silver.ikhospital_doctors, bronze/fhir/Patient is
+    /// bronze.patient. `SHOW TABLES` lists them. Writes and DDL are refused.
+    #[command(
+        after_help = "Example:\n  vitalake query 'SHOW TABLES'\n  vitalake query 'SELECT rule_id, count(*) FROM silver.alerts GROUP BY rule_id'\n  vitalake query 'SELECT * FROM silver.blood_pressure LIMIT 5' --format csv"
+    )]
+    Query(QueryArgs),
     /// Anomaly rules (anomaly-rules/*.yaml): check them, run their tests, backtest them on silver.
     #[command(subcommand)]
     Rules(RulesCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// One SQL statement (DataFusion's dialect, close to PostgreSQL).
+    #[arg(value_name = "SQL")]
+    pub sql: String,
+    #[arg(long, value_enum, default_value_t = RowsFormat::Table)]
+    pub format: RowsFormat,
+    /// Write to this file instead of standard output (required for Parquet).
+    #[arg(long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +252,25 @@ pub enum RefreshCommand {
         after_help = "Example:\n  vitalake refresh silver\n  vitalake refresh silver --view blood_pressure"
     )]
     Silver(RefreshSilverArgs),
+    /// Rebuild the gold tables: one SQL file each in profiles/gold/ (built-in ones if the folder is
+    /// missing), run over the lake, each result replacing its table in one commit.
+    #[command(
+        after_help = "Example:\n  vitalake refresh gold\n  vitalake refresh gold patient_bp_daily\n  vitalake refresh gold --definitions my-gold/"
+    )]
+    Gold(RefreshGoldArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshGoldArgs {
+    /// Only this table.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// The folder of gold SQL files.
+    #[arg(long, value_name = "DIR", default_value = "profiles/gold")]
+    pub definitions: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

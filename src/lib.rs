@@ -21,6 +21,7 @@ pub mod config;
 pub mod fhir;
 pub mod fhirpath;
 pub mod generate;
+pub mod gold;
 pub mod ingest;
 pub mod issue;
 pub mod lake;

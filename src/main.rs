@@ -149,6 +149,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Views(ViewsCommand::Run(args)) => views_run(&config, args).await,
         Command::Stream(args) => stream(&config, args).await,
         Command::Rules(command) => rules(&config, command).await,
+        Command::Query(args) => {
+            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let batches = vitalake::gold::query(&lake, &args.sql).await?;
+            write_rows(&batches, args.format.format(), args.output.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send(args) => {
             let options =
                 vitalake::stream::event_hubs::EventHubsOptions::from_env(&args.hub, "$Default")
@@ -158,6 +164,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .map_err(|e| vitalake::Error::from(IngestError::from(e)))?;
             println!("{sent}");
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Refresh(RefreshCommand::Gold(args)) => {
+            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let tables = vitalake::gold::refresh::definitions(&args.definitions)
+                .with_context(|| format!("reading {}", args.definitions.display()))?;
+            let report = vitalake::gold::refresh::refresh(&lake, &tables, args.name.as_deref()).await?;
+            print_report(&report, args.json, true)
         }
         Command::Refresh(RefreshCommand::Silver(args)) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
@@ -252,19 +265,7 @@ async fn views_run(config: &Config, args: cli::ViewsRunArgs) -> anyhow::Result<E
     }
     let batch = builder.finish()?;
     let rows = batch.num_rows();
-    match &args.output {
-        Some(path) => {
-            let mut file = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            vitalake::views::output::write(&[batch], args.format.format(), &mut file, Some(path))?;
-        }
-        None => vitalake::views::output::write(
-            &[batch],
-            args.format.format(),
-            &mut std::io::stdout().lock(),
-            None,
-        )?,
-    }
+    write_rows(&[batch], args.format.format(), args.output.as_deref())?;
     eprintln!(
         "{rows} rows from {} resources; {failures} could not be evaluated",
         resources.len()
@@ -274,6 +275,23 @@ async fn views_run(config: &Config, args: cli::ViewsRunArgs) -> anyhow::Result<E
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Rows to `output`, or to standard output.
+fn write_rows(
+    batches: &[deltalake::arrow::record_batch::RecordBatch],
+    format: vitalake::views::output::OutputFormat,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    match output {
+        Some(path) => {
+            let mut file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            vitalake::views::output::write(batches, format, &mut file, Some(path))?;
+        }
+        None => vitalake::views::output::write(batches, format, &mut std::io::stdout().lock(), None)?,
+    }
+    Ok(())
 }
 
 /// `vitalake ingest db`: the configured sources plus `--source` URLs, then the report.

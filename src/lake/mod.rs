@@ -180,6 +180,45 @@ impl Lake {
         Ok(tables)
     }
 
+    /// Relative paths of every Delta table under `prefix`, looking at most `depth` folders down
+    /// (`silver` finds `silver/alerts`, `silver/fhir/patient`, `silver/ikhospital/doctors`).
+    pub async fn find_tables(&self, prefix: &str, depth: usize) -> Result<Vec<String>, LakeError> {
+        let store = self.object_store()?;
+        let mut found = Vec::new();
+        let mut folders = vec![(prefix.trim_matches('/').to_string(), depth)];
+        while let Some((folder, depth)) = folders.pop() {
+            let listing = store
+                .list_with_delimiter(Some(&deltalake::Path::from(folder.as_str())))
+                .await
+                .map_err(|source| LakeError::List {
+                    prefix: folder.clone(),
+                    source,
+                })?;
+            for dir in listing.common_prefixes {
+                let name = dir.filename().unwrap_or_default();
+                if name.starts_with('_') || name.starts_with('.') {
+                    continue;
+                }
+                let mut log = store.list(Some(&dir.clone().join("_delta_log")));
+                let is_table = log
+                    .try_next()
+                    .await
+                    .map_err(|source| LakeError::List {
+                        prefix: dir.to_string(),
+                        source,
+                    })?
+                    .is_some();
+                if is_table {
+                    found.push(dir.to_string());
+                } else if depth > 1 {
+                    folders.push((dir.to_string(), depth - 1));
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
     fn object_store(&self) -> Result<Arc<dyn ObjectStore>, LakeError> {
         let delta = |source| LakeError::Delta {
             table: self.root.to_string(),

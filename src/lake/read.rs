@@ -11,10 +11,14 @@ use super::LakeError;
 /// A DataFusion session that filters Parquet rows before decoding the other columns: a look-up of a
 /// few ids in bronze then decodes the raw JSON of those rows only, not of every row in the files.
 pub fn session() -> SessionContext {
-    let config = SessionConfig::new()
+    SessionContext::new_with_config(session_config())
+}
+
+/// The settings of [`session`].
+pub fn session_config() -> SessionConfig {
+    SessionConfig::new()
         .set_bool("datafusion.execution.parquet.pushdown_filters", true)
-        .set_bool("datafusion.execution.parquet.reorder_filters", true);
-    SessionContext::new_with_config(config)
+        .set_bool("datafusion.execution.parquet.reorder_filters", true)
 }
 
 /// Registers `table` in `ctx` under `alias`, for queries over several tables.

@@ -133,6 +133,11 @@ impl Kept {
     }
 }
 
+/// A reading as an alert cites it.
+fn cite(reading: &Reading) -> Cited {
+    Kept::new(reading).cited()
+}
+
 fn metric_of(values: &[f32; 3], metric: Metric) -> Option<f64> {
     let get = |i: usize| (!values[i].is_nan()).then_some(values[i] as f64);
     match metric {
@@ -228,20 +233,20 @@ impl Evaluator {
         let backfill = state
             .latest
             .is_some_and(|latest| reading.at < latest - self.options.lateness);
-        let kept = Kept::new(reading);
+        let values = values_of(reading);
         let mut events = Vec::new();
         let mut implausible = false;
         for rule in self.rules.iter().filter(|r| !r.is_clinical()) {
             let Kind::DataQuality { when } = &rule.kind else { unreachable!() };
             let qualifies = matches_reading(when, reading);
             implausible |= qualifies && rule.status == Status::Active;
-            let relevant = referenced(when.list()).iter().any(|m| kept.metric(*m).is_some());
-            let trigger = qualifies.then(|| vec![kept.cited()]);
+            let relevant = referenced(when.list()).iter().any(|m| metric_of(&values, *m).is_some());
+            let trigger = qualifies.then(|| vec![cite(reading)]);
             step(state, rule, reading, relevant, qualifies, trigger, None, now, &mut events);
         }
         if !implausible {
             let position = state.readings.partition_point(|k| k.at <= reading.at);
-            state.readings.insert(position, kept.clone());
+            state.readings.insert(position, Kept::new(reading));
             state.latest = Some(state.latest.map_or(reading.at, |l| l.max(reading.at)));
             for rule in self.rules.iter().filter(|r| r.is_clinical()) {
                 let after = state
@@ -250,7 +255,7 @@ impl Evaluator {
                     .find(|(id, _)| **id == *rule.id)
                     .map_or(i64::MIN, |(_, t)| *t);
                 let (relevant, qualifies, trigger, reference) =
-                    judge(rule, &state.readings, &kept, reading, after);
+                    judge(rule, &state.readings, &values, reading, after);
                 step(state, rule, reading, relevant, qualifies, trigger, reference, now, &mut events);
             }
         }
@@ -298,27 +303,29 @@ fn inhibited(rules: &[Arc<Rule>], state: &PatientState, rule_id: &str) -> bool {
 fn judge(
     rule: &Rule,
     readings: &VecDeque<Kept>,
-    kept: &Kept,
+    values: &[f32; 3],
     reading: &Reading,
     after: i64,
 ) -> (bool, bool, Option<Vec<Cited>>, Option<f64>) {
+    // The patient's readings with an effective time in [from, to), found by binary search.
+    let between = |from: i64, to: i64| {
+        let start = readings.partition_point(|k| k.at < from);
+        let end = readings.partition_point(|k| k.at < to);
+        readings.range(start..end.max(start))
+    };
+    let value_of = |m: Metric| metric_of(values, m);
     match &rule.kind {
         Kind::Threshold { when, sustain } => {
-            let relevant = referenced(when.list()).iter().all(|m| kept.metric(*m).is_some());
+            let relevant = referenced(when.list()).iter().all(|m| value_of(*m).is_some());
             let qualifies = matches_reading(when, reading);
             if !qualifies {
                 return (relevant, false, None, None);
             }
             let trigger = match sustain {
-                None => Some(vec![kept.cited()]),
+                None => Some(vec![cite(reading)]),
                 Some(s) => {
-                    let candidates: Vec<&Kept> = readings
-                        .iter()
-                        .filter(|k| {
-                            k.at > after
-                                && (k.at - reading.at).abs() <= s.within
-                                && matches_kept(when, k)
-                        })
+                    let candidates: Vec<&Kept> = between(reading.at - s.within, reading.at + s.within + 1)
+                        .filter(|k| k.at > after && matches_kept(when, k))
                         .collect();
                     sustained(&candidates, s.readings, s.within, s.min_spacing)
                 }
@@ -326,12 +333,11 @@ fn judge(
             (relevant, qualifies, trigger, None)
         }
         Kind::RateOfChange { metric, change, within, against_median } => {
-            let Some(value) = kept.metric(*metric) else {
+            let Some(value) = value_of(*metric) else {
                 return (false, false, None, None);
             };
-            let window: Vec<&Kept> = readings
-                .iter()
-                .filter(|k| k.at >= reading.at - within && k.at < reading.at && k.metric(*metric).is_some())
+            let window: Vec<&Kept> = between(reading.at - within, reading.at)
+                .filter(|k| k.metric(*metric).is_some())
                 .collect();
             let Some(first) = window.first() else {
                 return (true, false, None, None);
@@ -342,17 +348,14 @@ fn judge(
                 first.metric(*metric).expect("filtered on it")
             };
             let qualifies = change.holds(reference, value);
-            let trigger = qualifies.then(|| vec![first.cited(), kept.cited()]);
+            let trigger = qualifies.then(|| vec![first.cited(), cite(reading)]);
             (true, qualifies, trigger, Some(reference))
         }
         Kind::BaselineDeviation { metric, change, days, min_readings } => {
-            let Some(value) = kept.metric(*metric) else {
+            let Some(value) = value_of(*metric) else {
                 return (false, false, None, None);
             };
-            let since = reading.at - days * super::rule::DAY;
-            let baseline: Vec<f64> = readings
-                .iter()
-                .filter(|k| k.at >= since && k.at < reading.at)
+            let baseline: Vec<f64> = between(reading.at - days * super::rule::DAY, reading.at)
                 .filter_map(|k| k.metric(*metric))
                 .collect();
             if baseline.len() < *min_readings {
@@ -360,7 +363,7 @@ fn judge(
             }
             let reference = median(baseline);
             let qualifies = change.holds(reference, value);
-            (true, qualifies, qualifies.then(|| vec![kept.cited()]), Some(reference))
+            (true, qualifies, qualifies.then(|| vec![cite(reading)]), Some(reference))
         }
         Kind::DataQuality { .. } => unreachable!("data-quality rules are judged apart"),
     }
@@ -445,7 +448,7 @@ fn step(
                 if episode.clear_streak >= rule.clear.readings {
                     let episode = state.episodes.remove(index);
                     let id = event_id(&[&episode.id, "resolved"]);
-                    let mut resolved = event(Transition::Resolved, id, &episode, vec![Kept::new(reading).cited()]);
+                    let mut resolved = event(Transition::Resolved, id, &episode, vec![cite(reading)]);
                     if !episode.delivered {
                         // Nobody was told of the episode, so nobody is told it ended.
                         resolved.delivery = Delivery::Shadow;
@@ -463,7 +466,7 @@ fn step(
                     episode.notifications += 1;
                     episode.last_notified = reading.at;
                     let id = event_id(&[&episode.id, "renotified", &episode.notifications.to_string()]);
-                    let cited = trigger.unwrap_or_else(|| vec![Kept::new(reading).cited()]);
+                    let cited = trigger.unwrap_or_else(|| vec![cite(reading)]);
                     events.push(event(Transition::Renotified, id, episode, cited));
                 }
             }
@@ -559,6 +562,69 @@ fn holds(condition: &Condition, values: &[f32; 3]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(files: &[&str]) -> RuleSet {
+        RuleSet {
+            rules: files
+                .iter()
+                .enumerate()
+                .map(|(i, text)| Arc::new(super::super::parse_rule(&format!("r{i}.yaml"), text.as_bytes()).unwrap()))
+                .collect(),
+        }
+    }
+
+    const HEADER: &str = "version: 1\nstatus: active\nseverity: high\ntitle: Test rule\ndescription: A rule for a unit test.\nsource: None, a unit test.\n";
+
+    fn crisis() -> String {
+        format!("id: crisis\n{HEADER}kind: threshold\nwhen:\n  any: [systolic > 180]\nsustain: {{readings: 2, within: 15m}}\n")
+    }
+
+    fn reading(patient: &str, minute: i64, systolic: f64) -> Reading {
+        Reading {
+            patient: patient.into(),
+            observation: format!("{patient}-{minute}"),
+            at: minute * super::super::rule::MINUTE,
+            received_at: None,
+            systolic: Some(systolic),
+            diastolic: Some(80.0),
+            heart_rate: None,
+            unit: Some("mm[Hg]".into()),
+            device: None,
+        }
+    }
+
+    #[test]
+    fn state_keeps_only_the_longest_window_and_the_lateness() {
+        let mut evaluator = Evaluator::new(&set(&[&crisis()]), Options::default());
+        for minute in 0..1000 {
+            evaluator.evaluate(&reading("p", minute, 120.0), 0);
+        }
+        let kept = evaluator.patients.get("p").unwrap().readings.len();
+        // 15 minutes of sustain window + 5 of lateness, one reading a minute.
+        assert_eq!(kept, 21);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_open_episodes_of_rules_still_there() {
+        let stage = format!("id: other\n{HEADER}kind: threshold\nwhen:\n  any: [systolic < 50]\n");
+        let mut evaluator = Evaluator::new(&set(&[&crisis()]), Options::default());
+        evaluator.evaluate(&reading("p", 0, 190.0), 0);
+        assert_eq!(evaluator.evaluate(&reading("p", 5, 190.0), 0).len(), 1);
+        evaluator.replace_rules(&set(&[&crisis(), &stage]));
+        assert!(evaluator.evaluate(&reading("p", 10, 190.0), 0).is_empty(), "still the same episode");
+        evaluator.replace_rules(&set(&[&stage]));
+        assert!(evaluator.patients.get("p").unwrap().episodes.is_empty());
+    }
+
+    #[test]
+    fn the_same_episode_gets_the_same_id_in_another_evaluator() {
+        let ids = || {
+            let mut evaluator = Evaluator::new(&set(&[&crisis()]), Options::default());
+            evaluator.evaluate(&reading("p", 0, 190.0), 1);
+            evaluator.evaluate(&reading("p", 5, 190.0), 2)[0].id.clone()
+        };
+        assert_eq!(ids(), ids());
+    }
 
     #[test]
     fn median_of_odd_and_even_counts() {

@@ -6,6 +6,7 @@ mod bad_input;
 mod common;
 mod crash;
 mod db;
+mod gold;
 mod ingest_fhir;
 mod servers;
 mod silver;

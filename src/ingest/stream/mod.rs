@@ -372,10 +372,10 @@ async fn read_partition(
     let mut committed = answer
         .await
         .map_err(|_| "the writer stopped".to_string())??;
-    // Alerts of the events read so far, handed to the writer with their batch.
+    // Alerts of the events read so far, handed to the writer with the next batch.
     let alerts: Arc<std::sync::Mutex<Vec<Alert>>> = Arc::default();
-    let mut events = match alerting {
-        None => partition.events,
+    let (mut events, _evaluate_ahead) = match alerting {
+        None => (partition.events, None),
         Some(alerting) => {
             let (reply, answer) = oneshot::channel();
             writer
@@ -385,7 +385,13 @@ async fn read_partition(
             answer
                 .await
                 .map_err(|_| "the writer stopped".to_string())??;
-            evaluated(partition.events, alerting, committed, alerts.clone())
+            let mut ahead = EvaluateAhead::spawn(evaluated(
+                partition.events,
+                alerting,
+                committed,
+                alerts.clone(),
+            ));
+            (ahead.events(), Some(ahead))
         }
     };
     let mut pending_error = None;
@@ -423,9 +429,50 @@ async fn read_partition(
     }
 }
 
+/// Runs the rules over a partition's events in a task of its own, ahead of the batches: while a
+/// batch is landing, the next events are already evaluated and their alerts sent.
+struct EvaluateAhead {
+    task: tokio::task::JoinHandle<()>,
+    events: Option<mpsc::Receiver<Result<crate::stream::Event, StreamError>>>,
+}
+
+impl EvaluateAhead {
+    /// Events buffered between the rules and the batches.
+    const BUFFER: usize = 100_000;
+
+    fn spawn(
+        mut evaluated: futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>>,
+    ) -> EvaluateAhead {
+        use futures::StreamExt;
+        let (tx, rx) = mpsc::channel(Self::BUFFER);
+        let task = tokio::spawn(async move {
+            while let Some(item) = evaluated.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        EvaluateAhead { task, events: Some(rx) }
+    }
+
+    fn events(&mut self) -> futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>> {
+        use futures::StreamExt;
+        let rx = self.events.take().expect("events taken once");
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+    }
+}
+
+impl Drop for EvaluateAhead {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// The partition's events, each evaluated by the rules as it is read (events at or below
 /// `committed` were evaluated before they landed, and are skipped). An event comes out only after
-/// its alerts were sent and put in `alerts`, so a batch carries exactly its events' alerts.
+/// its alerts were sent and put in `alerts`; a batch takes every alert there when it closes, so an
+/// event never reaches bronze before its alerts are on their way to `silver/alerts` (alerts of
+/// later events may go with it, which is harmless: they were sent).
 fn evaluated(
     events: futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>>,
     alerting: Arc<Alerting>,

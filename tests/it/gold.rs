@@ -1,0 +1,173 @@
+//! `vitalake query` over every layer (and writes refused); gold tables against answers computed by
+//! hand on small inputs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::common::{count, rows, run_ok, temp_lake, vitalake};
+
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples");
+const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/anomaly-rules");
+
+fn query(lake: &Path, sql: &str) -> Command {
+    let mut cmd = vitalake();
+    cmd.arg("--lake").arg(lake).args(["query", sql, "--format", "csv"]);
+    cmd
+}
+
+/// The CSV rows of a query, without the header.
+fn csv(lake: &Path, sql: &str) -> Vec<String> {
+    let out = run_ok(&mut query(lake, sql));
+    String::from_utf8(out.stdout).unwrap().lines().skip(1).map(str::to_string).collect()
+}
+
+fn stream(lake: &Path, file: &Path, hub: &str) {
+    run_ok(
+        vitalake()
+            .arg("--lake")
+            .arg(lake)
+            .args(["stream", "--hub", hub, "--rules", RULES, "--alerts"])
+            .arg(format!("file:{}", lake.with_extension("alerts.ndjson").display()))
+            .arg("--source")
+            .arg(format!("file:{}", file.display())),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_reads_every_layer_and_refuses_writes() {
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    run_ok(vitalake().arg("--lake").arg(&lake_path).args(["ingest", "fhir"]).arg(format!("{SAMPLES}/drop")));
+    stream(&lake_path, &Path::new(SAMPLES).join("stream/observations.ndjson"), "observations");
+
+    let tables = csv(&lake_path, "SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema IN ('bronze', 'silver') ORDER BY 1");
+    for expected in ["bronze.patient", "bronze.eventhubs_observations", "silver.blood_pressure", "silver.alerts", "silver.quarantine"] {
+        assert!(tables.iter().any(|t| t == expected), "{expected} not in {tables:?}");
+    }
+    for (sql_name, path) in [
+        ("bronze.patient", "bronze/fhir/Patient"),
+        ("silver.blood_pressure", "silver/fhir/blood_pressure"),
+        ("silver.alerts", "silver/alerts"),
+    ] {
+        let n = csv(&lake_path, &format!("SELECT count(*) FROM {sql_name}"));
+        assert_eq!(n, vec![count(&lake, path).await.to_string()], "{sql_name}");
+    }
+    let json_out = run_ok(vitalake().arg("--lake").arg(&lake_path).args([
+        "query",
+        "SELECT rule_id, count(*) AS n FROM silver.alerts WHERE status = 'raised' GROUP BY rule_id ORDER BY rule_id",
+        "--format",
+        "json",
+    ]));
+    let first: Value = serde_json::from_str(String::from_utf8_lossy(&json_out.stdout).lines().next().unwrap()).unwrap();
+    assert!(first["rule_id"].is_string() && first["n"].as_i64().unwrap() > 0, "{first}");
+
+    let before = count(&lake, "silver/alerts").await;
+    for write in [
+        "INSERT INTO silver.alerts (id) VALUES ('x')",
+        "DELETE FROM silver.alerts",
+        "DROP TABLE silver.alerts",
+        "CREATE TABLE gold.x AS SELECT 1",
+    ] {
+        let out = query(&lake_path, write).output().unwrap();
+        assert!(!out.status.success(), "{write} was accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not supported"), "{write}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(count(&lake, "silver/alerts").await, before);
+}
+
+fn bp(patient: &str, id: &str, time: &str, systolic: f64, diastolic: f64) -> String {
+    json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": time,
+        "component": [
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+             "valueQuantity": {"value": systolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+             "valueQuantity": {"value": diastolic, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
+        ]
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gold_tables_match_answers_computed_by_hand() {
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let patients = dir.path().join("patients.ndjson");
+    std::fs::write(
+        &patients,
+        [
+            json!({"resourceType": "Patient", "id": "gold-a", "gender": "female", "birthDate": "1950-04-02", "address": [{"city": "Leiden", "country": "NL"}]}),
+            json!({"resourceType": "Patient", "id": "gold-b", "gender": "male", "birthDate": "1961-09-30"}),
+        ]
+        .map(|p| p.to_string() + "\n")
+        .concat(),
+    )
+    .unwrap();
+    run_ok(vitalake().arg("--lake").arg(&lake_path).args(["ingest", "fhir"]).arg(&patients));
+    let readings = dir.path().join("readings.ndjson");
+    std::fs::write(
+        &readings,
+        [
+            bp("gold-a", "a1", "2026-11-01T08:00:00Z", 120.0, 80.0),
+            bp("gold-a", "a2", "2026-11-01T12:00:00Z", 130.0, 85.0),
+            bp("gold-a", "a3", "2026-11-01T18:00:00Z", 140.0, 95.0),
+            bp("gold-a", "a4", "2026-11-02T07:00:00Z", 185.0, 125.0),
+            bp("gold-a", "a5", "2026-11-02T07:04:00Z", 190.0, 118.0),
+            bp("gold-b", "b1", "2026-11-01T09:00:00Z", 110.0, 70.0),
+        ]
+        .map(|l| l + "\n")
+        .concat(),
+    )
+    .unwrap();
+    stream(&lake_path, &readings, "observations");
+    stream(&lake_path, &Path::new(SAMPLES).join("stream/pharmacy.ndjson"), "pharmacy");
+    run_ok(vitalake().arg("--lake").arg(&lake_path).args(["refresh", "gold"]));
+
+    // patient_bp_daily: a's first day 120/80, 130/85, 140/95: means 130 / 86.67, stage 1.
+    let daily = rows(&lake, "gold/patient_bp_daily", "SELECT patient_id, CAST(day AS VARCHAR) AS d, readings, systolic_min, systolic_max, systolic_mean, round(diastolic_mean, 2), category FROM t ORDER BY patient_id, d").await;
+    let expected: Vec<Vec<&str>> = vec![
+        vec!["gold-a", "2026-11-01", "3", "120.0", "140.0", "130.0", "86.67", "stage 1 hypertension"],
+        vec!["gold-a", "2026-11-02", "2", "185.0", "190.0", "187.5", "121.5", "hypertensive crisis"],
+        vec!["gold-b", "2026-11-01", "1", "110.0", "110.0", "110.0", "70.0", "normal"],
+    ];
+    assert_eq!(daily, expected);
+
+    // alerts_daily: the crisis on the 2nd (one patient with readings that day), sent once.
+    let crisis = rows(&lake, "gold/alerts_daily", "SELECT CAST(day AS VARCHAR), raised, raised_not_sent, patients_affected, patient_days, alerts_per_patient_day FROM t WHERE rule_id = 'hypertensive-crisis'").await;
+    assert_eq!(crisis, vec![vec!["2026-11-02", "1", "0", "1", "1", "1.0"]]);
+    // ... and the stage 2 alert it inhibited (140/95 on the 1st and both readings of the 2nd).
+    let stage2 = rows(&lake, "gold/alerts_daily", "SELECT raised, raised_not_sent FROM t WHERE rule_id = 'stage2-hypertension-sustained'").await;
+    assert_eq!(stage2, vec![vec!["0", "1"]]);
+
+    let summary = rows(&lake, "gold/patient_clinical_summary", "SELECT patient_id, gender, country, latest_systolic, latest_diastolic, latest_category, last_alert_rule, readings, alerts FROM t ORDER BY patient_id").await;
+    assert_eq!(
+        summary,
+        vec![
+            vec!["gold-a", "female", "NL", "190.0", "118.0", "hypertensive crisis", "hypertensive-crisis", "5", "2"],
+            vec!["gold-b", "male", "", "110.0", "70.0", "normal", "", "1", "0"],
+        ]
+    );
+
+    // medicine_distribution_daily against the pharmacy file, summed here.
+    let mut by_code_day: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let text = std::fs::read_to_string(Path::new(SAMPLES).join("stream/pharmacy.ndjson")).unwrap();
+    for line in text.lines() {
+        let d: Value = serde_json::from_str(line).unwrap();
+        let code = d["medicationCodeableConcept"]["coding"][0]["code"].as_str().unwrap().to_string();
+        let day = d["whenHandedOver"].as_str().unwrap()[..10].to_string();
+        *by_code_day.entry((code, day)).or_default() += d["quantity"]["value"].as_f64().unwrap();
+    }
+    let medicine = rows(&lake, "gold/medicine_distribution_daily", "SELECT ndc_code, CAST(day AS VARCHAR) AS d, quantity FROM t ORDER BY ndc_code, d").await;
+    let expected: Vec<Vec<String>> = by_code_day
+        .into_iter()
+        .map(|((code, day), q)| vec![code, day, format!("{q:?}")])
+        .collect();
+    assert_eq!(medicine, expected);
+}
