@@ -191,6 +191,8 @@ pub struct Evaluator {
     /// How long readings are kept.
     horizon: i64,
     patients: HashMap<Box<str>, PatientState>,
+    /// Reused for the values a median is taken of.
+    scratch: Vec<f64>,
 }
 
 impl Evaluator {
@@ -200,6 +202,7 @@ impl Evaluator {
             options,
             horizon: 0,
             patients: HashMap::new(),
+            scratch: Vec::new(),
         };
         evaluator.replace_rules(rules);
         evaluator
@@ -240,7 +243,7 @@ impl Evaluator {
             let Kind::DataQuality { when } = &rule.kind else { unreachable!() };
             let qualifies = matches_reading(when, reading);
             implausible |= qualifies && rule.status == Status::Active;
-            let relevant = referenced(when.list()).iter().any(|m| metric_of(&values, *m).is_some());
+            let relevant = rule.when_metrics.iter().any(|m| metric_of(&values, *m).is_some());
             let trigger = qualifies.then(|| vec![cite(reading)]);
             step(state, rule, reading, relevant, qualifies, trigger, None, now, &mut events);
         }
@@ -255,7 +258,7 @@ impl Evaluator {
                     .find(|(id, _)| **id == *rule.id)
                     .map_or(i64::MIN, |(_, t)| *t);
                 let (relevant, qualifies, trigger, reference) =
-                    judge(rule, &state.readings, &values, reading, after);
+                    judge(rule, &state.readings, &values, reading, after, &mut self.scratch);
                 step(state, rule, reading, relevant, qualifies, trigger, reference, now, &mut events);
             }
         }
@@ -306,6 +309,7 @@ fn judge(
     values: &[f32; 3],
     reading: &Reading,
     after: i64,
+    scratch: &mut Vec<f64>,
 ) -> (bool, bool, Option<Vec<Cited>>, Option<f64>) {
     // The patient's readings with an effective time in [from, to), found by binary search.
     let between = |from: i64, to: i64| {
@@ -316,7 +320,7 @@ fn judge(
     let value_of = |m: Metric| metric_of(values, m);
     match &rule.kind {
         Kind::Threshold { when, sustain } => {
-            let relevant = referenced(when.list()).iter().all(|m| value_of(*m).is_some());
+            let relevant = rule.when_metrics.iter().all(|m| value_of(*m).is_some());
             let qualifies = matches_reading(when, reading);
             if !qualifies {
                 return (relevant, false, None, None);
@@ -336,14 +340,14 @@ fn judge(
             let Some(value) = value_of(*metric) else {
                 return (false, false, None, None);
             };
-            let window: Vec<&Kept> = between(reading.at - within, reading.at)
-                .filter(|k| k.metric(*metric).is_some())
-                .collect();
-            let Some(first) = window.first() else {
+            let mut window = between(reading.at - within, reading.at).filter(|k| k.metric(*metric).is_some());
+            let Some(first) = window.next() else {
                 return (true, false, None, None);
             };
             let reference = if *against_median {
-                median(window.iter().filter_map(|k| k.metric(*metric)).collect())
+                scratch.clear();
+                scratch.extend(between(reading.at - within, reading.at).filter_map(|k| k.metric(*metric)));
+                median(scratch)
             } else {
                 first.metric(*metric).expect("filtered on it")
             };
@@ -355,13 +359,14 @@ fn judge(
             let Some(value) = value_of(*metric) else {
                 return (false, false, None, None);
             };
-            let baseline: Vec<f64> = between(reading.at - days * super::rule::DAY, reading.at)
-                .filter_map(|k| k.metric(*metric))
-                .collect();
-            if baseline.len() < *min_readings {
+            scratch.clear();
+            scratch.extend(
+                between(reading.at - days * super::rule::DAY, reading.at).filter_map(|k| k.metric(*metric)),
+            );
+            if scratch.len() < *min_readings {
                 return (false, false, None, None);
             }
-            let reference = median(baseline);
+            let reference = median(scratch);
             let qualifies = change.holds(reference, value);
             (true, qualifies, qualifies.then(|| vec![cite(reading)]), Some(reference))
         }
@@ -389,7 +394,7 @@ fn sustained(candidates: &[&Kept], count: usize, within: i64, spacing: i64) -> O
     None
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+fn median(values: &mut [f64]) -> f64 {
     let middle = values.len() / 2;
     let (_, upper, _) = values.select_nth_unstable_by(middle, f64::total_cmp);
     let upper = *upper;
@@ -498,24 +503,6 @@ fn event_id(parts: &[&str]) -> String {
         hash.update([0u8]);
     }
     hex::encode(&hash.finalize()[..16])
-}
-
-/// The metrics a list of conditions reads.
-fn referenced(conditions: &[Condition]) -> Vec<Metric> {
-    let mut metrics = Vec::new();
-    for condition in conditions {
-        match condition {
-            Condition::Value(m, _, _) => metrics.push(*m),
-            Condition::Compare(a, _, b) => metrics.extend([*a, *b]),
-            _ => {}
-        }
-    }
-    for metric in metrics.clone() {
-        if matches!(metric, Metric::Map | Metric::PulsePressure) {
-            metrics.extend([Metric::Systolic, Metric::Diastolic]);
-        }
-    }
-    metrics
 }
 
 fn matches_reading(conditions: &Conditions, reading: &Reading) -> bool {
@@ -628,7 +615,7 @@ mod tests {
 
     #[test]
     fn median_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
     }
 }

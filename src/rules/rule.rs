@@ -282,6 +282,8 @@ pub struct Rule {
     pub sha256: String,
     /// The rule as written (without its tests), carried in alerts as the criteria that fired.
     pub criteria: serde_json::Value,
+    /// The metrics `when` reads: a reading without them does not bear on an open episode.
+    pub when_metrics: Vec<Metric>,
 }
 
 impl Rule {
@@ -480,7 +482,9 @@ pub fn from_document(
             map.remove(key);
         }
     }
+    let when_metrics = when.as_ref().map_or_else(Vec::new, |w| referenced(w.list()));
     Ok(Rule {
+        when_metrics,
         id: f.id,
         version: f.version,
         status: f.status,
@@ -503,6 +507,24 @@ pub fn from_document(
         sha256,
         criteria,
     })
+}
+
+/// The metrics a list of conditions reads.
+pub fn referenced(conditions: &[Condition]) -> Vec<Metric> {
+    let mut metrics = Vec::new();
+    for condition in conditions {
+        match condition {
+            Condition::Value(m, _, _) => metrics.push(*m),
+            Condition::Compare(a, _, b) => metrics.extend([*a, *b]),
+            _ => {}
+        }
+    }
+    for metric in metrics.clone() {
+        if matches!(metric, Metric::Map | Metric::PulsePressure) {
+            metrics.extend([Metric::Systolic, Metric::Diastolic]);
+        }
+    }
+    metrics
 }
 
 #[cfg(test)]
