@@ -68,6 +68,11 @@ pub enum Command {
         after_help = "Example:\n  vitalake stream --source file:samples/stream/observations.ndjson\n  EVENTHUBS_CONNECTION_STRING=... vitalake stream --source eventhubs:observations --consumer-group lake\n  vitalake stream --source file:/var/spool/bp.ndjson --follow --metrics 127.0.0.1:9464\n  gunzip -c readings.ndjson.gz | vitalake stream --source stdin --hub wearables"
     )]
     Stream(StreamArgs),
+    /// The main job on the bundled samples, end to end: the FHIR drop, the observation stream
+    /// through the default anomaly rules, the pharmacy stream, the databases if configured, the
+    /// gold tables; then a summary. Run it again: nothing is added twice.
+    #[command(after_help = "Example:\n  vitalake demo\n  vitalake demo --lake /tmp/demo-lake")]
+    Demo(DemoArgs),
     /// Run one read-only SQL query over every table of the lake (bronze.*, silver.*, gold.*).
     ///
     /// Tables are named by their path: silver/fhir/blood_pressure is silver.blood_pressure,
@@ -80,6 +85,19 @@ pub enum Command {
     /// Anomaly rules (anomaly-rules/*.yaml): check them, run their tests, backtest them on silver.
     #[command(subcommand)]
     Rules(RulesCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The samples folder (drop/ and stream/).
+    #[arg(long, value_name = "DIR", default_value = "samples")]
+    pub samples: PathBuf,
+    /// The anomaly rules.
+    #[arg(long, value_name = "DIR", default_value = "anomaly-rules")]
+    pub rules: PathBuf,
+    /// Where alerts are written (default: alerts.ndjson in a local lake's folder).
+    #[arg(long, value_name = "FILE")]
+    pub alerts: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod demo;
 pub mod fhir;
 pub mod fhirpath;
 pub mod generate;

@@ -149,6 +149,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Views(ViewsCommand::Run(args)) => views_run(&config, args).await,
         Command::Stream(args) => stream(&config, args).await,
         Command::Rules(command) => rules(&config, command).await,
+        Command::Demo(args) => {
+            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let mut ingest = IngestOptions::from_config(&config.ingest);
+            ingest.checks = profile_checks(&config)?;
+            let alerts = args.alerts.unwrap_or_else(|| {
+                lake.local_path()
+                    .unwrap_or_else(|| std::path::PathBuf::from("."))
+                    .join("alerts.ndjson")
+            });
+            let db = (!config.db.sources.is_empty()).then(|| vitalake::ingest::db::DbOptions {
+                sources: config.db.sources.clone(),
+                ..Default::default()
+            });
+            let options = vitalake::demo::DemoOptions {
+                samples: args.samples,
+                rules: args.rules,
+                alerts,
+                ingest,
+                db,
+                gold: std::path::PathBuf::from("profiles/gold"),
+            };
+            print!("{}", vitalake::demo::run(&lake, options).await?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Query(args) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
             let batches = vitalake::gold::query(&lake, &args.sql).await?;

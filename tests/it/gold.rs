@@ -171,3 +171,31 @@ async fn gold_tables_match_answers_computed_by_hand() {
         .collect();
     assert_eq!(medicine, expected);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_runs_on_a_fresh_lake_and_a_second_run_adds_nothing() {
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let demo = || {
+        let out = run_ok(
+            vitalake()
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .arg("--lake")
+                .arg(&lake_path)
+                .arg("demo"),
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = demo();
+    for expected in ["hypertensive-crisis", "Quarantine, by first reason", "gold.patient_bp_daily", "Hospital databases: skipped"] {
+        assert!(first.contains(expected), "{expected} not in:\n{first}");
+    }
+    let alerts = count(&lake, "silver/alerts").await;
+    let readings = count(&lake, "silver/fhir/blood_pressure").await;
+    assert!(alerts > 0 && readings > 0);
+    assert!(lake_path.join("alerts.ndjson").exists());
+    demo();
+    assert_eq!(count(&lake, "silver/alerts").await, alerts);
+    assert_eq!(count(&lake, "silver/fhir/blood_pressure").await, readings);
+    assert!(count(&lake, "gold/patient_clinical_summary").await > 0);
+}
