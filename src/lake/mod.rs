@@ -151,33 +151,7 @@ impl Lake {
 
     /// Relative paths of the Delta tables directly under `prefix` (e.g. `bronze/fhir`).
     pub async fn list_tables(&self, prefix: &str) -> Result<Vec<String>, LakeError> {
-        let store = self.object_store()?;
-        let prefix = prefix.trim_matches('/');
-        let listing = store
-            .list_with_delimiter(Some(&deltalake::Path::from(prefix)))
-            .await
-            .map_err(|source| LakeError::List {
-                prefix: prefix.to_string(),
-                source,
-            })?;
-        let mut tables = Vec::new();
-        for dir in listing.common_prefixes {
-            let log = dir.clone().join("_delta_log");
-            let mut entries = store.list(Some(&log));
-            if entries
-                .try_next()
-                .await
-                .map_err(|source| LakeError::List {
-                    prefix: log.to_string(),
-                    source,
-                })?
-                .is_some()
-            {
-                tables.push(dir.to_string());
-            }
-        }
-        tables.sort();
-        Ok(tables)
+        self.find_tables(prefix, 1).await
     }
 
     /// Relative paths of every Delta table under `prefix`, looking at most `depth` folders down

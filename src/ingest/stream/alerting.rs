@@ -27,6 +27,10 @@ use crate::rules::reading::{self, Reading};
 use crate::rules::{RuleSet, fingerprint};
 use crate::stream::{Event, StreamError};
 
+/// A gzipped event body larger than this once unzipped is not read for readings (the landing
+/// quarantines it by the configured resource size limit).
+const MAX_EVENT_BYTES: u64 = 64 << 20;
+
 /// An alert and its CloudEvent.
 pub type Alert = (AlertEvent, Value);
 
@@ -193,22 +197,8 @@ impl Alerting {
 /// The readings an event carries (a resource or a Bundle of them; gzip per its content encoding).
 /// Anything else gives none: decoding errors are the landing's business (quarantine).
 fn readings_of(event: &Event) -> Vec<Reading> {
-    let gzipped = event
-        .content_encoding
-        .as_deref()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
-    let body = if gzipped {
-        let mut plain = Vec::new();
-        use std::io::Read;
-        if flate2::read::GzDecoder::new(event.body.as_slice())
-            .read_to_end(&mut plain)
-            .is_err()
-        {
-            return Vec::new();
-        }
-        std::borrow::Cow::Owned(plain)
-    } else {
-        std::borrow::Cow::Borrowed(&event.body)
+    let Ok(body) = super::events::plain_body(event, MAX_EVENT_BYTES) else {
+        return Vec::new();
     };
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
         return Vec::new();

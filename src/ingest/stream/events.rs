@@ -179,6 +179,22 @@ pub fn events_from_bronze(batch: &RecordBatch) -> Vec<LandedEvent> {
 /// An event's body as FHIR resources: gunzipped per its content encoding, decoded (a Bundle gives
 /// its entries), held to the stream's resource types, then checked against the profiles. Every
 /// record's location is `line <sequence number>`, with the Bundle entry path when there is one.
+/// The event's body, gunzipped (up to `limit` bytes) if its content encoding is gzip.
+pub fn plain_body(event: &Event, limit: u64) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+    let gzipped = event
+        .content_encoding
+        .as_deref()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
+    if !gzipped {
+        return Ok(std::borrow::Cow::Borrowed(&event.body));
+    }
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(event.body.as_slice())
+        .take(limit)
+        .read_to_end(&mut plain)?;
+    Ok(std::borrow::Cow::Owned(plain))
+}
+
 pub fn decode_event(
     event: &Event,
     options: &DecodeOptions,
@@ -192,26 +208,15 @@ pub fn decode_event(
             issue,
         ))]
     };
-    let gzipped = event
-        .content_encoding
-        .as_deref()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gzip"));
-    let body = if gzipped {
-        let mut plain = Vec::new();
-        let limit = options.max_resource_bytes as u64 + 1;
-        if let Err(e) = flate2::read::GzDecoder::new(event.body.as_slice())
-            .take(limit)
-            .read_to_end(&mut plain)
-        {
+    let body = match plain_body(event, options.max_resource_bytes as u64 + 1) {
+        Ok(body) => body.into_owned(),
+        Err(e) => {
             return reject(Issue::error(
                 "encoding",
                 "$",
                 format!("content-encoding is gzip but the body does not gunzip: {e}"),
             ));
         }
-        plain
-    } else {
-        event.body.clone()
     };
     let text = match String::from_utf8(body) {
         Ok(text) => text,
