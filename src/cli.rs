@@ -65,7 +65,7 @@ pub enum Command {
     /// skips what it already landed and finishes a batch a crash interrupted. Ctrl-C or SIGTERM
     /// lands the current batch, then stops.
     #[command(
-        after_help = "Example:\n  vitalake stream --source file:samples/stream/observations.ndjson\n  EVENTHUBS_CONNECTION_STRING=... vitalake stream --source eventhubs:observations --consumer-group lake\n  vitalake stream --source file:/var/spool/bp.ndjson --follow --metrics 127.0.0.1:9464\n  gunzip -c readings.ndjson.gz | vitalake stream --source stdin --hub wearables"
+        after_help = "Example:\n  vitalake stream --source file:samples/stream/observations.ndjson\n  vitalake stream --source file:samples/stream/observations.ndjson --rules anomaly-rules --alerts file:alerts.ndjson\n  EVENTHUBS_CONNECTION_STRING=... vitalake stream --source eventhubs:observations --consumer-group lake\n  vitalake stream --source file:/var/spool/bp.ndjson --follow --metrics 127.0.0.1:9464\n  gunzip -c readings.ndjson.gz | vitalake stream --source stdin --hub wearables"
     )]
     Stream(StreamArgs),
     /// The main job on the bundled samples, end to end: the FHIR drop, the observation stream

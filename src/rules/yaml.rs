@@ -97,7 +97,7 @@ impl MarkedEventReceiver for Builder {
             return;
         }
         match event {
-            Event::Scalar(text, style, _, _) if self.expects_key() => {
+            Event::Scalar(text, _, _, _) if self.expects_key() => {
                 let line = mark.line();
                 if let Some((Open::Mapping(map, key), pointer)) = self.stack.last_mut() {
                     if map.contains_key(&text) {
@@ -105,7 +105,6 @@ impl MarkedEventReceiver for Builder {
                     }
                     *key = Some(text);
                 }
-                let _ = style;
             }
             Event::Scalar(text, style, _, _) => {
                 self.lines.insert(self.next_pointer(), mark.line());
