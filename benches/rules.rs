@@ -28,7 +28,10 @@ use vitalake::rules::evaluate::{Evaluator, Options};
 use vitalake::rules::{Reading, RuleSet};
 
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn rss_kb() -> u64 {
@@ -38,8 +41,11 @@ fn rss_kb() -> u64 {
 }
 
 fn rules() -> RuleSet {
-    RuleSet::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/anomaly-rules")))
-        .unwrap_or_else(|p| panic!("{p}"))
+    RuleSet::load_dir(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/anomaly-rules"
+    )))
+    .unwrap_or_else(|p| panic!("{p}"))
 }
 
 fn throughput() {
@@ -59,7 +65,9 @@ fn throughput() {
             let at = start + round as i64 * spacing + (p as i64 * 7_919) % spacing;
             // About 1 patient in 20 is hypertensive; a few readings are very high or low.
             let base = if p % 20 == 0 { 150.0 } else { 122.0 };
-            let systolic: f64 = base + rng.random_range(-12.0..12.0) + if rng.random_ratio(1, 2000) { 70.0 } else { 0.0 };
+            let systolic: f64 = base
+                + rng.random_range(-12.0..12.0)
+                + if rng.random_ratio(1, 2000) { 70.0 } else { 0.0 };
             let diastolic: f64 = systolic * 0.62 + rng.random_range(-5.0..5.0);
             let reading = Reading {
                 patient: patient.clone(),
@@ -110,7 +118,9 @@ fn latency() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vitalake"))
         .arg("--lake")
         .arg(lake.path())
-        .args(["stream", "--source", "stdin", "--alerts", "stdout", "--rules"])
+        .args([
+            "stream", "--source", "stdin", "--alerts", "stdout", "--rules",
+        ])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/anomaly-rules"))
         .env("VITALAKE_VALIDATE_ENABLED", "true")
         .stdin(Stdio::piped())
@@ -124,13 +134,23 @@ fn latency() {
     let reader = std::thread::spawn(move || {
         let mut latencies = Vec::new();
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            if event["type"] != "org.vitalake.bp.alert.raised.v1" || event["data"]["rule"]["id"] != "hypertensive-crisis" {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["type"] != "org.vitalake.bp.alert.raised.v1"
+                || event["data"]["rule"]["id"] != "hypertensive-crisis"
+            {
                 continue;
             }
             let received = Instant::now();
-            let confirming = event["data"]["observations"][1]["reference"].as_str().unwrap_or_default();
-            if let Some(sent) = seen.lock().unwrap().get(confirming.trim_start_matches("Observation/")) {
+            let confirming = event["data"]["observations"][1]["reference"]
+                .as_str()
+                .unwrap_or_default();
+            if let Some(sent) = seen
+                .lock()
+                .unwrap()
+                .get(confirming.trim_start_matches("Observation/"))
+            {
                 latencies.push(received.duration_since(*sent));
             }
         }
@@ -146,7 +166,11 @@ fn latency() {
         let round = i / 2_000;
         let minute = round * 4;
         let crisis = (i % 2_000) % 50 == 0 && round % 10 == 1;
-        let (s, d) = if crisis || ((i % 2_000) % 50 == 0 && round % 10 == 0) { (195, 112) } else { (118 + (i % 13) as u32, 76) };
+        let (s, d) = if crisis || ((i % 2_000) % 50 == 0 && round % 10 == 0) {
+            (195, 112)
+        } else {
+            (118 + (i % 13) as u32, 76)
+        };
         let id = format!("o-{i}");
         let line = bp_event(&patient, &id, minute, s, d);
         let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
@@ -168,7 +192,8 @@ fn latency() {
     assert!(status.success());
     let mut latencies = reader.join().unwrap();
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+    let pct =
+        |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
     println!(
         "alert latency at {rate} events/s for {secs} s ({total} events sent in {send_secs:.1} s): {} of {crises} crises alerted; p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         latencies.len(),

@@ -190,7 +190,12 @@ pub struct StreamArgs {
     pub rules: Option<PathBuf>,
     /// Where alerts go, besides silver/alerts: `stdout`, `file:PATH` (CloudEvents, one per line),
     /// or `eventhubs:HUB`.
-    #[arg(long, value_name = "SINK", default_value = "stdout", requires = "rules")]
+    #[arg(
+        long,
+        value_name = "SINK",
+        default_value = "stdout",
+        requires = "rules"
+    )]
     pub alerts: String,
     /// How late (in effective time) a reading may arrive and still be evaluated in order; later
     /// ones are evaluated as backfill: recorded, never sent.

@@ -89,8 +89,16 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
     let observations = sample(&options, "stream/observations.ndjson")?;
     let pharmacy = sample(&options, "stream/pharmacy.ndjson")?;
 
-    let spec = |path: &Path| SourceSpec::File { path: path.display().to_string(), follow: false };
-    let stream = run_stream(lake, spec(&observations), stream_options("observations", &options, true)).await?;
+    let spec = |path: &Path| SourceSpec::File {
+        path: path.display().to_string(),
+        follow: false,
+    };
+    let stream = run_stream(
+        lake,
+        spec(&observations),
+        stream_options("observations", &options, true),
+    )
+    .await?;
     writeln!(
         out,
         "1. Observation stream {}: {} events ({} already landed), {} quarantined, {} alert events (sent alerts in {})",
@@ -101,7 +109,9 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
         stream.alerts,
         options.alerts.display()
     )?;
-    let report = crate::ingest::ingest_fhir(lake, &[drop.display().to_string()], options.ingest.clone()).await?;
+    let report =
+        crate::ingest::ingest_fhir(lake, &[drop.display().to_string()], options.ingest.clone())
+            .await?;
     writeln!(
         out,
         "2. FHIR drop {}: {} files read, {} resources to bronze, {} records quarantined, {} files already ingested",
@@ -111,13 +121,27 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
         report.quarantine_rows,
         report.stats.files_skipped.len()
     )?;
-    let dispenses = run_stream(lake, spec(&pharmacy), stream_options("pharmacy", &options, false)).await?;
-    writeln!(out, "3. Pharmacy stream {}: {} events", pharmacy.display(), dispenses.events)?;
+    let dispenses = run_stream(
+        lake,
+        spec(&pharmacy),
+        stream_options("pharmacy", &options, false),
+    )
+    .await?;
+    writeln!(
+        out,
+        "3. Pharmacy stream {}: {} events",
+        pharmacy.display(),
+        dispenses.events
+    )?;
     match &options.db {
         Some(db) => {
             let report = crate::ingest::db::ingest_db(lake, db).await?;
             let tables: usize = report.sources.iter().map(|s| s.tables.len()).sum();
-            writeln!(out, "4. Hospital databases: {} sources, {tables} tables", report.sources.len())?;
+            writeln!(
+                out,
+                "4. Hospital databases: {} sources, {tables} tables",
+                report.sources.len()
+            )?;
         }
         None => writeln!(
             out,
@@ -140,20 +164,36 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
 
     let ctx = crate::gold::catalog::session(lake).await?;
     let names: Vec<RecordBatch> = ctx
-        .sql("SELECT table_schema || '.' || table_name AS t FROM information_schema.tables \
-              WHERE table_schema IN ('bronze', 'silver', 'gold') ORDER BY 1")
+        .sql(
+            "SELECT table_schema || '.' || table_name AS t FROM information_schema.tables \
+              WHERE table_schema IN ('bronze', 'silver', 'gold') ORDER BY 1",
+        )
         .await?
         .collect()
         .await?;
     let mut counts = Vec::new();
     for batch in &names {
-        let column = deltalake::arrow::compute::cast(batch.column(0), &deltalake::arrow::datatypes::DataType::Utf8)?;
-        let column = column.as_any().downcast_ref::<deltalake::arrow::array::StringArray>().expect("text");
+        let column = deltalake::arrow::compute::cast(
+            batch.column(0),
+            &deltalake::arrow::datatypes::DataType::Utf8,
+        )?;
+        let column = column
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::StringArray>()
+            .expect("text");
         for name in column.iter().flatten() {
-            let n: Vec<RecordBatch> = ctx.sql(&format!("SELECT count(*) FROM {name}")).await?.collect().await?;
+            let n: Vec<RecordBatch> = ctx
+                .sql(&format!("SELECT count(*) FROM {name}"))
+                .await?
+                .collect()
+                .await?;
             let rows = n
                 .first()
-                .and_then(|b| b.column(0).as_any().downcast_ref::<deltalake::arrow::array::Int64Array>())
+                .and_then(|b| {
+                    b.column(0)
+                        .as_any()
+                        .downcast_ref::<deltalake::arrow::array::Int64Array>()
+                })
                 .map_or(0, |a| a.value(0));
             counts.push(format!("  {name:<44} {rows:>8}"));
         }

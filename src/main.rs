@@ -193,7 +193,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
             let tables = vitalake::gold::refresh::definitions(&args.definitions)
                 .with_context(|| format!("reading {}", args.definitions.display()))?;
-            let report = vitalake::gold::refresh::refresh(&lake, &tables, args.name.as_deref()).await?;
+            let report =
+                vitalake::gold::refresh::refresh(&lake, &tables, args.name.as_deref()).await?;
             print_report(&report, args.json, true)
         }
         Command::Refresh(RefreshCommand::Silver(args)) => {
@@ -313,7 +314,9 @@ fn write_rows(
                 .with_context(|| format!("creating {}", path.display()))?;
             vitalake::views::output::write(batches, format, &mut file, Some(path))?;
         }
-        None => vitalake::views::output::write(batches, format, &mut std::io::stdout().lock(), None)?,
+        None => {
+            vitalake::views::output::write(batches, format, &mut std::io::stdout().lock(), None)?
+        }
     }
     Ok(())
 }
@@ -440,7 +443,11 @@ async fn rules(config: &Config, command: cli::RulesCommand) -> anyhow::Result<Ex
     use vitalake::rules::{RuleSet, backtest, cases};
     let load = |dir: &std::path::Path| {
         RuleSet::load_dir(dir).map_err(|problems| {
-            anyhow::anyhow!("{} problem(s) in {}:\n{problems}", problems.0.len(), dir.display())
+            anyhow::anyhow!(
+                "{} problem(s) in {}:\n{problems}",
+                problems.0.len(),
+                dir.display()
+            )
         })
     };
     match command {
@@ -450,7 +457,11 @@ async fn rules(config: &Config, command: cli::RulesCommand) -> anyhow::Result<Ex
         }
         cli::RulesCommand::Check(args) => match RuleSet::load_dir(&args.dir) {
             Ok(set) => {
-                println!("{}: {} rules, all valid", args.dir.display(), set.rules.len());
+                println!(
+                    "{}: {} rules, all valid",
+                    args.dir.display(),
+                    set.rules.len()
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Err(problems) => {
@@ -466,8 +477,16 @@ async fn rules(config: &Config, command: cli::RulesCommand) -> anyhow::Result<Ex
                 println!("{outcome}");
             }
             let failed = outcomes.iter().filter(|o| o.failure.is_some()).count();
-            println!("{} tests: {} passed, {failed} failed", outcomes.len(), outcomes.len() - failed);
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            println!(
+                "{} tests: {} passed, {failed} failed",
+                outcomes.len(),
+                outcomes.len() - failed
+            );
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         cli::RulesCommand::Backtest(args) => {
             let set = load(&args.rules)?;

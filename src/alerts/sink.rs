@@ -17,8 +17,14 @@ use crate::stream::event_hubs::{EventHubsOptions, producer};
 
 pub enum Sink {
     Stdout,
-    File { path: PathBuf, file: Mutex<std::fs::File> },
-    EventHubs { hub: String, client: ProducerClient },
+    File {
+        path: PathBuf,
+        file: Mutex<std::fs::File>,
+    },
+    EventHubs {
+        hub: String,
+        client: ProducerClient,
+    },
 }
 
 impl Sink {
@@ -43,12 +49,18 @@ impl Sink {
                     path: path.display().to_string(),
                     source,
                 })?;
-            return Ok(Sink::File { path, file: Mutex::new(file) });
+            return Ok(Sink::File {
+                path,
+                file: Mutex::new(file),
+            });
         }
         if let Some(hub) = spec.strip_prefix("eventhubs:") {
             let options = EventHubsOptions::from_env(hub, "$Default")?;
             let client = producer(&options).await?;
-            return Ok(Sink::EventHubs { hub: hub.to_string(), client });
+            return Ok(Sink::EventHubs {
+                hub: hub.to_string(),
+                client,
+            });
         }
         Err(StreamError::BadSink(spec.to_string()))
     }
@@ -76,7 +88,10 @@ impl Sink {
                 let mut file = file.lock().expect("alert file lock");
                 file.write_all(text.as_bytes())
                     .and_then(|()| file.flush())
-                    .map_err(|source| StreamError::Read { path: path.display().to_string(), source })
+                    .map_err(|source| StreamError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    })
             }
             Sink::EventHubs { hub, client } => send_to_hub(hub, client, events).await,
         }
@@ -92,7 +107,11 @@ impl Sink {
 }
 
 /// One batch per patient, so that a patient's alerts keep their order on one partition.
-async fn send_to_hub(hub: &str, client: &ProducerClient, events: &[(String, Value)]) -> Result<(), StreamError> {
+async fn send_to_hub(
+    hub: &str,
+    client: &ProducerClient,
+    events: &[(String, Value)],
+) -> Result<(), StreamError> {
     let failed = |e: azure_messaging_eventhubs::EventHubsError| {
         StreamError::EventHubs(format!("sending alerts to {hub}: {e}"))
     };

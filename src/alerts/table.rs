@@ -46,7 +46,9 @@ pub static ALERTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// The rows of `alerts` (with their CloudEvents), from `source` (the stream they came from).
 pub fn alert_rows(alerts: &[(AlertEvent, serde_json::Value)], source: &str) -> RecordBatch {
     let strings = |f: &dyn Fn(&AlertEvent, &serde_json::Value) -> String| -> ArrayRef {
-        Arc::new(StringArray::from_iter_values(alerts.iter().map(|(a, e)| f(a, e))))
+        Arc::new(StringArray::from_iter_values(
+            alerts.iter().map(|(a, e)| f(a, e)),
+        ))
     };
     let times = |f: &dyn Fn(&AlertEvent) -> i64| -> ArrayRef {
         Arc::new(
@@ -58,14 +60,18 @@ pub fn alert_rows(alerts: &[(AlertEvent, serde_json::Value)], source: &str) -> R
         strings(&|a, _| a.id.clone()),
         strings(&|a, _| super::event_type(a.transition)),
         strings(&|a, _| a.rule.id.clone()),
-        Arc::new(Int64Array::from_iter_values(alerts.iter().map(|(a, _)| a.rule.version))),
+        Arc::new(Int64Array::from_iter_values(
+            alerts.iter().map(|(a, _)| a.rule.version),
+        )),
         strings(&|a, _| a.rule.sha256.clone()),
         strings(&|a, _| a.rule.severity.name().to_string()),
         strings(&|a, _| a.transition.name().to_string()),
         strings(&|a, _| a.delivery.name().to_string()),
         strings(&|a, _| a.patient.clone()),
         strings(&|a, _| a.episode_id.clone()),
-        Arc::new(Int32Array::from_iter_values(alerts.iter().map(|(a, _)| a.notification as i32))),
+        Arc::new(Int32Array::from_iter_values(
+            alerts.iter().map(|(a, _)| a.notification as i32),
+        )),
         times(&|a| a.episode_start),
         times(&|a| a.effective_time),
         times(&|a| a.detected_at),
@@ -85,7 +91,9 @@ pub async fn append(lake: &Lake, rows: RecordBatch) -> Result<(), LakeError> {
         return Ok(());
     }
     let table = lake.table(ALERTS_TABLE).await?;
-    AppendBuilder::new(table, ALERTS_TABLE, vec![rows]).execute().await?;
+    AppendBuilder::new(table, ALERTS_TABLE, vec![rows])
+        .execute()
+        .await?;
     Ok(())
 }
 
@@ -102,7 +110,13 @@ pub async fn recorded_ids(lake: &Lake, since: i64) -> Result<HashSet<String>, La
     for batch in crate::lake::read::query(&table, ALERTS_TABLE, &sql).await? {
         let column = deltalake::arrow::compute::cast(batch.column(0), &DataType::Utf8)
             .expect("a string column casts to Utf8");
-        ids.extend(column.as_string::<i32>().iter().flatten().map(str::to_string));
+        ids.extend(
+            column
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::to_string),
+        );
     }
     Ok(ids)
 }

@@ -27,21 +27,30 @@ pub fn sql_name(path: &str) -> Option<(String, String)> {
         return None;
     }
     let rest = rest.strip_prefix("fhir/").unwrap_or(rest);
-    Some((layer.to_string(), rest.replace(['/', '-', '.'], "_").to_lowercase()))
+    Some((
+        layer.to_string(),
+        rest.replace(['/', '-', '.'], "_").to_lowercase(),
+    ))
 }
 
 /// A session with every lake table registered under its SQL name.
 pub async fn session(lake: &Lake) -> Result<SessionContext, LakeError> {
     // With `information_schema`, so that `SHOW TABLES` and catalogue look-ups work.
     let ctx = SessionContext::new_with_config(read::session_config().with_information_schema(true));
-    let catalog = ctx.catalog("datafusion").expect("the default catalogue exists");
+    let catalog = ctx
+        .catalog("datafusion")
+        .expect("the default catalogue exists");
     for layer in LAYERS {
         catalog
             .register_schema(layer, Arc::new(MemorySchemaProvider::new()))
             .expect("a memory schema registers");
         for path in lake.find_tables(layer, 4).await? {
-            let Some((schema, name)) = sql_name(&path) else { continue };
-            let Some(table) = lake.existing_table(&path).await? else { continue };
+            let Some((schema, name)) = sql_name(&path) else {
+                continue;
+            };
+            let Some(table) = lake.existing_table(&path).await? else {
+                continue;
+            };
             read::register(&ctx, &table, &path, &format!("{schema}.{name}")).await?;
         }
     }
@@ -62,10 +71,19 @@ mod tests {
     #[test]
     fn table_paths_become_sql_names() {
         let name = |p| sql_name(p).map(|(s, t)| format!("{s}.{t}"));
-        assert_eq!(name("silver/fhir/blood_pressure").unwrap(), "silver.blood_pressure");
+        assert_eq!(
+            name("silver/fhir/blood_pressure").unwrap(),
+            "silver.blood_pressure"
+        );
         assert_eq!(name("bronze/fhir/Patient").unwrap(), "bronze.patient");
-        assert_eq!(name("silver/ikhospital/doctors").unwrap(), "silver.ikhospital_doctors");
-        assert_eq!(name("bronze/mysql/ikhospital/doctors").unwrap(), "bronze.mysql_ikhospital_doctors");
+        assert_eq!(
+            name("silver/ikhospital/doctors").unwrap(),
+            "silver.ikhospital_doctors"
+        );
+        assert_eq!(
+            name("bronze/mysql/ikhospital/doctors").unwrap(),
+            "bronze.mysql_ikhospital_doctors"
+        );
         assert_eq!(name("_checkpoints/x"), None);
     }
 }

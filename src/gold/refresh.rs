@@ -16,10 +16,22 @@ use crate::lake::{AppendBuilder, Lake};
 
 /// The gold tables shipped with vitalake, used when the configured folder does not exist.
 const BUILT_IN: [(&str, &str); 4] = [
-    ("alerts_daily", include_str!("../../profiles/gold/alerts_daily.sql")),
-    ("medicine_distribution_daily", include_str!("../../profiles/gold/medicine_distribution_daily.sql")),
-    ("patient_bp_daily", include_str!("../../profiles/gold/patient_bp_daily.sql")),
-    ("patient_clinical_summary", include_str!("../../profiles/gold/patient_clinical_summary.sql")),
+    (
+        "alerts_daily",
+        include_str!("../../profiles/gold/alerts_daily.sql"),
+    ),
+    (
+        "medicine_distribution_daily",
+        include_str!("../../profiles/gold/medicine_distribution_daily.sql"),
+    ),
+    (
+        "patient_bp_daily",
+        include_str!("../../profiles/gold/patient_bp_daily.sql"),
+    ),
+    (
+        "patient_clinical_summary",
+        include_str!("../../profiles/gold/patient_clinical_summary.sql"),
+    ),
 ];
 
 pub struct GoldTable {
@@ -32,7 +44,10 @@ pub fn definitions(dir: &Path) -> std::io::Result<Vec<GoldTable>> {
     if !dir.exists() {
         return Ok(BUILT_IN
             .iter()
-            .map(|(name, sql)| GoldTable { name: name.to_string(), sql: sql.to_string() })
+            .map(|(name, sql)| GoldTable {
+                name: name.to_string(),
+                sql: sql.to_string(),
+            })
             .collect());
     }
     let mut tables = Vec::new();
@@ -41,7 +56,10 @@ pub fn definitions(dir: &Path) -> std::io::Result<Vec<GoldTable>> {
         if path.extension().is_some_and(|e| e == "sql")
             && let Some(name) = path.file_stem().and_then(|s| s.to_str())
         {
-            tables.push(GoldTable { name: name.to_string(), sql: std::fs::read_to_string(&path)? });
+            tables.push(GoldTable {
+                name: name.to_string(),
+                sql: std::fs::read_to_string(&path)?,
+            });
         }
     }
     tables.sort_by(|a, b| a.name.cmp(&b.name));
@@ -75,7 +93,11 @@ impl std::fmt::Display for GoldReport {
 }
 
 /// Refreshes every table of `tables` (or only `only`).
-pub async fn refresh(lake: &Lake, tables: &[GoldTable], only: Option<&str>) -> Result<GoldReport, GoldError> {
+pub async fn refresh(
+    lake: &Lake,
+    tables: &[GoldTable],
+    only: Option<&str>,
+) -> Result<GoldReport, GoldError> {
     let ctx = catalog::session(lake).await?;
     let mut report = GoldReport::default();
     for table in tables.iter().filter(|t| only.is_none_or(|o| o == t.name)) {

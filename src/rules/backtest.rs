@@ -6,9 +6,9 @@ use std::fmt;
 
 use serde::Serialize;
 
+use super::RuleSet;
 use super::evaluate::{Delivery, Evaluator, Options, Transition};
 use super::reading::from_silver;
-use super::RuleSet;
 use crate::lake::{Lake, LakeError};
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -36,7 +36,12 @@ pub struct Backtest {
 }
 
 /// Replays the readings of the last `since` milliseconds (before `now`).
-pub async fn run(lake: &Lake, rules: &RuleSet, since: i64, now: i64) -> Result<Backtest, LakeError> {
+pub async fn run(
+    lake: &Lake,
+    rules: &RuleSet,
+    since: i64,
+    now: i64,
+) -> Result<Backtest, LakeError> {
     let readings = from_silver(lake, now - since).await?;
     let mut evaluator = Evaluator::new(rules, Options::default());
     let mut figures: BTreeMap<String, (RuleFigures, HashSet<String>)> = rules
@@ -54,7 +59,10 @@ pub async fn run(lake: &Lake, rules: &RuleSet, since: i64, now: i64) -> Result<B
         .collect();
     let mut patient_days = HashSet::new();
     for reading in &readings {
-        patient_days.insert((reading.patient.as_str(), reading.at.div_euclid(super::rule::DAY)));
+        patient_days.insert((
+            reading.patient.as_str(),
+            reading.at.div_euclid(super::rule::DAY),
+        ));
         for event in evaluator.evaluate(reading, now) {
             let (f, patients) = figures.get_mut(&event.rule.id).expect("a rule of the set");
             match (event.transition, event.delivery) {
@@ -77,7 +85,8 @@ pub async fn run(lake: &Lake, rules: &RuleSet, since: i64, now: i64) -> Result<B
             .into_values()
             .map(|(mut f, patients)| {
                 f.patients = patients.len() as u64;
-                f.alerts_per_patient_day = (f.raised + f.raised_not_sent) as f64 / days.max(1) as f64;
+                f.alerts_per_patient_day =
+                    (f.raised + f.raised_not_sent) as f64 / days.max(1) as f64;
                 f
             })
             .collect(),
@@ -94,13 +103,28 @@ impl fmt::Display for Backtest {
         writeln!(
             f,
             "{:<34} {:<8} {:<8} {:>6} {:>8} {:>6} {:>8} {:>8} {:>9}",
-            "rule", "status", "severity", "raised", "not sent", "renot.", "resolved", "patients", "per pt-day"
+            "rule",
+            "status",
+            "severity",
+            "raised",
+            "not sent",
+            "renot.",
+            "resolved",
+            "patients",
+            "per pt-day"
         )?;
         for r in &self.rules {
             writeln!(
                 f,
                 "{:<34} {:<8} {:<8} {:>6} {:>8} {:>6} {:>8} {:>8} {:>9.4}",
-                r.rule, r.status, r.severity, r.raised, r.raised_not_sent, r.renotified, r.resolved, r.patients,
+                r.rule,
+                r.status,
+                r.severity,
+                r.raised,
+                r.raised_not_sent,
+                r.renotified,
+                r.resolved,
+                r.patients,
                 r.alerts_per_patient_day
             )?;
         }

@@ -6,10 +6,10 @@
 
 use std::fmt;
 
+use super::RuleSet;
 use super::evaluate::{Evaluator, Options};
 use super::reading::Reading;
 use super::rule::{Rule, duration_millis};
-use super::RuleSet;
 
 /// The instant a test's durations count from.
 const TEST_START: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -26,7 +26,11 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.failure {
             None => write!(f, "ok    {} / {}", self.rule, self.test),
-            Some(why) => write!(f, "FAIL  {} / {} ({})\n      {why}", self.rule, self.test, self.file),
+            Some(why) => write!(
+                f,
+                "FAIL  {} / {} ({})\n      {why}",
+                self.rule, self.test, self.file
+            ),
         }
     }
 }
@@ -124,15 +128,22 @@ mod tests {
     use super::*;
 
     fn shipped() -> RuleSet {
-        RuleSet::load_dir(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/anomaly-rules")))
-            .unwrap_or_else(|p| panic!("{p}"))
+        RuleSet::load_dir(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/anomaly-rules"
+        )))
+        .unwrap_or_else(|p| panic!("{p}"))
     }
 
     #[test]
     fn the_shipped_rules_pass_their_own_tests() {
         let outcomes = run_all(&shipped());
         assert!(outcomes.len() >= 20, "the shipped rules carry their tests");
-        let failed: Vec<String> = outcomes.iter().filter(|o| o.failure.is_some()).map(|o| o.to_string()).collect();
+        let failed: Vec<String> = outcomes
+            .iter()
+            .filter(|o| o.failure.is_some())
+            .map(|o| o.to_string())
+            .collect();
         assert!(failed.is_empty(), "{}", failed.join("\n"));
     }
 

@@ -17,9 +17,9 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use super::RuleSet;
 use super::reading::Reading;
 use super::rule::{Condition, Conditions, Kind, Metric, Rule, Status};
-use super::RuleSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -105,7 +105,11 @@ struct Kept {
 /// A reading's systolic, diastolic and heart rate as kept (NaN when absent).
 fn values_of(reading: &Reading) -> [f32; 3] {
     let f = |v: Option<f64>| v.map_or(f32::NAN, |v| v as f32);
-    [f(reading.systolic), f(reading.diastolic), f(reading.heart_rate)]
+    [
+        f(reading.systolic),
+        f(reading.diastolic),
+        f(reading.heart_rate),
+    ]
 }
 
 impl Kept {
@@ -181,7 +185,9 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { lateness: 5 * super::rule::MINUTE }
+        Options {
+            lateness: 5 * super::rule::MINUTE,
+        }
     }
 }
 
@@ -240,12 +246,27 @@ impl Evaluator {
         let mut events = Vec::new();
         let mut implausible = false;
         for rule in self.rules.iter().filter(|r| !r.is_clinical()) {
-            let Kind::DataQuality { when } = &rule.kind else { unreachable!() };
+            let Kind::DataQuality { when } = &rule.kind else {
+                unreachable!()
+            };
             let qualifies = matches_reading(when, reading);
             implausible |= qualifies && rule.status == Status::Active;
-            let relevant = rule.when_metrics.iter().any(|m| metric_of(&values, *m).is_some());
+            let relevant = rule
+                .when_metrics
+                .iter()
+                .any(|m| metric_of(&values, *m).is_some());
             let trigger = qualifies.then(|| vec![cite(reading)]);
-            step(state, rule, reading, relevant, qualifies, trigger, None, now, &mut events);
+            step(
+                state,
+                rule,
+                reading,
+                relevant,
+                qualifies,
+                trigger,
+                None,
+                now,
+                &mut events,
+            );
         }
         if !implausible {
             let position = state.readings.partition_point(|k| k.at <= reading.at);
@@ -257,9 +278,25 @@ impl Evaluator {
                     .iter()
                     .find(|(id, _)| **id == *rule.id)
                     .map_or(i64::MIN, |(_, t)| *t);
-                let (relevant, qualifies, trigger, reference) =
-                    judge(rule, &state.readings, &values, reading, after, &mut self.scratch);
-                step(state, rule, reading, relevant, qualifies, trigger, reference, now, &mut events);
+                let (relevant, qualifies, trigger, reference) = judge(
+                    rule,
+                    &state.readings,
+                    &values,
+                    reading,
+                    after,
+                    &mut self.scratch,
+                );
+                step(
+                    state,
+                    rule,
+                    reading,
+                    relevant,
+                    qualifies,
+                    trigger,
+                    reference,
+                    now,
+                    &mut events,
+                );
             }
         }
         for event in &mut events {
@@ -328,25 +365,34 @@ fn judge(
             let trigger = match sustain {
                 None => Some(vec![cite(reading)]),
                 Some(s) => {
-                    let candidates: Vec<&Kept> = between(reading.at - s.within, reading.at + s.within + 1)
-                        .filter(|k| k.at > after && matches_kept(when, k))
-                        .collect();
+                    let candidates: Vec<&Kept> =
+                        between(reading.at - s.within, reading.at + s.within + 1)
+                            .filter(|k| k.at > after && matches_kept(when, k))
+                            .collect();
                     sustained(&candidates, s.readings, s.within, s.min_spacing)
                 }
             };
             (relevant, qualifies, trigger, None)
         }
-        Kind::RateOfChange { metric, change, within, against_median } => {
+        Kind::RateOfChange {
+            metric,
+            change,
+            within,
+            against_median,
+        } => {
             let Some(value) = value_of(*metric) else {
                 return (false, false, None, None);
             };
-            let mut window = between(reading.at - within, reading.at).filter(|k| k.metric(*metric).is_some());
+            let mut window =
+                between(reading.at - within, reading.at).filter(|k| k.metric(*metric).is_some());
             let Some(first) = window.next() else {
                 return (true, false, None, None);
             };
             let reference = if *against_median {
                 scratch.clear();
-                scratch.extend(between(reading.at - within, reading.at).filter_map(|k| k.metric(*metric)));
+                scratch.extend(
+                    between(reading.at - within, reading.at).filter_map(|k| k.metric(*metric)),
+                );
                 median(scratch)
             } else {
                 first.metric(*metric).expect("filtered on it")
@@ -355,20 +401,31 @@ fn judge(
             let trigger = qualifies.then(|| vec![first.cited(), cite(reading)]);
             (true, qualifies, trigger, Some(reference))
         }
-        Kind::BaselineDeviation { metric, change, days, min_readings } => {
+        Kind::BaselineDeviation {
+            metric,
+            change,
+            days,
+            min_readings,
+        } => {
             let Some(value) = value_of(*metric) else {
                 return (false, false, None, None);
             };
             scratch.clear();
             scratch.extend(
-                between(reading.at - days * super::rule::DAY, reading.at).filter_map(|k| k.metric(*metric)),
+                between(reading.at - days * super::rule::DAY, reading.at)
+                    .filter_map(|k| k.metric(*metric)),
             );
             if scratch.len() < *min_readings {
                 return (false, false, None, None);
             }
             let reference = median(scratch);
             let qualifies = change.holds(reference, value);
-            (true, qualifies, qualifies.then(|| vec![cite(reading)]), Some(reference))
+            (
+                true,
+                qualifies,
+                qualifies.then(|| vec![cite(reading)]),
+                Some(reference),
+            )
         }
         Kind::DataQuality { .. } => unreachable!("data-quality rules are judged apart"),
     }
@@ -419,7 +476,11 @@ fn step(
     now: i64,
     events: &mut Vec<AlertEvent>,
 ) {
-    let device = if rule.dedup_by_device { reading.device.as_deref() } else { None };
+    let device = if rule.dedup_by_device {
+        reading.device.as_deref()
+    } else {
+        None
+    };
     let event = |transition, id: String, episode: &Episode, observations| AlertEvent {
         id,
         rule: rule.clone(),
@@ -453,7 +514,8 @@ fn step(
                 if episode.clear_streak >= rule.clear.readings {
                     let episode = state.episodes.remove(index);
                     let id = event_id(&[&episode.id, "resolved"]);
-                    let mut resolved = event(Transition::Resolved, id, &episode, vec![cite(reading)]);
+                    let mut resolved =
+                        event(Transition::Resolved, id, &episode, vec![cite(reading)]);
                     if !episode.delivered {
                         // Nobody was told of the episode, so nobody is told it ended.
                         resolved.delivery = Delivery::Shadow;
@@ -470,7 +532,11 @@ fn step(
                 if qualifies && due {
                     episode.notifications += 1;
                     episode.last_notified = reading.at;
-                    let id = event_id(&[&episode.id, "renotified", &episode.notifications.to_string()]);
+                    let id = event_id(&[
+                        &episode.id,
+                        "renotified",
+                        &episode.notifications.to_string(),
+                    ]);
                     let cited = trigger.unwrap_or_else(|| vec![cite(reading)]);
                     events.push(event(Transition::Renotified, id, episode, cited));
                 }
@@ -482,14 +548,24 @@ fn step(
             let episode = Episode {
                 rule: rule.id.as_str().into(),
                 device: device.map(Into::into),
-                id: event_id(&[&rule.id, &reading.patient, device.unwrap_or(""), &start.to_string()]),
+                id: event_id(&[
+                    &rule.id,
+                    &reading.patient,
+                    device.unwrap_or(""),
+                    &start.to_string(),
+                ]),
                 start,
                 last_notified: reading.at,
                 notifications: 0,
                 clear_streak: 0,
                 delivered: false,
             };
-            events.push(event(Transition::Raised, episode.id.clone(), &episode, cited));
+            events.push(event(
+                Transition::Raised,
+                episode.id.clone(),
+                &episode,
+                cited,
+            ));
             state.episodes.push(episode);
         }
     }
@@ -514,7 +590,11 @@ fn matches_reading(conditions: &Conditions, reading: &Reading) -> bool {
             .is_some_and(|unit| (unit == code) == *equal),
         Condition::Future { inclusive, millis } => reading.received_at.is_some_and(|received| {
             let ahead = reading.at - received;
-            if *inclusive { ahead >= *millis } else { ahead > *millis }
+            if *inclusive {
+                ahead >= *millis
+            } else {
+                ahead > *millis
+            }
         }),
         other => holds(other, &values),
     };
@@ -555,7 +635,11 @@ mod tests {
             rules: files
                 .iter()
                 .enumerate()
-                .map(|(i, text)| Arc::new(super::super::parse_rule(&format!("r{i}.yaml"), text.as_bytes()).unwrap()))
+                .map(|(i, text)| {
+                    Arc::new(
+                        super::super::parse_rule(&format!("r{i}.yaml"), text.as_bytes()).unwrap(),
+                    )
+                })
                 .collect(),
         }
     }
@@ -563,7 +647,9 @@ mod tests {
     const HEADER: &str = "version: 1\nstatus: active\nseverity: high\ntitle: Test rule\ndescription: A rule for a unit test.\nsource: None, a unit test.\n";
 
     fn crisis() -> String {
-        format!("id: crisis\n{HEADER}kind: threshold\nwhen:\n  any: [systolic > 180]\nsustain: {{readings: 2, within: 15m}}\n")
+        format!(
+            "id: crisis\n{HEADER}kind: threshold\nwhen:\n  any: [systolic > 180]\nsustain: {{readings: 2, within: 15m}}\n"
+        )
     }
 
     fn reading(patient: &str, minute: i64, systolic: f64) -> Reading {
@@ -598,7 +684,10 @@ mod tests {
         evaluator.evaluate(&reading("p", 0, 190.0), 0);
         assert_eq!(evaluator.evaluate(&reading("p", 5, 190.0), 0).len(), 1);
         evaluator.replace_rules(&set(&[&crisis(), &stage]));
-        assert!(evaluator.evaluate(&reading("p", 10, 190.0), 0).is_empty(), "still the same episode");
+        assert!(
+            evaluator.evaluate(&reading("p", 10, 190.0), 0).is_empty(),
+            "still the same episode"
+        );
         evaluator.replace_rules(&set(&[&stage]));
         assert!(evaluator.patients.get("p").unwrap().episodes.is_empty());
     }

@@ -46,8 +46,16 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let field = if self.field.is_empty() { "(file)" } else { &self.field };
-        write!(f, "{}:{}: {}: {}", self.file, self.line, field, self.message)
+        let field = if self.field.is_empty() {
+            "(file)"
+        } else {
+            &self.field
+        };
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file, self.line, field, self.message
+        )
     }
 }
 
@@ -124,10 +132,7 @@ impl RuleSet {
 pub fn rule_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .is_some_and(|e| e == "yaml" || e == "yml")
-        })
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
     Ok(files)
@@ -151,8 +156,8 @@ pub fn parse_rule(file: &str, bytes: &[u8]) -> Result<Rule, Vec<Problem>> {
         field: field.to_string(),
         message,
     };
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| vec![problem(0, "", format!("not UTF-8: {e}"))])?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| vec![problem(0, "", format!("not UTF-8: {e}"))])?;
     let document = yaml::parse(text).map_err(|(line, message)| vec![problem(line, "", message)])?;
     let errors: Vec<Problem> = VALIDATOR
         .iter_errors(&document.value)
@@ -217,8 +222,10 @@ mod tests {
             .replace("severity: high", "severity: urgent")
             .replace("systolic > 180", "systolic >> 180");
         let problems = parse_rule("crisis.yaml", broken.as_bytes()).unwrap_err();
-        let fields: Vec<(&str, usize)> =
-            problems.iter().map(|p| (p.field.as_str(), p.line)).collect();
+        let fields: Vec<(&str, usize)> = problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.line))
+            .collect();
         assert!(fields.contains(&("/severity", 4)), "{problems:?}");
         assert!(fields.contains(&("/when/any/0", 11)), "{problems:?}");
         assert!(problems.iter().all(|p| p.file == "crisis.yaml"));
@@ -226,8 +233,13 @@ mod tests {
 
     #[test]
     fn a_missing_field_is_reported_on_the_object() {
-        let problems = parse_rule("x.yaml", CRISIS.replace("source: A guideline, 2017.\n", "").as_bytes())
-            .unwrap_err();
+        let problems = parse_rule(
+            "x.yaml",
+            CRISIS
+                .replace("source: A guideline, 2017.\n", "")
+                .as_bytes(),
+        )
+        .unwrap_err();
         assert!(problems[0].message.contains("source"), "{problems:?}");
     }
 }

@@ -60,7 +60,9 @@ pub fn from_observation(resource: &Value) -> Option<Reading> {
     };
     if has_code(resource.get("code")?, &BP_PANELS) {
         for component in resource.get("component")?.as_array()? {
-            let Some(code) = component.get("code") else { continue };
+            let Some(code) = component.get("code") else {
+                continue;
+            };
             let (value, unit) = quantity(component);
             if has_code(code, &[SYSTOLIC]) {
                 reading.systolic = value;
@@ -92,7 +94,9 @@ fn has_code(concept: &Value, codes: &[&str]) -> bool {
         .is_some_and(|codings| {
             codings.iter().any(|c| {
                 c.get("system").and_then(Value::as_str) == Some(LOINC)
-                    && c.get("code").and_then(Value::as_str).is_some_and(|code| codes.contains(&code))
+                    && c.get("code")
+                        .and_then(Value::as_str)
+                        .is_some_and(|code| codes.contains(&code))
             })
         })
 }
@@ -132,9 +136,14 @@ mod tests {
     #[test]
     fn the_stream_samples_first_readings() {
         let text = include_str!("../../samples/stream/observations.ndjson");
-        let mut lines = text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap());
+        let mut lines = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap());
         let bp = from_observation(&lines.next().unwrap()).unwrap();
-        assert_eq!((bp.patient.as_str(), bp.systolic, bp.diastolic), ("p7ea-00004", Some(123.0), Some(75.0)));
+        assert_eq!(
+            (bp.patient.as_str(), bp.systolic, bp.diastolic),
+            ("p7ea-00004", Some(123.0), Some(75.0))
+        );
         assert_eq!(bp.unit.as_deref(), Some("mm[Hg]"));
         assert_eq!(bp.at, parse_time("2026-11-02T07:00:00Z").unwrap());
         let hr = from_observation(&lines.next().unwrap()).unwrap();
@@ -187,17 +196,26 @@ pub async fn from_silver(
         );
         for batch in crate::lake::read::query(&table, table_name, &sql).await? {
             let strings = |i: usize| {
-                deltalake::arrow::compute::cast(batch.column(i), &deltalake::arrow::datatypes::DataType::Utf8)
-                    .expect("a string column casts to Utf8")
-                    .as_string::<i32>()
-                    .clone()
+                deltalake::arrow::compute::cast(
+                    batch.column(i),
+                    &deltalake::arrow::datatypes::DataType::Utf8,
+                )
+                .expect("a string column casts to Utf8")
+                .as_string::<i32>()
+                .clone()
             };
             let numbers = |i: usize| batch.column(i).as_primitive::<Float64Type>().clone();
             let (ids, patients, units, devices) = (strings(0), strings(1), strings(6), strings(7));
-            let times = batch.column(2).as_primitive::<TimestampMicrosecondType>().clone();
+            let times = batch
+                .column(2)
+                .as_primitive::<TimestampMicrosecondType>()
+                .clone();
             let (sys, dia, hr) = (numbers(3), numbers(4), numbers(5));
-            let value = |a: &deltalake::arrow::array::Float64Array, i| (!a.is_null(i)).then(|| a.value(i));
-            let text = |a: &deltalake::arrow::array::StringArray, i| (!a.is_null(i)).then(|| a.value(i).to_string());
+            let value =
+                |a: &deltalake::arrow::array::Float64Array, i| (!a.is_null(i)).then(|| a.value(i));
+            let text = |a: &deltalake::arrow::array::StringArray, i| {
+                (!a.is_null(i)).then(|| a.value(i).to_string())
+            };
             for i in 0..batch.num_rows() {
                 let reading = Reading {
                     patient: patients.value(i).to_string(),
@@ -210,13 +228,19 @@ pub async fn from_silver(
                     unit: text(&units, i),
                     device: text(&devices, i),
                 };
-                if reading.systolic.is_some() || reading.diastolic.is_some() || reading.heart_rate.is_some() {
+                if reading.systolic.is_some()
+                    || reading.diastolic.is_some()
+                    || reading.heart_rate.is_some()
+                {
                     readings.push(reading);
                 }
             }
         }
     }
-    readings.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.observation.cmp(&b.observation)));
+    readings.sort_by(|a, b| {
+        a.at.cmp(&b.at)
+            .then_with(|| a.observation.cmp(&b.observation))
+    });
     Ok(readings)
 }
 
@@ -229,7 +253,10 @@ pub async fn newest_time(lake: &crate::lake::Lake) -> Result<Option<i64>, crate:
         let Some(table) = lake.existing_table(table_name).await? else {
             continue;
         };
-        for batch in crate::lake::read::query(&table, table_name, "SELECT max(effective_time) FROM t").await? {
+        for batch in
+            crate::lake::read::query(&table, table_name, "SELECT max(effective_time) FROM t")
+                .await?
+        {
             let column = batch.column(0).as_primitive::<TimestampMicrosecondType>();
             if !column.is_null(0) {
                 newest = newest.max(Some(column.value(0) / 1000));

@@ -90,9 +90,15 @@ pub enum Condition {
     Value(Metric, Op, f64),
     Compare(Metric, Op, Metric),
     /// The blood-pressure unit code is (or is not) this one.
-    Unit { equal: bool, code: String },
+    Unit {
+        equal: bool,
+        code: String,
+    },
     /// The effective time is ahead of the arrival time by more than (or at least) this much.
-    Future { inclusive: bool, millis: i64 },
+    Future {
+        inclusive: bool,
+        millis: i64,
+    },
 }
 
 impl Condition {
@@ -157,7 +163,11 @@ impl Change {
         let compact = text.replace(' ', "");
         let (up, rest) = ["rise", "above", "fall", "below"]
             .iter()
-            .find_map(|w| compact.strip_prefix(w).map(|r| (*w == "rise" || *w == "above", r)))
+            .find_map(|w| {
+                compact
+                    .strip_prefix(w)
+                    .map(|r| (*w == "rise" || *w == "above", r))
+            })
             .ok_or_else(bad)?;
         let (inclusive, rest) = match rest.strip_prefix(">=") {
             Some(r) => (true, r),
@@ -183,7 +193,11 @@ impl Change {
 
     /// Whether going from `reference` to `value` is this change.
     pub fn holds(&self, reference: f64, value: f64) -> bool {
-        let delta = if self.up { value - reference } else { reference - value };
+        let delta = if self.up {
+            value - reference
+        } else {
+            reference - value
+        };
         let size = if self.percent {
             if reference <= 0.0 {
                 return false;
@@ -192,7 +206,11 @@ impl Change {
         } else {
             delta
         };
-        if self.inclusive { size >= self.amount } else { size > self.amount }
+        if self.inclusive {
+            size >= self.amount
+        } else {
+            size > self.amount
+        }
     }
 }
 
@@ -407,8 +425,15 @@ struct ClearFile {
     readings: Option<usize>,
 }
 
-fn conditions(any: Option<Vec<String>>, all: Option<Vec<String>>) -> Result<Option<Conditions>, String> {
-    let parse = |list: Vec<String>| list.iter().map(|c| Condition::parse(c)).collect::<Result<Vec<_>, _>>();
+fn conditions(
+    any: Option<Vec<String>>,
+    all: Option<Vec<String>>,
+) -> Result<Option<Conditions>, String> {
+    let parse = |list: Vec<String>| {
+        list.iter()
+            .map(|c| Condition::parse(c))
+            .collect::<Result<Vec<_>, _>>()
+    };
     Ok(match (any, all) {
         (Some(_), Some(_)) => return Err("give `any` or `all`, not both".into()),
         (Some(list), None) => Some(Conditions::Any(parse(list)?)),
@@ -432,25 +457,44 @@ pub fn from_document(
         Some(w) => conditions(w.any, w.all).map_err(field("when"))?,
         None => None,
     };
-    let change = f.change.as_deref().map(Change::parse).transpose().map_err(field("change"))?;
-    let within = f.within.as_deref().map(duration_millis).transpose().map_err(field("within"))?;
+    let change = f
+        .change
+        .as_deref()
+        .map(Change::parse)
+        .transpose()
+        .map_err(field("change"))?;
+    let within = f
+        .within
+        .as_deref()
+        .map(duration_millis)
+        .transpose()
+        .map_err(field("within"))?;
     let kind = match f.kind.as_str() {
         "threshold" => Kind::Threshold {
-            when: when.clone().ok_or(("/when".into(), "a threshold rule needs `when`".into()))?,
+            when: when
+                .clone()
+                .ok_or(("/when".into(), "a threshold rule needs `when`".into()))?,
             sustain: f
                 .sustain
                 .map(|s| -> Result<Sustain, String> {
                     Ok(Sustain {
                         readings: s.readings,
                         within: duration_millis(&s.within)?,
-                        min_spacing: s.min_spacing.as_deref().map(duration_millis).transpose()?.unwrap_or(0),
+                        min_spacing: s
+                            .min_spacing
+                            .as_deref()
+                            .map(duration_millis)
+                            .transpose()?
+                            .unwrap_or(0),
                     })
                 })
                 .transpose()
                 .map_err(field("sustain"))?,
         },
         "data_quality" => Kind::DataQuality {
-            when: when.clone().ok_or(("/when".into(), "a data_quality rule needs `when`".into()))?,
+            when: when
+                .clone()
+                .ok_or(("/when".into(), "a data_quality rule needs `when`".into()))?,
         },
         "rate_of_change" => Kind::RateOfChange {
             metric: f.metric.ok_or(("/metric".into(), "needed".into()))?,
@@ -474,7 +518,10 @@ pub fn from_document(
             when: conditions(c.any, c.all).map_err(field("clear"))?,
             readings: c.readings.unwrap_or(1),
         },
-        None => Clear { when: None, readings: 1 },
+        None => Clear {
+            when: None,
+            readings: 1,
+        },
     };
     let mut criteria = value.clone();
     if let Some(map) = criteria.as_object_mut() {
@@ -482,7 +529,9 @@ pub fn from_document(
             map.remove(key);
         }
     }
-    let when_metrics = when.as_ref().map_or_else(Vec::new, |w| referenced(w.list()));
+    let when_metrics = when
+        .as_ref()
+        .map_or_else(Vec::new, |w| referenced(w.list()));
     Ok(Rule {
         when_metrics,
         id: f.id,
@@ -543,7 +592,10 @@ mod tests {
         );
         assert_eq!(
             Condition::parse("future > 5m").unwrap(),
-            Condition::Future { inclusive: false, millis: 5 * MINUTE }
+            Condition::Future {
+                inclusive: false,
+                millis: 5 * MINUTE
+            }
         );
         assert!(Condition::parse("systolic >> 3").is_err());
     }

@@ -101,7 +101,8 @@ impl MarkedEventReceiver for Builder {
                 let line = mark.line();
                 if let Some((Open::Mapping(map, key), pointer)) = self.stack.last_mut() {
                     if map.contains_key(&text) {
-                        self.error = Some((line, format!("`{text}` is given twice in {pointer:?}")));
+                        self.error =
+                            Some((line, format!("`{text}` is given twice in {pointer:?}")));
                     }
                     *key = Some(text);
                 }
@@ -135,7 +136,10 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Alias(_) => {
-                self.error = Some((mark.line(), "YAML aliases are not allowed in rule files".into()));
+                self.error = Some((
+                    mark.line(),
+                    "YAML aliases are not allowed in rule files".into(),
+                ));
             }
             _ => {}
         }

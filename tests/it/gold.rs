@@ -14,14 +14,21 @@ const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/anomaly-rules");
 
 fn query(lake: &Path, sql: &str) -> Command {
     let mut cmd = vitalake();
-    cmd.arg("--lake").arg(lake).args(["query", sql, "--format", "csv"]);
+    cmd.arg("--lake")
+        .arg(lake)
+        .args(["query", sql, "--format", "csv"]);
     cmd
 }
 
 /// The CSV rows of a query, without the header.
 fn csv(lake: &Path, sql: &str) -> Vec<String> {
     let out = run_ok(&mut query(lake, sql));
-    String::from_utf8(out.stdout).unwrap().lines().skip(1).map(str::to_string).collect()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
 }
 
 fn stream(lake: &Path, file: &Path, hub: &str) {
@@ -30,7 +37,10 @@ fn stream(lake: &Path, file: &Path, hub: &str) {
             .arg("--lake")
             .arg(lake)
             .args(["stream", "--hub", hub, "--rules", RULES, "--alerts"])
-            .arg(format!("file:{}", lake.with_extension("alerts.ndjson").display()))
+            .arg(format!(
+                "file:{}",
+                lake.with_extension("alerts.ndjson").display()
+            ))
             .arg("--source")
             .arg(format!("file:{}", file.display())),
     );
@@ -40,12 +50,34 @@ fn stream(lake: &Path, file: &Path, hub: &str) {
 async fn query_reads_every_layer_and_refuses_writes() {
     let (dir, lake) = temp_lake();
     let lake_path = dir.path().join("lake");
-    run_ok(vitalake().arg("--lake").arg(&lake_path).args(["ingest", "fhir"]).arg(format!("{SAMPLES}/drop")));
-    stream(&lake_path, &Path::new(SAMPLES).join("stream/observations.ndjson"), "observations");
+    run_ok(
+        vitalake()
+            .arg("--lake")
+            .arg(&lake_path)
+            .args(["ingest", "fhir"])
+            .arg(format!("{SAMPLES}/drop")),
+    );
+    stream(
+        &lake_path,
+        &Path::new(SAMPLES).join("stream/observations.ndjson"),
+        "observations",
+    );
 
-    let tables = csv(&lake_path, "SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema IN ('bronze', 'silver') ORDER BY 1");
-    for expected in ["bronze.patient", "bronze.eventhubs_observations", "silver.blood_pressure", "silver.alerts", "silver.quarantine"] {
-        assert!(tables.iter().any(|t| t == expected), "{expected} not in {tables:?}");
+    let tables = csv(
+        &lake_path,
+        "SELECT table_schema || '.' || table_name FROM information_schema.tables WHERE table_schema IN ('bronze', 'silver') ORDER BY 1",
+    );
+    for expected in [
+        "bronze.patient",
+        "bronze.eventhubs_observations",
+        "silver.blood_pressure",
+        "silver.alerts",
+        "silver.quarantine",
+    ] {
+        assert!(
+            tables.iter().any(|t| t == expected),
+            "{expected} not in {tables:?}"
+        );
     }
     for (sql_name, path) in [
         ("bronze.patient", "bronze/fhir/Patient"),
@@ -61,8 +93,17 @@ async fn query_reads_every_layer_and_refuses_writes() {
         "--format",
         "json",
     ]));
-    let first: Value = serde_json::from_str(String::from_utf8_lossy(&json_out.stdout).lines().next().unwrap()).unwrap();
-    assert!(first["rule_id"].is_string() && first["n"].as_i64().unwrap() > 0, "{first}");
+    let first: Value = serde_json::from_str(
+        String::from_utf8_lossy(&json_out.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        first["rule_id"].is_string() && first["n"].as_i64().unwrap() > 0,
+        "{first}"
+    );
 
     let before = count(&lake, "silver/alerts").await;
     for write in [
@@ -73,7 +114,11 @@ async fn query_reads_every_layer_and_refuses_writes() {
     ] {
         let out = query(&lake_path, write).output().unwrap();
         assert!(!out.status.success(), "{write} was accepted");
-        assert!(String::from_utf8_lossy(&out.stderr).contains("not supported"), "{write}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not supported"),
+            "{write}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     assert_eq!(count(&lake, "silver/alerts").await, before);
 }
@@ -110,7 +155,13 @@ async fn gold_tables_match_answers_computed_by_hand() {
         .concat(),
     )
     .unwrap();
-    run_ok(vitalake().arg("--lake").arg(&lake_path).args(["ingest", "fhir"]).arg(&patients));
+    run_ok(
+        vitalake()
+            .arg("--lake")
+            .arg(&lake_path)
+            .args(["ingest", "fhir"])
+            .arg(&patients),
+    );
     let readings = dir.path().join("readings.ndjson");
     std::fs::write(
         &readings,
@@ -127,15 +178,51 @@ async fn gold_tables_match_answers_computed_by_hand() {
     )
     .unwrap();
     stream(&lake_path, &readings, "observations");
-    stream(&lake_path, &Path::new(SAMPLES).join("stream/pharmacy.ndjson"), "pharmacy");
-    run_ok(vitalake().arg("--lake").arg(&lake_path).args(["refresh", "gold"]));
+    stream(
+        &lake_path,
+        &Path::new(SAMPLES).join("stream/pharmacy.ndjson"),
+        "pharmacy",
+    );
+    run_ok(
+        vitalake()
+            .arg("--lake")
+            .arg(&lake_path)
+            .args(["refresh", "gold"]),
+    );
 
     // patient_bp_daily: a's first day 120/80, 130/85, 140/95: means 130 / 86.67, stage 1.
     let daily = rows(&lake, "gold/patient_bp_daily", "SELECT patient_id, CAST(day AS VARCHAR) AS d, readings, systolic_min, systolic_max, systolic_mean, round(diastolic_mean, 2), category FROM t ORDER BY patient_id, d").await;
     let expected: Vec<Vec<&str>> = vec![
-        vec!["gold-a", "2026-11-01", "3", "120.0", "140.0", "130.0", "86.67", "stage 1 hypertension"],
-        vec!["gold-a", "2026-11-02", "2", "185.0", "190.0", "187.5", "121.5", "hypertensive crisis"],
-        vec!["gold-b", "2026-11-01", "1", "110.0", "110.0", "110.0", "70.0", "normal"],
+        vec![
+            "gold-a",
+            "2026-11-01",
+            "3",
+            "120.0",
+            "140.0",
+            "130.0",
+            "86.67",
+            "stage 1 hypertension",
+        ],
+        vec![
+            "gold-a",
+            "2026-11-02",
+            "2",
+            "185.0",
+            "190.0",
+            "187.5",
+            "121.5",
+            "hypertensive crisis",
+        ],
+        vec![
+            "gold-b",
+            "2026-11-01",
+            "1",
+            "110.0",
+            "110.0",
+            "110.0",
+            "70.0",
+            "normal",
+        ],
     ];
     assert_eq!(daily, expected);
 
@@ -143,15 +230,32 @@ async fn gold_tables_match_answers_computed_by_hand() {
     let crisis = rows(&lake, "gold/alerts_daily", "SELECT CAST(day AS VARCHAR), raised, raised_not_sent, patients_affected, patient_days, alerts_per_patient_day FROM t WHERE rule_id = 'hypertensive-crisis'").await;
     assert_eq!(crisis, vec![vec!["2026-11-02", "1", "0", "1", "1", "1.0"]]);
     // ... and the stage 2 alert it inhibited (140/95 on the 1st and both readings of the 2nd).
-    let stage2 = rows(&lake, "gold/alerts_daily", "SELECT raised, raised_not_sent FROM t WHERE rule_id = 'stage2-hypertension-sustained'").await;
+    let stage2 = rows(
+        &lake,
+        "gold/alerts_daily",
+        "SELECT raised, raised_not_sent FROM t WHERE rule_id = 'stage2-hypertension-sustained'",
+    )
+    .await;
     assert_eq!(stage2, vec![vec!["0", "1"]]);
 
     let summary = rows(&lake, "gold/patient_clinical_summary", "SELECT patient_id, gender, country, latest_systolic, latest_diastolic, latest_category, last_alert_rule, readings, alerts FROM t ORDER BY patient_id").await;
     assert_eq!(
         summary,
         vec![
-            vec!["gold-a", "female", "NL", "190.0", "118.0", "hypertensive crisis", "hypertensive-crisis", "5", "2"],
-            vec!["gold-b", "male", "", "110.0", "70.0", "normal", "", "1", "0"],
+            vec![
+                "gold-a",
+                "female",
+                "NL",
+                "190.0",
+                "118.0",
+                "hypertensive crisis",
+                "hypertensive-crisis",
+                "5",
+                "2"
+            ],
+            vec![
+                "gold-b", "male", "", "110.0", "70.0", "normal", "", "1", "0"
+            ],
         ]
     );
 
@@ -160,11 +264,19 @@ async fn gold_tables_match_answers_computed_by_hand() {
     let text = std::fs::read_to_string(Path::new(SAMPLES).join("stream/pharmacy.ndjson")).unwrap();
     for line in text.lines() {
         let d: Value = serde_json::from_str(line).unwrap();
-        let code = d["medicationCodeableConcept"]["coding"][0]["code"].as_str().unwrap().to_string();
+        let code = d["medicationCodeableConcept"]["coding"][0]["code"]
+            .as_str()
+            .unwrap()
+            .to_string();
         let day = d["whenHandedOver"].as_str().unwrap()[..10].to_string();
         *by_code_day.entry((code, day)).or_default() += d["quantity"]["value"].as_f64().unwrap();
     }
-    let medicine = rows(&lake, "gold/medicine_distribution_daily", "SELECT ndc_code, CAST(day AS VARCHAR) AS d, quantity FROM t ORDER BY ndc_code, d").await;
+    let medicine = rows(
+        &lake,
+        "gold/medicine_distribution_daily",
+        "SELECT ndc_code, CAST(day AS VARCHAR) AS d, quantity FROM t ORDER BY ndc_code, d",
+    )
+    .await;
     let expected: Vec<Vec<String>> = by_code_day
         .into_iter()
         .map(|((code, day), q)| vec![code, day, format!("{q:?}")])
@@ -187,7 +299,12 @@ async fn the_demo_runs_on_a_fresh_lake_and_a_second_run_adds_nothing() {
         String::from_utf8(out.stdout).unwrap()
     };
     let first = demo();
-    for expected in ["hypertensive-crisis", "Quarantine, by first reason", "gold.patient_bp_daily", "Hospital databases: skipped"] {
+    for expected in [
+        "hypertensive-crisis",
+        "Quarantine, by first reason",
+        "gold.patient_bp_daily",
+        "Hospital databases: skipped",
+    ] {
         assert!(first.contains(expected), "{expected} not in:\n{first}");
     }
     let alerts = count(&lake, "silver/alerts").await;

@@ -52,7 +52,13 @@ fn sent(file: &Path) -> Vec<Value> {
         .collect()
 }
 
-fn stream_with_rules(lake: &Path, source: &Path, rules: &Path, alerts: &Path, extra: &[&str]) -> Command {
+fn stream_with_rules(
+    lake: &Path,
+    source: &Path,
+    rules: &Path,
+    alerts: &Path,
+    extra: &[&str],
+) -> Command {
     let mut cmd = vitalake();
     cmd.arg("--lake")
         .arg(lake)
@@ -121,21 +127,39 @@ fn rules_check_names_file_line_and_field_and_rules_test_catches_a_wrong_expectat
     assert!(String::from_utf8_lossy(&check.stdout).contains("all valid"));
     let tested = run_ok(vitalake().args(["rules", "test"]).arg(&rules));
     let text = String::from_utf8_lossy(&tested.stdout).to_string();
-    assert!(text.contains(" 0 failed") && !text.contains("FAIL"), "{text}");
+    assert!(
+        text.contains(" 0 failed") && !text.contains("FAIL"),
+        "{text}"
+    );
 
     let crisis = rules.join("hypertensive-crisis.yaml");
     edit(&crisis, "severity: high", "severity: urgent");
     edit(&crisis, "within: 15m", "within: 15 minutes");
-    let out = vitalake().args(["rules", "check"]).arg(&rules).output().unwrap();
+    let out = vitalake()
+        .args(["rules", "check"])
+        .arg(&rules)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let file = crisis.display().to_string();
     assert!(text.contains(&format!("{file}:4: /severity:")), "{text}");
-    assert!(text.contains(&format!("{file}:23: /sustain/within:")), "{text}");
+    assert!(
+        text.contains(&format!("{file}:23: /sustain/within:")),
+        "{text}"
+    );
 
     std::fs::copy(Path::new(RULES).join("hypertensive-crisis.yaml"), &crisis).unwrap();
-    edit(&crisis, "      - { event: raised, at: 5m }\n  - name: exactly 180/120", "      - { event: raised, at: 6m }\n  - name: exactly 180/120");
-    let out = vitalake().args(["rules", "test"]).arg(&rules).output().unwrap();
+    edit(
+        &crisis,
+        "      - { event: raised, at: 5m }\n  - name: exactly 180/120",
+        "      - { event: raised, at: 6m }\n  - name: exactly 180/120",
+    );
+    let out = vitalake()
+        .args(["rules", "test"])
+        .arg(&rules)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -152,7 +176,14 @@ async fn the_stream_samples_episodes_each_alert_once_and_a_rerun_sends_nothing()
     let alerts = dir.path().join("alerts.ndjson");
     let source = Path::new(SAMPLE).join("observations.ndjson");
     let report: Value = serde_json::from_slice(
-        &run_ok(&mut stream_with_rules(&lake_path, &source, Path::new(RULES), &alerts, &[])).stdout,
+        &run_ok(&mut stream_with_rules(
+            &lake_path,
+            &source,
+            Path::new(RULES),
+            &alerts,
+            &[],
+        ))
+        .stdout,
     )
     .unwrap();
     let events = sent(&alerts);
@@ -175,7 +206,13 @@ async fn the_stream_samples_episodes_each_alert_once_and_a_rerun_sends_nothing()
         .collect();
     assert_eq!(sent_ids, recorded_sent);
 
-    run_ok(&mut stream_with_rules(&lake_path, &source, Path::new(RULES), &alerts, &[]));
+    run_ok(&mut stream_with_rules(
+        &lake_path,
+        &source,
+        Path::new(RULES),
+        &alerts,
+        &[],
+    ));
     assert_eq!(sent(&alerts).len(), events.len());
     assert_eq!(recorded(&lake).await.len(), table.len());
 }
@@ -193,9 +230,19 @@ async fn a_restart_between_the_two_readings_of_a_crisis_raises_it_once() {
         .position(|l| l.contains("\"id\":\"bp-p7ea-00001-s16\""))
         .unwrap();
     let source = dir.path().join("observations.ndjson");
-    let head: String = text.lines().take(confirming).map(|l| format!("{l}\n")).collect();
+    let head: String = text
+        .lines()
+        .take(confirming)
+        .map(|l| format!("{l}\n"))
+        .collect();
     std::fs::write(&source, head).unwrap();
-    run_ok(&mut stream_with_rules(&lake_path, &source, Path::new(RULES), &alerts, &[]));
+    run_ok(&mut stream_with_rules(
+        &lake_path,
+        &source,
+        Path::new(RULES),
+        &alerts,
+        &[],
+    ));
     let crisis = |events: &[Value]| {
         events
             .iter()
@@ -204,7 +251,13 @@ async fn a_restart_between_the_two_readings_of_a_crisis_raises_it_once() {
     };
     assert_eq!(crisis(&sent(&alerts)), 0);
     std::fs::write(&source, &text).unwrap();
-    run_ok(&mut stream_with_rules(&lake_path, &source, Path::new(RULES), &alerts, &[]));
+    run_ok(&mut stream_with_rules(
+        &lake_path,
+        &source,
+        Path::new(RULES),
+        &alerts,
+        &[],
+    ));
     let events = sent(&alerts);
     assert_episodes_alerted_once(&events, &episodes(Path::new(SAMPLE)));
     assert_eq!(crisis(&events), 2, "raised and resolved once each");
@@ -232,7 +285,13 @@ async fn a_stream_killed_at_random_moments_records_each_alert_once() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    run_ok(&mut stream_with_rules(&lake_path, &source, Path::new(RULES), &alerts, &args));
+    run_ok(&mut stream_with_rules(
+        &lake_path,
+        &source,
+        Path::new(RULES),
+        &alerts,
+        &args,
+    ));
     let events = sent(&alerts);
     assert_episodes_alerted_once(&dedup(&events), &episodes(&stream_dir));
     let table = recorded(&lake).await;
@@ -249,7 +308,8 @@ async fn a_stream_killed_at_random_moments_records_each_alert_once() {
 fn dedup(events: &[Value]) -> Vec<Value> {
     let mut seen = BTreeMap::new();
     for event in events {
-        seen.entry(event["id"].as_str().unwrap().to_string()).or_insert_with(|| event.clone());
+        seen.entry(event["id"].as_str().unwrap().to_string())
+            .or_insert_with(|| event.clone());
     }
     seen.into_values().collect()
 }
@@ -273,12 +333,13 @@ fn reading(patient: &str, id: &str, minute: u32, values: &[(&str, f64)]) -> Stri
     });
     match values.iter().find(|(code, _)| *code == "8867-4") {
         Some((_, rate)) => {
-            observation["code"] = json!({"coding": [{"system": "http://loinc.org", "code": "8867-4"}]});
-            observation["valueQuantity"] =
-                json!({"value": rate, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"});
+            observation["code"] =
+                json!({"coding": [{"system": "http://loinc.org", "code": "8867-4"}]});
+            observation["valueQuantity"] = json!({"value": rate, "unit": "beats/minute", "system": "http://unitsofmeasure.org", "code": "/min"});
         }
         None => {
-            observation["code"] = json!({"coding": [{"system": "http://loinc.org", "code": "85354-9"}]});
+            observation["code"] =
+                json!({"coding": [{"system": "http://loinc.org", "code": "85354-9"}]});
             observation["component"] = Value::Array(components);
         }
     }
@@ -294,8 +355,18 @@ fn append(file: &Path, lines: &[String]) {
 
 fn crisis_pair(patient: &str, minute: u32) -> Vec<String> {
     vec![
-        reading(patient, &format!("{patient}-a"), minute, &[("8480-6", 195.0), ("8462-4", 110.0)]),
-        reading(patient, &format!("{patient}-b"), minute + 4, &[("8480-6", 198.0), ("8462-4", 112.0)]),
+        reading(
+            patient,
+            &format!("{patient}-a"),
+            minute,
+            &[("8480-6", 195.0), ("8462-4", 110.0)],
+        ),
+        reading(
+            patient,
+            &format!("{patient}-b"),
+            minute + 4,
+            &[("8480-6", 198.0), ("8462-4", 112.0)],
+        ),
     ]
 }
 
@@ -306,15 +377,24 @@ fn rules_reload_when_their_folder_changes_and_a_broken_edit_keeps_the_running_se
     let source = dir.path().join("readings.ndjson");
     std::fs::write(&source, "").unwrap();
     let alerts = dir.path().join("alerts.ndjson");
-    let mut child = stream_with_rules(&dir.path().join("lake"), &source, &rules, &alerts, &["--follow", "--batch-ms", "100"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = stream_with_rules(
+        &dir.path().join("lake"),
+        &source,
+        &rules,
+        &alerts,
+        &["--follow", "--batch-ms", "100"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let (log_tx, log) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = log_tx.send(line);
         }
     });
@@ -337,7 +417,9 @@ fn rules_reload_when_their_folder_changes_and_a_broken_edit_keeps_the_running_se
     edit(&crisis, "severity: high", "severity: urgent");
     wait_log("rule reload refused");
     append(&source, &crisis_pair("reload-a", 0));
-    wait_for("the crisis of reload-a", || rule_raised("hypertensive-crisis", "reload-a"));
+    wait_for("the crisis of reload-a", || {
+        rule_raised("hypertensive-crisis", "reload-a")
+    });
 
     // A valid edit that disables the crisis rule: the new set is used from then on.
     edit(&crisis, "severity: urgent", "severity: high");
@@ -346,7 +428,9 @@ fn rules_reload_when_their_folder_changes_and_a_broken_edit_keeps_the_running_se
     let mut next = crisis_pair("reload-b", 30);
     next.push(reading("reload-b", "reload-b-hr", 40, &[("8867-4", 140.0)]));
     append(&source, &next);
-    wait_for("the pulse alert of reload-b", || rule_raised("news2-pulse", "reload-b"));
+    wait_for("the pulse alert of reload-b", || {
+        rule_raised("news2-pulse", "reload-b")
+    });
     assert!(!rule_raised("hypertensive-crisis", "reload-b"));
     run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     assert!(child.wait().unwrap().success());

@@ -48,7 +48,11 @@ pub struct Alerting {
 
 impl Alerting {
     /// Loads the rules (refusing to start on a broken set) and opens the sink.
-    pub async fn open(dir: PathBuf, sink: &str, lateness: i64) -> Result<Arc<Alerting>, IngestError> {
+    pub async fn open(
+        dir: PathBuf,
+        sink: &str,
+        lateness: i64,
+    ) -> Result<Arc<Alerting>, IngestError> {
         let rules = RuleSet::load_dir(&dir).map_err(|problems| IngestError::Input {
             path: dir.display().to_string(),
             source: std::io::Error::other(format!("the rules are not valid:\n{problems}")),
@@ -203,9 +207,10 @@ fn readings_of(event: &Event) -> Vec<Reading> {
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
         return Vec::new();
     };
-    let received_at = event
-        .enqueued_time
-        .map_or_else(|| chrono::Utc::now().timestamp_millis(), |micros| micros / 1000);
+    let received_at = event.enqueued_time.map_or_else(
+        || chrono::Utc::now().timestamp_millis(),
+        |micros| micros / 1000,
+    );
     let resources: Vec<&Value> = match value.get("resourceType").and_then(Value::as_str) {
         Some("Bundle") => value
             .get("entry")

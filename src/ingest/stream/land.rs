@@ -22,11 +22,11 @@ use super::events::{
     DATE_COLUMN, LandedEvent, bronze_batch, bronze_events_table, decode_event, events_from_bronze,
     source_name, source_uri,
 };
+use crate::alerts;
 use crate::fhir::{DecodeOptions, Decoded, Rejected, ResourceRecord};
 use crate::ingest::IngestError;
 use crate::ingest::silver::{SilverViews, SilverWriter, from_bronze, quote};
 use crate::ingest::tables::{self, Provenance, QUARANTINE_TABLE, quarantine_batch};
-use crate::alerts;
 use crate::lake::delete::delete_where;
 use crate::lake::{AppendBuilder, Lake, app_version, read};
 use crate::stream::checkpoints::Checkpoints;
@@ -184,7 +184,8 @@ impl<'l> Lander<'l> {
         for batch in &batches {
             if !batch.alerts.is_empty() {
                 let source = source_uri(&self.stream, &batch.partition_id);
-                alerts::table::append(self.lake, alerts::table::alert_rows(&batch.alerts, &source)).await?;
+                alerts::table::append(self.lake, alerts::table::alert_rows(&batch.alerts, &source))
+                    .await?;
                 landed.alerts += batch.alerts.len() as u64;
             }
         }

@@ -441,7 +441,10 @@ impl EvaluateAhead {
     const BUFFER: usize = 100_000;
 
     fn spawn(
-        mut evaluated: futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>>,
+        mut evaluated: futures::stream::BoxStream<
+            'static,
+            Result<crate::stream::Event, StreamError>,
+        >,
     ) -> EvaluateAhead {
         use futures::StreamExt;
         let (tx, rx) = mpsc::channel(Self::BUFFER);
@@ -452,13 +455,21 @@ impl EvaluateAhead {
                 }
             }
         });
-        EvaluateAhead { task, events: Some(rx) }
+        EvaluateAhead {
+            task,
+            events: Some(rx),
+        }
     }
 
-    fn events(&mut self) -> futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>> {
+    fn events(
+        &mut self,
+    ) -> futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>> {
         use futures::StreamExt;
         let rx = self.events.take().expect("events taken once");
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+        futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .boxed()
     }
 }
 
@@ -516,7 +527,11 @@ impl std::fmt::Display for StreamReport {
             )?;
         }
         if self.alerts > 0 {
-            writeln!(f, "  {} alert events recorded in silver/alerts", self.alerts)?;
+            writeln!(
+                f,
+                "  {} alert events recorded in silver/alerts",
+                self.alerts
+            )?;
         }
         if self.recovered_events > 0 {
             writeln!(
