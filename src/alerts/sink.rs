@@ -139,7 +139,8 @@ async fn send_to_hub(
                 )));
             }
         }
-        client.send_batch(batch, None).await.map_err(failed)?;
+        crate::stream::event_hubs::send_batch(client, batch, &format!("sending alerts to {hub}"))
+            .await?;
     }
     Ok(())
 }

@@ -260,3 +260,25 @@ pub async fn producer(options: &EventHubsOptions) -> Result<ProducerClient, Stre
         .await
         .map_err(|e| error("connecting to Event Hubs", e))
 }
+
+/// How long a batch may wait for the hub's acknowledgement before it counts as failed.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends one batch and waits for the hub to accept it. A send that is never acknowledged fails
+/// after [`SEND_TIMEOUT`] instead of hanging: the AMQP layer under the SDK (`fe2o3-amqp` 0.16) can
+/// lose an acknowledgement that arrives faster than it records the transfer, and a stuck sender
+/// would stop a replay or an alert stream silently. The caller decides whether to retry; alert
+/// ids are stable, so a receiver drops the copy if the first send did arrive.
+pub async fn send_batch(
+    client: &ProducerClient,
+    batch: azure_messaging_eventhubs::EventDataBatch<'_>,
+    what: &str,
+) -> Result<(), StreamError> {
+    match tokio::time::timeout(SEND_TIMEOUT, client.send_batch(batch, None)).await {
+        Ok(sent) => sent.map_err(|e| error(what, e)),
+        Err(_) => Err(StreamError::EventHubs(format!(
+            "{what}: no acknowledgement from Event Hubs within {} s",
+            SEND_TIMEOUT.as_secs()
+        ))),
+    }
+}

@@ -12,7 +12,7 @@ use azure_messaging_eventhubs::models::EventData;
 use serde_json::Value;
 
 use super::StreamError;
-use super::event_hubs::{EventHubsOptions, producer};
+use super::event_hubs::{EventHubsOptions, producer, send_batch};
 
 #[derive(Debug, Default)]
 pub struct Sent {
@@ -60,6 +60,7 @@ pub async fn send_file(path: &Path, options: &EventHubsOptions) -> Result<Sent, 
     let failed = |e: azure_messaging_eventhubs::EventHubsError| {
         StreamError::EventHubs(format!("sending to {}: {e}", options.hub))
     };
+    let what = format!("sending to {}", options.hub);
     let mut sent = Sent {
         partition_keys: by_key.len(),
         ..Sent::default()
@@ -86,7 +87,7 @@ pub async fn send_file(path: &Path, options: &EventHubsOptions) -> Result<Sent, 
                         line.len()
                     )));
                 }
-                client.send_batch(batch, None).await.map_err(failed)?;
+                send_batch(&client, batch, &what).await?;
                 sent.batches += 1;
                 batch = client
                     .create_batch(Some(batch_options()))
@@ -103,7 +104,7 @@ pub async fn send_file(path: &Path, options: &EventHubsOptions) -> Result<Sent, 
             sent.bytes += line.len() as u64;
         }
         if !batch.is_empty() {
-            client.send_batch(batch, None).await.map_err(failed)?;
+            send_batch(&client, batch, &what).await?;
             sent.batches += 1;
         }
     }

@@ -6,6 +6,8 @@ mod bad_input;
 mod common;
 mod crash;
 mod db;
+mod eventhubs;
+mod eventhubs_peer;
 mod gold;
 mod ingest_fhir;
 mod rules;

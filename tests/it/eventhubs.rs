@@ -1,0 +1,316 @@
+//! The Event Hubs path against the test peer (`eventhubs_peer.rs`): the official client over a real
+//! socket. `vitalake send` publishes, `vitalake stream --source eventhubs:HUB` consumes: every event
+//! once in bronze and silver, per-patient order kept, across SIGKILL, and a second process that takes over a killed one's partitions.
+
+use azure_messaging_eventhubs::models::EventData;
+use azure_messaging_eventhubs::{
+    ConsumerClient, EventDataBatchOptions, OpenReceiverOptions, ProducerClient, StartLocation,
+    StartPosition,
+};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rand::{Rng, SeedableRng};
+
+use crate::common::{count, rows, run_ok, temp_lake, vitalake};
+use crate::eventhubs_peer::Peer;
+use crate::stream::{assert_every_event_once_in, expected, generate_stream};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_client_sends_and_receives_through_the_peer() {
+    vitalake::stream::event_hubs::install_tls_provider();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+        .with_test_writer()
+        .try_init();
+    let peer = Peer::start("bp", 2).await;
+    let producer = ProducerClient::builder()
+        .with_custom_endpoint(peer.endpoint())
+        .open_with_connection_string(&peer.connection_string(), None)
+        .await
+        .unwrap();
+    let batch = producer
+        .create_batch(Some(EventDataBatchOptions {
+            partition_key: Some("patient-1".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    for n in 0..5 {
+        assert!(
+            batch
+                .try_add_event_data(
+                    EventData::builder()
+                        .with_body(format!("event {n}").into_bytes())
+                        .build(),
+                    None
+                )
+                .unwrap()
+        );
+    }
+    producer.send_batch(batch, None).await.unwrap();
+    let stored: Vec<_> = (0..2).flat_map(|p| peer.events(p)).collect();
+    assert_eq!(stored.len(), 5);
+    let partition = (0..2).find(|p| !peer.events(*p).is_empty()).unwrap();
+
+    let consumer = ConsumerClient::builder()
+        .with_custom_endpoint(peer.endpoint())
+        .open_with_connection_string(&peer.connection_string(), None)
+        .await
+        .unwrap();
+    let properties = consumer.get_eventhub_properties().await.unwrap();
+    assert_eq!(properties.partition_ids, ["0", "1"]);
+    let receiver = consumer
+        .open_receiver_on_partition(
+            partition.to_string(),
+            Some(OpenReceiverOptions {
+                start_position: Some(StartPosition {
+                    location: StartLocation::SequenceNumber(1),
+                    inclusive: false,
+                }),
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    let mut events = receiver.stream_events();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let event = events.next().await.unwrap().unwrap();
+        got.push((
+            event.sequence_number().unwrap(),
+            String::from_utf8(event.event_data().body().unwrap().to_vec()).unwrap(),
+            event.partition_key().clone(),
+        ));
+    }
+    assert_eq!(
+        got,
+        [
+            (2, "event 2".to_string(), Some("patient-1".to_string())),
+            (3, "event 3".to_string(), Some("patient-1".to_string())),
+            (4, "event 4".to_string(), Some("patient-1".to_string())),
+        ]
+    );
+}
+
+/// `vitalake` with the environment that points it at the peer.
+fn against(peer: &Peer, lake: &Path) -> Command {
+    let mut cmd = vitalake();
+    cmd.env("EVENTHUBS_CONNECTION_STRING", peer.connection_string())
+        .env("EVENTHUBS_ENDPOINT", peer.endpoint())
+        .env("EVENTHUBS_OWNERSHIP_INTERVAL", "1")
+        .env("EVENTHUBS_OWNERSHIP_EXPIRY", "4")
+        .arg("--lake")
+        .arg(lake);
+    cmd
+}
+
+fn send(peer: &Peer, lake: &Path, file: &Path) -> String {
+    let child = against(peer, lake)
+        .env(
+            "VITALAKE_LOG",
+            "debug,azure_core=debug,azure_messaging_eventhubs=debug,azure_core_amqp=debug",
+        )
+        .arg("send")
+        .arg(file)
+        .args(["--hub", "observations"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_within(child, "vitalake send");
+    assert!(
+        out.status.success(),
+        "vitalake send failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits for a child, failing loudly (and killing it) rather than hanging the test run.
+fn finish_within(mut child: Child, what: &str) -> std::process::Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what} did not finish within 90 s: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// SIGTERM, then the exit status (within 90 s).
+fn stop(child: Child) -> std::process::ExitStatus {
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    finish_within(child, "vitalake stream after SIGTERM").status
+}
+
+fn start_stream(peer: &Peer, lake: &Path) -> Child {
+    // The log goes beside the lake, for a failing test to show.
+    let log =
+        std::fs::File::create(lake.with_extension(format!("stream-{}.log", uuid::Uuid::now_v7())))
+            .unwrap();
+    against(peer, lake)
+        .args([
+            "stream",
+            "--source",
+            "eventhubs:observations",
+            "--batch-ms",
+            "200",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+fn peer_events(peer: &Peer, partitions: usize) -> usize {
+    (0..partitions).map(|p| peer.events(p).len()).sum()
+}
+
+/// Waits until bronze holds `n` events (read while the stream writes, as Spark would).
+async fn wait_for_bronze(lake: &vitalake::lake::Lake, n: u64) {
+    let started = Instant::now();
+    loop {
+        let now = count(lake, BRONZE).await;
+        assert!(now <= n, "bronze has {now} events, more than the {n} sent");
+        if now == n {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            let root = lake.root().to_file_path().unwrap();
+            let logs: Vec<String> = std::fs::read_dir(root.parent().unwrap())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(".stream-"))
+                .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+                .collect();
+            panic!(
+                "bronze has {now} of {n} events after 120 s; stream logs:\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const BRONZE: &str = "bronze/eventhubs/observations";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sent_events_land_once_in_patient_order_and_bad_ones_in_quarantine() {
+    let peer = Peer::start("observations", 4).await;
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let file = generate_stream(&dir.path().join("stream"), 12, 12, 4);
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str("{\"resourceType\":\"Observation\",\"id\":\"broken\"\n");
+    text.push_str("{\"resourceType\":\"Patient\",\"id\":\"p1\"}\n");
+    std::fs::write(&file, &text).unwrap();
+    let expected = expected(&file);
+    let sent = send(&peer, &lake_path, &file);
+    assert!(
+        sent.starts_with(&format!("sent {} events", expected.events)),
+        "{sent}"
+    );
+    assert_eq!(peer_events(&peer, 4) as u64, expected.events);
+
+    let stream = start_stream(&peer, &lake_path);
+    wait_for_bronze(&lake, expected.events).await;
+    let status = stop(stream);
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+    assert_every_event_once_in(&lake, BRONZE, &expected).await;
+
+    // A patient's events are in one partition, in the order they were sent.
+    let landed = rows(
+        &lake,
+        BRONZE,
+        "SELECT partition_key, partition_id, sequence_number, CAST(body AS VARCHAR) FROM t ORDER BY partition_id, sequence_number",
+    )
+    .await;
+    let mut by_patient: HashMap<String, (String, Vec<String>)> = HashMap::new();
+    for row in landed.iter().filter(|r| !r[0].is_empty()) {
+        let entry = by_patient
+            .entry(row[0].clone())
+            .or_insert_with(|| (row[1].clone(), Vec::new()));
+        assert_eq!(entry.0, row[1], "patient {} in one partition", row[0]);
+        entry.1.push(row[3].clone());
+    }
+    for (patient, (_, bodies)) in &by_patient {
+        let sent_order: Vec<String> = text
+            .lines()
+            .filter(|l| vitalake::stream::send::partition_key(l).as_deref() == Some(patient))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            bodies, &sent_order,
+            "patient {patient}: events in the order sent"
+        );
+    }
+
+    // The broken event and the Patient are quarantined with their partition and sequence number.
+    let quarantined = rows(
+        &lake,
+        "silver/quarantine",
+        "SELECT source_uri, line, errors[1]['rule'] FROM t ORDER BY errors[1]['rule']",
+    )
+    .await;
+    assert_eq!(quarantined.len(), 2, "{quarantined:?}");
+    for row in &quarantined {
+        assert!(
+            row[0].starts_with("eventhubs://peer.servicebus.windows.net/observations/$Default/"),
+            "{row:?}"
+        );
+        let partition: usize = row[0].rsplit('/').next().unwrap().parse().unwrap();
+        let sequence: i64 = row[1].parse().unwrap();
+        assert!(
+            peer.events(partition)
+                .iter()
+                .any(|e| e.sequence_number == sequence),
+            "quarantine names the event's partition and sequence number: {row:?}"
+        );
+    }
+    assert!(
+        quarantined.iter().any(|r| r[2] == "stream-type"),
+        "{quarantined:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_killed_at_random_moments_ends_with_every_event_once() {
+    let peer = Peer::start("observations", 4).await;
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let file = generate_stream(&dir.path().join("stream"), 60, 24, 12);
+    let expected = expected(&file);
+    send(&peer, &lake_path, &file);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    for _ in 0..4 {
+        let mut stream = against(&peer, &lake_path)
+            .args([
+                "stream",
+                "--source",
+                "eventhubs:observations",
+                "--batch-events",
+                "300",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(rng.random_range(500..4000))).await;
+        let _ = stream.kill();
+        let _ = stream.wait();
+    }
+    let stream = start_stream(&peer, &lake_path);
+    wait_for_bronze(&lake, expected.events).await;
+    assert!(stop(stream).success());
+    assert_every_event_once_in(&lake, BRONZE, &expected).await;
+}

@@ -1,0 +1,595 @@
+//! An Azure Event Hubs test peer on `fe2o3-amqp`'s acceptor: the closest thing to Event Hubs that
+//! runs here, so the official client (`azure_messaging_eventhubs`) is tested over a real socket.
+//!
+//! It speaks what the client needs: SASL ANONYMOUS; a `$cbs` node answering put-token with 202; a
+//! `$management` node answering READ for `com.microsoft:eventhub` and `com.microsoft:partition`;
+//! sender links advertising `max-message-size`; batched messages (format 0x80013700) unpacked; one
+//! log per partition with sequence numbers, offsets and enqueued times; receivers honouring the
+//! offset / sequence-number start filter and the owner level (`com.microsoft:epoch`: a higher one
+//! steals the partition with `amqp:link:stolen`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerSessionHandle, SaslAnonymousMechanism,
+    SessionAcceptor,
+};
+use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::types::definitions::{self, LinkError};
+use fe2o3_amqp::types::messaging::message::__private::Deserializable;
+use fe2o3_amqp::types::messaging::{
+    ApplicationProperties, Body, Message, MessageAnnotations, Properties,
+};
+use fe2o3_amqp::types::primitives::{Array, OrderedMap, SimpleValue, Timestamp, Value};
+use fe2o3_amqp::{Receiver, Sender};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The message format of a batch: data sections, each an encoded message.
+const BATCH_FORMAT: u32 = 0x8001_3700;
+const MAX_MESSAGE_SIZE: u64 = 1024 * 1024;
+
+/// How long the peer waits before settling a message the client sent, as a network round trip
+/// to Azure would. `fe2o3-amqp` 0.16 (under the official client) sends a transfer first and only
+/// then records it in its unsettled map (`send_payload_with_transfer`): a disposition that comes
+/// back through loopback before that insert is dropped, and the client's `send` waits forever.
+/// A real hub is at least a millisecond away; on a loaded two-core machine the sending thread can
+/// be descheduled for longer than that, so the peer gives it a comfortable margin.
+const SETTLE_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// One event as the peer stores it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub sequence_number: i64,
+    pub offset: i64,
+    pub enqueued_millis: i64,
+    pub partition_key: Option<String>,
+    pub message: Message<Body<Value>>,
+}
+
+struct State {
+    hub: String,
+    partitions: Vec<Mutex<Vec<StoredEvent>>>,
+    /// Bumped on every append, so receivers wake up.
+    appended: watch::Sender<u64>,
+    /// Per consumer group and partition: the current owner level and the token that stops its link.
+    owners: Mutex<HashMap<String, (i64, CancellationToken)>>,
+    round_robin: AtomicUsize,
+}
+
+/// A running peer on a loopback port; stops when dropped. It runs on a runtime of its own, so a
+/// test that blocks its own threads (waiting for a child process) never stalls the peer.
+pub struct Peer {
+    pub port: u16,
+    state: Arc<State>,
+    listener: JoinHandle<()>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.listener.abort();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Peer {
+    pub async fn start(hub: &str, partitions: usize) -> Peer {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
+            .with_test_writer()
+            .try_init();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(State {
+            hub: hub.to_string(),
+            partitions: (0..partitions).map(|_| Mutex::new(Vec::new())).collect(),
+            appended: watch::channel(0).0,
+            owners: Mutex::new(HashMap::new()),
+            round_robin: AtomicUsize::new(0),
+        });
+        let accepting = state.clone();
+        let listener = runtime.spawn(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = accepting.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_connection(stream, state).await {
+                        eprintln!("eventhubs peer: connection ended: {e}");
+                    }
+                });
+            }
+        });
+        Peer {
+            port,
+            state,
+            listener,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The endpoint the client connects to: `with_custom_endpoint(peer.endpoint())`.
+    pub fn endpoint(&self) -> String {
+        format!("amqp://127.0.0.1:{}", self.port)
+    }
+
+    /// A connection string for the client; the key is never checked (SASL ANONYMOUS, any token).
+    pub fn connection_string(&self) -> String {
+        format!(
+            "Endpoint=sb://peer.servicebus.windows.net/;SharedAccessKeyName=test;SharedAccessKey=dGVzdA==;EntityPath={}",
+            self.state.hub
+        )
+    }
+
+    /// Every event of a partition, in order.
+    pub fn events(&self, partition: usize) -> Vec<StoredEvent> {
+        self.state.partitions[partition].lock().unwrap().clone()
+    }
+}
+
+/// Where replies to `$cbs` and `$management` requests go: the client's reply address → a link.
+type Replies = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message<Body<Value>>>>>>;
+
+async fn serve_connection(
+    stream: TcpStream,
+    state: Arc<State>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let acceptor = ConnectionAcceptor::builder()
+        .container_id("vitalake-eventhubs-peer")
+        .sasl_acceptor(SaslAnonymousMechanism::new())
+        .build();
+    let mut connection = acceptor.accept(stream).await?;
+    let replies: Replies = Arc::default();
+    let session_acceptor = SessionAcceptor::new();
+    while let Ok(session) = session_acceptor.accept(&mut connection).await {
+        tokio::spawn(serve_session(session, state.clone(), replies.clone()));
+    }
+    Ok(())
+}
+
+async fn serve_session(mut session: ListenerSessionHandle, state: Arc<State>, replies: Replies) {
+    let links = LinkAcceptor::builder()
+        .max_message_size(MAX_MESSAGE_SIZE)
+        .build();
+    while let Some(attach) = session.next_incoming_attach().await {
+        let properties = attach.properties.clone().unwrap_or_default();
+        let filter = attach
+            .source
+            .as_ref()
+            .and_then(|s| s.filter.clone())
+            .unwrap_or_default();
+        match links.accept_incoming_attach(attach, &mut session).await {
+            Ok(LinkEndpoint::Receiver(receiver)) => {
+                tokio::spawn(serve_incoming(receiver, state.clone(), replies.clone()));
+            }
+            Ok(LinkEndpoint::Sender(sender)) => {
+                let epoch = properties
+                    .iter()
+                    .find(|(k, _)| k.as_str() == "com.microsoft:epoch")
+                    .and_then(|(_, v)| match v {
+                        Value::Long(epoch) => Some(*epoch),
+                        _ => None,
+                    });
+                let selector = filter.values().find_map(|v| match v {
+                    Value::Described(d) => match &d.value {
+                        Value::String(s) => Some(s.clone()),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+                tokio::spawn(serve_outgoing(
+                    sender,
+                    state.clone(),
+                    replies.clone(),
+                    epoch,
+                    selector,
+                ));
+            }
+            Err(e) => eprintln!("eventhubs peer: attach refused: {e}"),
+        }
+    }
+}
+
+fn address_path(address: &str) -> String {
+    url::Url::parse(address)
+        .map(|u| u.path().trim_start_matches('/').to_string())
+        .unwrap_or_else(|_| address.trim_start_matches('/').to_string())
+}
+
+fn application_property(message: &Message<Body<Value>>, key: &str) -> Option<String> {
+    message
+        .application_properties
+        .as_ref()?
+        .0
+        .get(key)
+        .and_then(|v| match v {
+            SimpleValue::String(s) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+async fn reply(
+    request: &Message<Body<Value>>,
+    status: i32,
+    body: Value,
+    replies: &Replies,
+) -> Result<(), String> {
+    let properties = request.properties.as_ref();
+    let reply_to = properties
+        .and_then(|p| p.reply_to.clone())
+        .ok_or("request without reply-to")?;
+    let mut application_properties = OrderedMap::new();
+    application_properties.insert("status-code".to_string(), SimpleValue::Int(status));
+    application_properties.insert(
+        "status-description".to_string(),
+        SimpleValue::String("OK".into()),
+    );
+    let response = Message {
+        header: None,
+        delivery_annotations: None,
+        message_annotations: None,
+        properties: Some(Properties {
+            correlation_id: properties.and_then(|p| p.message_id.clone()),
+            ..Properties::default()
+        }),
+        application_properties: Some(ApplicationProperties(application_properties)),
+        body: Body::Value(fe2o3_amqp::types::messaging::AmqpValue(body)),
+        footer: None,
+    };
+    // The reply link is attached before the client sends its first request, but its attach may
+    // still be on its way through this peer: wait a moment for it.
+    for _ in 0..1000 {
+        let link = replies.lock().unwrap().get(&reply_to).cloned();
+        if let Some(link) = link {
+            return link.send(response).map_err(|e| e.to_string());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Err(format!("no reply link for {reply_to}"))
+}
+
+/// The client sends: `$cbs` and `$management` requests, or events to the hub or one partition.
+async fn serve_incoming(mut receiver: Receiver, state: Arc<State>, replies: Replies) {
+    let target = receiver
+        .target()
+        .as_ref()
+        .and_then(|t| t.address.clone())
+        .unwrap_or_default();
+    let node = address_path(&target);
+    loop {
+        let delivery = match receiver.recv::<Body<Value>>().await {
+            Ok(delivery) => delivery,
+            Err(e) => {
+                eprintln!("eventhubs peer: receiving on {node} ended: {e:?}");
+                return;
+            }
+        };
+        let format = delivery.message_format().unwrap_or(0);
+        let info = DeliveryInfo::from(&delivery);
+        let message = delivery.into_message();
+        let outcome = match node.as_str() {
+            "$cbs" => reply(&message, 202, Value::Null, &replies).await,
+            "$management" => match management(&message, &state) {
+                Ok((status, body)) => reply(&message, status, body, &replies).await,
+                Err(e) => Err(e),
+            },
+            _ => append(&node, format, message, &state),
+        };
+        tokio::time::sleep(SETTLE_DELAY).await;
+        let settled = match outcome {
+            Ok(()) => receiver.accept(info).await,
+            Err(reason) => {
+                eprintln!("eventhubs peer: rejected a message to {node}: {reason}");
+                receiver
+                    .reject(
+                        info,
+                        definitions::Error::new(
+                            definitions::AmqpError::InternalError,
+                            reason,
+                            None,
+                        ),
+                    )
+                    .await
+            }
+        };
+        if settled.is_err() {
+            return;
+        }
+    }
+}
+
+fn management(message: &Message<Body<Value>>, state: &State) -> Result<(i32, Value), String> {
+    let entity = application_property(message, "type").unwrap_or_default();
+    let mut body: OrderedMap<Value, Value> = OrderedMap::new();
+    let mut put = |k: &str, v: Value| {
+        body.insert(Value::String(k.to_string()), v);
+    };
+    put("name", Value::String(state.hub.clone()));
+    match entity.as_str() {
+        "com.microsoft:eventhub" => {
+            put(
+                "created_at",
+                Value::Timestamp(Timestamp::from_milliseconds(0)),
+            );
+            put("partition_count", Value::Int(state.partitions.len() as i32));
+            put(
+                "partition_ids",
+                Value::Array(Array(
+                    (0..state.partitions.len())
+                        .map(|p| Value::String(p.to_string()))
+                        .collect(),
+                )),
+            );
+        }
+        "com.microsoft:partition" => {
+            let partition = application_property(message, "partition").unwrap_or_default();
+            let index: usize = partition.parse().map_err(|_| "bad partition")?;
+            let events = state.partitions.get(index).ok_or("no such partition")?;
+            let events = events.lock().unwrap();
+            put("type", Value::String(entity.clone()));
+            put("partition", Value::String(partition));
+            put("begin_sequence_number", Value::Long(0));
+            let last = events.last();
+            put(
+                "last_enqueued_sequence_number",
+                Value::Long(last.map_or(-1, |e| e.sequence_number)),
+            );
+            put(
+                "last_enqueued_offset",
+                Value::String(last.map_or(-1, |e| e.offset).to_string()),
+            );
+            put(
+                "last_enqueued_time_utc",
+                Value::Timestamp(Timestamp::from_milliseconds(
+                    last.map_or(0, |e| e.enqueued_millis),
+                )),
+            );
+            put("is_partition_empty", Value::Bool(events.is_empty()));
+        }
+        other => return Err(format!("unknown entity type {other}")),
+    }
+    Ok((200, Value::Map(body)))
+}
+
+fn annotation_text(message: &Message<Body<Value>>, key: &str) -> Option<String> {
+    message
+        .message_annotations
+        .as_ref()?
+        .0
+        .iter()
+        .find(|(k, _)| matches!(k, fe2o3_amqp::types::messaging::annotations::OwnedKey::Symbol(s) if s.as_str() == key))
+        .and_then(|(_, v)| match v {
+            Value::String(s) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+/// Stores a message (or each message of a batch) in its partition.
+fn append(
+    node: &str,
+    format: u32,
+    envelope: Message<Body<Value>>,
+    state: &State,
+) -> Result<(), String> {
+    let parts: Vec<&str> = node.split('/').collect();
+    if parts.first() != Some(&state.hub.as_str()) {
+        return Err(format!("unknown entity {node}"));
+    }
+    let envelope_key = annotation_text(&envelope, "x-opt-partition-key");
+    let messages = if format == BATCH_FORMAT {
+        let Body::Data(sections) = &envelope.body else {
+            return Err("a batch without data sections".into());
+        };
+        sections
+            .iter()
+            .map(|data| {
+                serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(&data.0)
+                    .map(|d| d.0)
+                    .map_err(|e| format!("a batched message does not decode: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        vec![envelope]
+    };
+    for message in messages {
+        let key = annotation_text(&message, "x-opt-partition-key").or(envelope_key.clone());
+        let partition = match (parts.get(1), parts.get(2), &key) {
+            (Some(&"Partitions"), Some(p), _) => p.parse::<usize>().map_err(|_| "bad partition")?,
+            (_, _, Some(key)) => {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                key.hash(&mut hasher);
+                hasher.finish() as usize % state.partitions.len()
+            }
+            _ => state.round_robin.fetch_add(1, Ordering::Relaxed) % state.partitions.len(),
+        };
+        let mut events = state.partitions[partition].lock().unwrap();
+        let (sequence_number, offset) = events.last().map_or((0, 0), |e| {
+            (
+                e.sequence_number + 1,
+                e.offset + body_len(&e.message) as i64,
+            )
+        });
+        events.push(StoredEvent {
+            sequence_number,
+            offset,
+            enqueued_millis: chrono::Utc::now().timestamp_millis(),
+            partition_key: key,
+            message,
+        });
+    }
+    state.appended.send_modify(|n| *n += 1);
+    Ok(())
+}
+
+fn body_len(message: &Message<Body<Value>>) -> usize {
+    match &message.body {
+        Body::Data(sections) => sections.iter().map(|d| d.0.len()).sum(),
+        _ => 1,
+    }
+}
+
+/// Where a receiver starts, from its selector filter: the index of the first event to deliver.
+fn start_index(selector: Option<&str>, events: &[StoredEvent]) -> usize {
+    let Some(selector) = selector else {
+        return events.len();
+    };
+    let value = selector.split('\'').nth(1).unwrap_or_default().to_string();
+    let inclusive = selector.contains(">=");
+    let position = |key: &dyn Fn(&StoredEvent) -> i64, at: i64| {
+        events
+            .iter()
+            .position(|e| if inclusive { key(e) >= at } else { key(e) > at })
+            .unwrap_or(events.len())
+    };
+    if value == "@latest" {
+        return events.len();
+    }
+    let number: i64 = value.parse().unwrap_or(-1);
+    if selector.contains("x-opt-sequence-number") {
+        position(&|e| e.sequence_number, number)
+    } else if selector.contains("x-opt-enqueued-time") {
+        position(&|e| e.enqueued_millis, number)
+    } else {
+        position(&|e| e.offset, number)
+    }
+}
+
+/// The client receives: replies from `$cbs` / `$management`, or a partition's events.
+async fn serve_outgoing(
+    mut sender: Sender,
+    state: Arc<State>,
+    replies: Replies,
+    epoch: Option<i64>,
+    selector: Option<String>,
+) {
+    let source = sender
+        .source()
+        .as_ref()
+        .and_then(|s| s.address.clone())
+        .unwrap_or_default();
+    let node = address_path(&source);
+    if node == "$cbs" || node == "$management" {
+        let reply_to = sender
+            .target()
+            .as_ref()
+            .and_then(|t| t.address.clone())
+            .unwrap_or_default();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        replies.lock().unwrap().insert(reply_to, tx);
+        while let Some(message) = rx.recv().await {
+            if sender.send(message).await.is_err() {
+                return;
+            }
+        }
+        return;
+    }
+    // <hub>/ConsumerGroups/<group>/Partitions/<id>
+    let parts: Vec<&str> = node.split('/').collect();
+    let (Some(group), Some(partition)) = (
+        parts.get(2),
+        parts.get(4).and_then(|p| p.parse::<usize>().ok()),
+    ) else {
+        let _ = sender
+            .close_with_error(definitions::Error::new(
+                definitions::AmqpError::NotFound,
+                format!("unknown source {node}"),
+                None,
+            ))
+            .await;
+        return;
+    };
+    let stop = CancellationToken::new();
+    if let Some(epoch) = epoch {
+        let key = format!("{group}/{partition}");
+        let current = state.owners.lock().unwrap().get(&key).map(|(c, _)| *c);
+        if let Some(current) = current.filter(|c| *c > epoch) {
+            let _ = sender
+                .close_with_error(definitions::Error::new(
+                    LinkError::Stolen,
+                    format!("a receiver with the higher epoch {current} owns this partition"),
+                    None,
+                ))
+                .await;
+            return;
+        }
+        let previous = state
+            .owners
+            .lock()
+            .unwrap()
+            .insert(key, (epoch, stop.clone()));
+        if let Some((_, previous)) = previous {
+            previous.cancel();
+        }
+    }
+    let mut appended = state.appended.subscribe();
+    let mut next = start_index(
+        selector.as_deref(),
+        &state.partitions[partition].lock().unwrap(),
+    );
+    loop {
+        let pending: Vec<StoredEvent> =
+            state.partitions[partition].lock().unwrap()[next..].to_vec();
+        for event in pending {
+            // Pre-settled, as Event Hubs delivers: the receiver's credit paces the link, and no
+            // disposition is awaited per event.
+            let message = fe2o3_amqp::link::delivery::Sendable::builder()
+                .message(delivered(&event))
+                .settled(true)
+                .build();
+            tokio::select! {
+                sent = sender.send(message) => if sent.is_err() { return },
+                () = stop.cancelled() => return stolen(sender).await,
+            }
+            next += 1;
+        }
+        tokio::select! {
+            changed = appended.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return stolen(sender).await,
+        }
+    }
+}
+
+async fn stolen(sender: Sender) {
+    let _ = sender
+        .close_with_error(definitions::Error::new(
+            LinkError::Stolen,
+            "a receiver with a higher epoch took this partition".to_string(),
+            None,
+        ))
+        .await;
+}
+
+/// A stored event as Event Hubs delivers it: annotated with its place in the partition.
+fn delivered(event: &StoredEvent) -> Message<Body<Value>> {
+    use fe2o3_amqp::types::messaging::annotations::OwnedKey;
+    let mut message = event.message.clone();
+    let annotations = message
+        .message_annotations
+        .get_or_insert_with(|| MessageAnnotations(OrderedMap::new()));
+    let mut set = |key: &str, value: Value| {
+        annotations.0.insert(OwnedKey::Symbol(key.into()), value);
+    };
+    set("x-opt-sequence-number", Value::Long(event.sequence_number));
+    set("x-opt-offset", Value::String(event.offset.to_string()));
+    set(
+        "x-opt-enqueued-time",
+        Value::Timestamp(Timestamp::from_milliseconds(event.enqueued_millis)),
+    );
+    if let Some(key) = &event.partition_key {
+        set("x-opt-partition-key", Value::String(key.clone()));
+    }
+    message
+}
