@@ -28,7 +28,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // The work is done (every commit landed): a client library's lingering task must not keep
+    // the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");

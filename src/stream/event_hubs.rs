@@ -86,95 +86,247 @@ fn error(context: &str, e: impl std::fmt::Display) -> StreamError {
 }
 
 /// A running share of a hub's partitions: partitions arrive on `partitions` as this process claims
-/// them. `stop` ends the processor.
+/// them. `shutdown` ends the processor.
 pub struct EventHubsSource {
     pub stream: StreamId,
     pub partitions: mpsc::Receiver<Partition>,
-    processor: Arc<EventProcessor>,
+    processor: Arc<tokio::sync::Mutex<Arc<EventProcessor>>>,
 }
 
 impl EventHubsSource {
     pub async fn shutdown(self) {
-        if let Err(e) = self.processor.shutdown().await {
+        if let Err(e) = self.processor.lock().await.shutdown().await {
             tracing::warn!(error = %e, "Event Hubs processor did not stop cleanly");
         }
     }
 }
 
 /// Joins the hub's consumer group with `checkpoints` as the checkpoint and ownership store.
+///
+/// The SDK recovers a dropped connection by itself most of the time, but not always: after a cut
+/// it can fail every new receiver ("illegal session state"), or retry forever while delivering
+/// nothing. So the consumer is watched: a partition receiver that fails before delivering a single
+/// event, a partition whose hub has events this process has not received for [`stall_after`]
+/// while its reader waits for more, or a hub that stops answering, makes this process build its
+/// consumer and processor again. The new processor carries the same owner id (the consumer's
+/// application id): it finds its claims in the store and reads on from the checkpoints at once,
+/// instead of waiting for them to expire.
 pub async fn open(
     options: &EventHubsOptions,
     checkpoints: Arc<Checkpoints>,
     stop: CancellationToken,
 ) -> Result<EventHubsSource, StreamError> {
     install_tls_provider();
-    let mut builder = ConsumerClient::builder().with_consumer_group(options.consumer_group.clone());
-    if let Some(endpoint) = &options.endpoint {
-        builder = builder.with_custom_endpoint(endpoint.clone());
-    }
-    let consumer = builder
-        .open_with_connection_string(&options.connection_string, Some(&options.hub))
-        .await
-        .map_err(|e| error("connecting to Event Hubs", e))?;
     let namespace = options
         .connection_string
         .parse::<azure_messaging_eventhubs::ConnectionString>()
         .map(|c| c.fully_qualified_namespace.clone())
         .map_err(|e| error("reading the connection string", e))?;
-    let processor = EventProcessor::builder()
-        .with_load_balancing_strategy(ProcessorStrategy::Greedy)
-        .with_update_interval(to_azure(options.update_interval))
-        .with_partition_expiration_duration(to_azure(options.partition_expiration))
-        .with_start_positions(StartPositions {
-            default: StartPosition {
-                location: StartLocation::Earliest,
-                inclusive: false,
-            },
-            ..Default::default()
-        })
-        .build(consumer, checkpoints)
-        .await
-        .map_err(|e| error("starting the Event Hubs processor", e))?;
-    let running = processor.clone();
-    tokio::spawn(async move {
-        if let Err(e) = running.run().await {
-            tracing::error!(error = %e, "Event Hubs processor stopped");
-        }
-    });
+    let owner = uuid::Uuid::now_v7().to_string();
+    let first = Consumer::connect(options, &checkpoints, &owner).await?;
+    let current = Arc::new(tokio::sync::Mutex::new(first.processor.clone()));
+    let stream = StreamId {
+        namespace,
+        hub: options.hub.clone(),
+        consumer_group: options.consumer_group.clone(),
+    };
     let (tx, rx) = mpsc::channel(64);
-    let handing_out = processor.clone();
+    let (failed_tx, mut failed) = mpsc::unbounded_channel::<bool>();
+    let options = options.clone();
+    let swapped = current.clone();
+    let stream_id = stream.clone();
     tokio::spawn(async move {
+        let stream = stream_id;
+        let mut consumer = first;
+        let progress = Progress::default();
+        let mut check = tokio::time::interval(stall_after(&options) / 2);
         loop {
-            let client = tokio::select! {
-                client = handing_out.next_partition_client() => client,
+            let reconnect = tokio::select! {
+                client = consumer.processor.next_partition_client() => {
+                    match client {
+                        Ok(client) => {
+                            let id = client.get_partition_id().to_string();
+                            tracing::info!(partition_id = id, "partition claimed");
+                            // Where the reader starts: the watchdog's first evidence.
+                            let from = checkpoints
+                                .checkpoint(&stream.namespace, &stream.hub, &stream.consumer_group, &id)
+                                .await
+                                .ok()
+                                .flatten()
+                                .and_then(|c| c.sequence_number)
+                                .unwrap_or(-1);
+                            let partition = partition(client, failed_tx.clone(), progress.clone(), from);
+                            if tx.send(partition).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no partition client");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                    false
+                }
+                Some(delivered_any) = failed.recv() => !delivered_any,
+                _ = check.tick() => consumer.stalled(&progress, stall_after(&options)).await,
                 () = stop.cancelled() => return,
             };
-            match client {
-                Ok(client) => {
-                    tracing::info!(
-                        partition_id = client.get_partition_id(),
-                        "partition claimed"
-                    );
-                    if tx.send(partition(client)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "no partition client");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+            if !reconnect {
+                continue;
             }
+            tracing::warn!("the Event Hubs consumer is stuck: connecting again");
+            let _ = consumer.processor.shutdown().await;
+            consumer = loop {
+                match Consumer::connect(&options, &checkpoints, &owner).await {
+                    Ok(consumer) => break consumer,
+                    Err(e) => tracing::warn!(error = %e, "connecting to Event Hubs again"),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = stop.cancelled() => return,
+                }
+            };
+            progress.clear();
+            *swapped.lock().await = consumer.processor.clone();
         }
     });
     Ok(EventHubsSource {
-        stream: StreamId {
-            namespace,
-            hub: options.hub.clone(),
-            consumer_group: options.consumer_group.clone(),
-        },
+        stream,
         partitions: rx,
-        processor,
+        processor: current,
     })
+}
+
+/// How long a partition may have events waiting at the hub, with its reader idle, before the
+/// consumer counts as stuck: three ownership intervals, at least five seconds.
+fn stall_after(options: &EventHubsOptions) -> Duration {
+    (options.update_interval * 3).max(Duration::from_secs(5))
+}
+
+type EventSender = mpsc::Sender<Result<Event, StreamError>>;
+
+/// What each partition reader last received, and when: the watchdog's evidence.
+#[derive(Clone, Default)]
+struct Progress(Arc<std::sync::Mutex<std::collections::HashMap<String, Received>>>);
+
+struct Received {
+    sequence_number: i64,
+    at: std::time::Instant,
+    /// The reader's channel: events still in it mean the lake is the slow side, not the hub.
+    reader: mpsc::WeakSender<Result<Event, StreamError>>,
+}
+
+impl Progress {
+    fn record(&self, partition_id: &str, sequence_number: i64, reader: &EventSender) {
+        let received = Received {
+            sequence_number,
+            at: std::time::Instant::now(),
+            reader: reader.downgrade(),
+        };
+        let mut map = self.0.lock().expect("progress lock");
+        map.insert(partition_id.to_string(), received);
+    }
+
+    fn clear(&self) {
+        self.0.lock().expect("progress lock").clear();
+    }
+
+    /// Partitions whose last event is older than `patience` while their reader has nothing left.
+    fn idle(&self, patience: Duration) -> Vec<(String, i64)> {
+        let map = self.0.lock().expect("progress lock");
+        map.iter()
+            .filter(|(_, r)| {
+                r.at.elapsed() > patience
+                    && r.reader
+                        .upgrade()
+                        .is_some_and(|tx| tx.capacity() == tx.max_capacity())
+            })
+            .map(|(id, r)| (id.clone(), r.sequence_number))
+            .collect()
+    }
+}
+
+/// A consumer client and a running processor on it, claiming partitions as `owner`, and a second
+/// client that asks the hub how far each partition goes.
+struct Consumer {
+    processor: Arc<EventProcessor>,
+    probe: ConsumerClient,
+}
+
+impl Consumer {
+    async fn connect(
+        options: &EventHubsOptions,
+        checkpoints: &Arc<Checkpoints>,
+        owner: &str,
+    ) -> Result<Consumer, StreamError> {
+        let client = || async {
+            let mut builder = ConsumerClient::builder()
+                .with_consumer_group(options.consumer_group.clone())
+                .with_application_id(owner.to_string());
+            if let Some(endpoint) = &options.endpoint {
+                builder = builder.with_custom_endpoint(endpoint.clone());
+            }
+            builder
+                .open_with_connection_string(&options.connection_string, Some(&options.hub))
+                .await
+                .map_err(|e| error("connecting to Event Hubs", e))
+        };
+        let processor = EventProcessor::builder()
+            .with_load_balancing_strategy(ProcessorStrategy::Greedy)
+            .with_update_interval(to_azure(options.update_interval))
+            .with_partition_expiration_duration(to_azure(options.partition_expiration))
+            .with_start_positions(StartPositions {
+                default: StartPosition {
+                    location: StartLocation::Earliest,
+                    inclusive: false,
+                },
+                ..Default::default()
+            })
+            .build(client().await?, checkpoints.clone())
+            .await
+            .map_err(|e| error("starting the Event Hubs processor", e))?;
+        let running = processor.clone();
+        tokio::spawn(async move {
+            if let Err(e) = running.run().await {
+                tracing::error!(error = %e, "Event Hubs processor stopped");
+            }
+        });
+        Ok(Consumer {
+            processor,
+            probe: client().await?,
+        })
+    }
+
+    /// Whether an idle partition has events at the hub that never arrived, or the hub does not
+    /// answer within `patience`.
+    async fn stalled(&self, progress: &Progress, patience: Duration) -> bool {
+        for (partition_id, received) in progress.idle(patience) {
+            let asked =
+                tokio::time::timeout(patience, self.probe.get_partition_properties(&partition_id))
+                    .await;
+            let at_hub = match asked {
+                Ok(Ok(properties)) => properties.last_enqueued_sequence_number,
+                Ok(Err(e)) => {
+                    tracing::warn!(partition_id, error = %e, "the hub does not answer");
+                    return true;
+                }
+                Err(_) => {
+                    tracing::warn!(partition_id, "the hub does not answer in time");
+                    return true;
+                }
+            };
+            if at_hub > received {
+                tracing::warn!(
+                    partition_id,
+                    received,
+                    at_hub,
+                    "events wait at the hub but do not arrive"
+                );
+                return true;
+            }
+        }
+        false
+    }
 }
 
 fn to_azure(duration: Duration) -> AzureDuration {
@@ -183,23 +335,58 @@ fn to_azure(duration: Duration) -> AzureDuration {
 
 /// A claimed partition as a stream of events. A thread owns the partition client and forwards its
 /// events (the SDK's event stream is not `Send`, so it cannot move between the runtime's workers);
-/// it ends when the stream's reader goes away or the partition is lost.
-fn partition(client: Arc<PartitionClient>) -> Partition {
+/// it ends when the stream's reader goes away, the partition is lost, or its receiver fails.
+///
+/// When it ends, the client is closed, which takes it out of the processor's map: a partition this
+/// process still owns is then handed out again at the processor's next update, read on from the
+/// last checkpoint. Without that, a receiver the SDK cannot recover (after a dropped connection it
+/// can fail with "link name is not unique") would leave its partition unread until a restart.
+/// A receiver that fails reports on `failed` whether it had delivered any event.
+fn partition(
+    client: Arc<PartitionClient>,
+    failed: mpsc::UnboundedSender<bool>,
+    progress: Progress,
+    from: i64,
+) -> Partition {
     let id = client.get_partition_id().to_string();
     let (tx, mut rx) = mpsc::channel(4096);
     let partition_id = id.clone();
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         runtime.block_on(async move {
+            progress.record(&partition_id, from, &tx);
             let mut events = client.stream_events();
-            while let Some(received) = events.next().await {
+            let mut delivered_any = false;
+            // Ends when the stream's reader is gone, even while the partition is quiet.
+            while let Some(received) = tokio::select! {
+                received = events.next() => received,
+                () = tx.closed() => None,
+            } {
                 let item = received
                     .map(|r| event(&partition_id, &r))
                     .map_err(|e| error(&format!("partition {partition_id}"), e));
-                let failed = item.is_err();
-                if tx.send(item).await.is_err() || failed {
-                    return;
+                if let Err(e) = &item {
+                    // A partition taken by another process (a higher owner level) is balancing,
+                    // not a broken connection.
+                    let text = e.to_string().to_ascii_lowercase();
+                    let stolen = text.contains("stolen") || text.contains("epoch");
+                    let _ = failed.send(delivered_any || stolen);
+                    let _ = tx.send(item).await;
+                    break;
                 }
+                delivered_any = true;
+                if let Ok(event) = &item {
+                    progress.record(&partition_id, event.sequence_number, &tx);
+                }
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+            drop(events);
+            if let Ok(client) = Arc::try_unwrap(client)
+                && let Err(e) = client.close().await
+            {
+                tracing::debug!(partition_id, error = %e, "closing a partition client");
             }
         })
     });

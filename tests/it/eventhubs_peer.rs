@@ -9,6 +9,7 @@
 //! steals the partition with `amqp:link:stolen`).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -51,14 +52,28 @@ pub struct StoredEvent {
     pub message: Message<Body<Value>>,
 }
 
+/// A hub's partitions, each its log of events.
+type Partitions = Vec<Mutex<Vec<StoredEvent>>>;
+
 struct State {
-    hub: String,
-    partitions: Vec<Mutex<Vec<StoredEvent>>>,
+    hubs: HashMap<String, Partitions>,
     /// Bumped on every append, so receivers wake up.
     appended: watch::Sender<u64>,
     /// Per consumer group and partition: the current owner level and the token that stops its link.
     owners: Mutex<HashMap<String, (i64, CancellationToken)>>,
     round_robin: AtomicUsize,
+    /// A handle on every accepted socket, so a test can cut them all.
+    sockets: Mutex<Vec<std::net::TcpStream>>,
+    /// Per hub, consumer group and partition: the client address of the reader that owns it.
+    readers: Mutex<HashMap<String, SocketAddr>>,
+}
+
+impl State {
+    fn partitions(&self, hub: &str) -> Result<&Partitions, String> {
+        self.hubs
+            .get(hub)
+            .ok_or_else(|| format!("unknown entity {hub}"))
+    }
 }
 
 /// A running peer on a loopback port; stops when dropped. It runs on a runtime of its own, so a
@@ -81,6 +96,11 @@ impl Drop for Peer {
 
 impl Peer {
     pub async fn start(hub: &str, partitions: usize) -> Peer {
+        Peer::start_hubs(&[hub], partitions).await
+    }
+
+    /// A namespace with several hubs, each with `partitions` partitions.
+    pub async fn start_hubs(hubs: &[&str], partitions: usize) -> Peer {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_env("TEST_LOG"))
             .with_test_writer()
@@ -94,19 +114,33 @@ impl Peer {
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(State {
-            hub: hub.to_string(),
-            partitions: (0..partitions).map(|_| Mutex::new(Vec::new())).collect(),
+            hubs: hubs
+                .iter()
+                .map(|hub| {
+                    let logs = (0..partitions).map(|_| Mutex::new(Vec::new())).collect();
+                    (hub.to_string(), logs)
+                })
+                .collect(),
             appended: watch::channel(0).0,
             owners: Mutex::new(HashMap::new()),
             round_robin: AtomicUsize::new(0),
+            sockets: Mutex::default(),
+            readers: Mutex::default(),
         });
         let accepting = state.clone();
         let listener = runtime.spawn(async move {
             let listener = TcpListener::from_std(listener).unwrap();
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((stream, client)) = listener.accept().await {
                 let state = accepting.clone();
+                let socket = stream.into_std().unwrap();
+                state
+                    .sockets
+                    .lock()
+                    .unwrap()
+                    .push(socket.try_clone().unwrap());
+                let stream = TcpStream::from_std(socket).unwrap();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, state).await {
+                    if let Err(e) = serve_connection(stream, client, state).await {
                         eprintln!("eventhubs peer: connection ended: {e}");
                     }
                 });
@@ -125,17 +159,32 @@ impl Peer {
         format!("amqp://127.0.0.1:{}", self.port)
     }
 
-    /// A connection string for the client; the key is never checked (SASL ANONYMOUS, any token).
+    /// A namespace connection string (the hub is named by each command); the key is never
+    /// checked (SASL ANONYMOUS, any token).
     pub fn connection_string(&self) -> String {
-        format!(
-            "Endpoint=sb://peer.servicebus.windows.net/;SharedAccessKeyName=test;SharedAccessKey=dGVzdA==;EntityPath={}",
-            self.state.hub
-        )
+        "Endpoint=sb://peer.servicebus.windows.net/;SharedAccessKeyName=test;SharedAccessKey=dGVzdA==".into()
     }
 
-    /// Every event of a partition, in order.
+    /// Every event of a partition of the first hub, in order.
     pub fn events(&self, partition: usize) -> Vec<StoredEvent> {
-        self.state.partitions[partition].lock().unwrap().clone()
+        let first = self.state.hubs.keys().min().unwrap();
+        self.events_of(first, partition)
+    }
+
+    pub fn events_of(&self, hub: &str, partition: usize) -> Vec<StoredEvent> {
+        self.state.hubs[hub][partition].lock().unwrap().clone()
+    }
+
+    /// Cuts every client connection, as a network failure or a service restart would.
+    pub fn drop_connections(&self) {
+        for socket in self.state.sockets.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// The client address reading each partition (`hub/group/partition`), as last attached.
+    pub fn readers(&self) -> HashMap<String, SocketAddr> {
+        self.state.readers.lock().unwrap().clone()
     }
 }
 
@@ -144,6 +193,7 @@ type Replies = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message<Body<Valu
 
 async fn serve_connection(
     stream: TcpStream,
+    client: SocketAddr,
     state: Arc<State>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let acceptor = ConnectionAcceptor::builder()
@@ -154,12 +204,22 @@ async fn serve_connection(
     let replies: Replies = Arc::default();
     let session_acceptor = SessionAcceptor::new();
     while let Ok(session) = session_acceptor.accept(&mut connection).await {
-        tokio::spawn(serve_session(session, state.clone(), replies.clone()));
+        tokio::spawn(serve_session(
+            session,
+            client,
+            state.clone(),
+            replies.clone(),
+        ));
     }
     Ok(())
 }
 
-async fn serve_session(mut session: ListenerSessionHandle, state: Arc<State>, replies: Replies) {
+async fn serve_session(
+    mut session: ListenerSessionHandle,
+    client: SocketAddr,
+    state: Arc<State>,
+    replies: Replies,
+) {
     let links = LinkAcceptor::builder()
         .max_message_size(MAX_MESSAGE_SIZE)
         .build();
@@ -191,6 +251,7 @@ async fn serve_session(mut session: ListenerSessionHandle, state: Arc<State>, re
                 });
                 tokio::spawn(serve_outgoing(
                     sender,
+                    client,
                     state.clone(),
                     replies.clone(),
                     epoch,
@@ -316,18 +377,20 @@ fn management(message: &Message<Body<Value>>, state: &State) -> Result<(i32, Val
     let mut put = |k: &str, v: Value| {
         body.insert(Value::String(k.to_string()), v);
     };
-    put("name", Value::String(state.hub.clone()));
+    let hub = application_property(message, "name").unwrap_or_default();
+    let partitions = state.partitions(&hub)?;
+    put("name", Value::String(hub.clone()));
     match entity.as_str() {
         "com.microsoft:eventhub" => {
             put(
                 "created_at",
                 Value::Timestamp(Timestamp::from_milliseconds(0)),
             );
-            put("partition_count", Value::Int(state.partitions.len() as i32));
+            put("partition_count", Value::Int(partitions.len() as i32));
             put(
                 "partition_ids",
                 Value::Array(Array(
-                    (0..state.partitions.len())
+                    (0..partitions.len())
                         .map(|p| Value::String(p.to_string()))
                         .collect(),
                 )),
@@ -336,7 +399,7 @@ fn management(message: &Message<Body<Value>>, state: &State) -> Result<(i32, Val
         "com.microsoft:partition" => {
             let partition = application_property(message, "partition").unwrap_or_default();
             let index: usize = partition.parse().map_err(|_| "bad partition")?;
-            let events = state.partitions.get(index).ok_or("no such partition")?;
+            let events = partitions.get(index).ok_or("no such partition")?;
             let events = events.lock().unwrap();
             put("type", Value::String(entity.clone()));
             put("partition", Value::String(partition));
@@ -384,9 +447,7 @@ fn append(
     state: &State,
 ) -> Result<(), String> {
     let parts: Vec<&str> = node.split('/').collect();
-    if parts.first() != Some(&state.hub.as_str()) {
-        return Err(format!("unknown entity {node}"));
-    }
+    let partitions = state.partitions(parts[0])?;
     let envelope_key = annotation_text(&envelope, "x-opt-partition-key");
     let messages = if format == BATCH_FORMAT {
         let Body::Data(sections) = &envelope.body else {
@@ -411,11 +472,15 @@ fn append(
                 use std::hash::{Hash, Hasher};
                 let mut hasher = std::collections::hash_map::DefaultHasher::new();
                 key.hash(&mut hasher);
-                hasher.finish() as usize % state.partitions.len()
+                hasher.finish() as usize % partitions.len()
             }
-            _ => state.round_robin.fetch_add(1, Ordering::Relaxed) % state.partitions.len(),
+            _ => state.round_robin.fetch_add(1, Ordering::Relaxed) % partitions.len(),
         };
-        let mut events = state.partitions[partition].lock().unwrap();
+        let mut events = partitions
+            .get(partition)
+            .ok_or("no such partition")?
+            .lock()
+            .unwrap();
         let (sequence_number, offset) = events.last().map_or((0, 0), |e| {
             (
                 e.sequence_number + 1,
@@ -470,6 +535,7 @@ fn start_index(selector: Option<&str>, events: &[StoredEvent]) -> usize {
 /// The client receives: replies from `$cbs` / `$management`, or a partition's events.
 async fn serve_outgoing(
     mut sender: Sender,
+    client: SocketAddr,
     state: Arc<State>,
     replies: Replies,
     epoch: Option<i64>,
@@ -498,10 +564,11 @@ async fn serve_outgoing(
     }
     // <hub>/ConsumerGroups/<group>/Partitions/<id>
     let parts: Vec<&str> = node.split('/').collect();
-    let (Some(group), Some(partition)) = (
-        parts.get(2),
-        parts.get(4).and_then(|p| p.parse::<usize>().ok()),
-    ) else {
+    let log = state
+        .partitions(parts[0])
+        .ok()
+        .and_then(|partitions| partitions.get(parts.get(4)?.parse::<usize>().ok()?));
+    let (Some(group), Some(log)) = (parts.get(2), log) else {
         let _ = sender
             .close_with_error(definitions::Error::new(
                 definitions::AmqpError::NotFound,
@@ -513,7 +580,7 @@ async fn serve_outgoing(
     };
     let stop = CancellationToken::new();
     if let Some(epoch) = epoch {
-        let key = format!("{group}/{partition}");
+        let key = format!("{}/{group}/{}", parts[0], parts[4]);
         let current = state.owners.lock().unwrap().get(&key).map(|(c, _)| *c);
         if let Some(current) = current.filter(|c| *c > epoch) {
             let _ = sender
@@ -534,14 +601,15 @@ async fn serve_outgoing(
             previous.cancel();
         }
     }
+    state
+        .readers
+        .lock()
+        .unwrap()
+        .insert(format!("{}/{group}/{}", parts[0], parts[4]), client);
     let mut appended = state.appended.subscribe();
-    let mut next = start_index(
-        selector.as_deref(),
-        &state.partitions[partition].lock().unwrap(),
-    );
+    let mut next = start_index(selector.as_deref(), &log.lock().unwrap());
     loop {
-        let pending: Vec<StoredEvent> =
-            state.partitions[partition].lock().unwrap()[next..].to_vec();
+        let pending: Vec<StoredEvent> = log.lock().unwrap()[next..].to_vec();
         for event in pending {
             // Pre-settled, as Event Hubs delivers: the receiver's credit paces the link, and no
             // disposition is awaited per event.

@@ -252,21 +252,35 @@ impl<'l> Lander<'l> {
             })?;
         }
         self.bronze = Some(table);
-        let mut kept = Vec::with_capacity(batches.len());
+        // One batch per partition: a partition read twice for a moment (its reader replaced)
+        // can bring two, which must neither overlap nor record the partition's transaction twice.
+        let mut kept: Vec<PartitionBatch> = Vec::with_capacity(batches.len());
         for mut batch in batches {
-            if let Some(committed) = self.committed(&batch.partition_id).await? {
+            let earlier = kept
+                .iter()
+                .position(|k| k.partition_id == batch.partition_id);
+            let committed = match earlier {
+                Some(i) => kept[i].events.last().map(|e| e.sequence_number),
+                None => self.committed(&batch.partition_id).await?,
+            };
+            if let Some(committed) = committed {
                 let before = batch.events.len();
                 batch.events.retain(|e| e.sequence_number > committed);
                 if batch.events.len() < before {
                     tracing::warn!(
                         partition_id = batch.partition_id.as_str(),
                         skipped = before - batch.events.len(),
-                        "events already landed by another process skipped"
+                        "events already landed by another reader skipped"
                     );
                 }
             }
-            if !batch.events.is_empty() {
-                kept.push(batch);
+            match earlier {
+                Some(i) => {
+                    kept[i].events.append(&mut batch.events);
+                    kept[i].alerts.append(&mut batch.alerts);
+                }
+                None if !batch.events.is_empty() => kept.push(batch),
+                None => {}
             }
         }
         Ok(kept)

@@ -232,13 +232,20 @@ async fn land_partitions(
 ) -> Result<(), IngestError> {
     let (tx, mut requests) = mpsc::channel::<Request>(64);
     let mut readers = tokio::task::JoinSet::new();
+    let mut live: std::collections::HashMap<String, CancellationToken> = Default::default();
     let mut more_partitions = true;
     loop {
         tokio::select! {
             partition = partitions.recv(), if more_partitions && !options.stop.is_cancelled() => {
                 match partition {
                     Some(partition) => {
-                        readers.spawn(read_partition(partition, tx.clone(), alerting.clone(), options.bounds, options.stop.clone()));
+                        // A partition handed out again (its receiver failed, or the consumer was
+                        // rebuilt) replaces its previous reader, which lands what it holds and stops.
+                        let stop = options.stop.child_token();
+                        if let Some(previous) = live.insert(partition.id.clone(), stop.clone()) {
+                            previous.cancel();
+                        }
+                        readers.spawn(read_partition(partition, tx.clone(), alerting.clone(), options.bounds, stop));
                     }
                     None => more_partitions = false,
                 }
