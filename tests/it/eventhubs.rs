@@ -325,9 +325,16 @@ async fn a_consumer_killed_at_random_moments_ends_with_every_event_once() {
     assert_every_event_once_in(&lake, BRONZE, &expected).await;
 }
 
-/// Writes the file's lines in two halves: `(first, second)`.
-fn split_in_two(file: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let text = std::fs::read_to_string(file).unwrap();
+/// A generated stream in two halves, the first already published: what a test expects in the end,
+/// the second half's file, and how many events the first half holds.
+fn first_half_sent(
+    peer: &Peer,
+    dir: &Path,
+    patients: usize,
+    seed: u64,
+) -> (crate::stream::Expected, std::path::PathBuf, u64) {
+    let file = generate_stream(&dir.join("stream"), patients, 12, seed);
+    let text = std::fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let (a, b) = lines.split_at(lines.len() / 2);
     let write = |name: &str, lines: &[&str]| {
@@ -335,7 +342,9 @@ fn split_in_two(file: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         path
     };
-    (write("first.ndjson", a), write("second.ndjson", b))
+    let (first, second) = (write("first.ndjson", a), write("second.ndjson", b));
+    send(peer, &dir.join("lake"), &first);
+    (expected(&file), second, expected(&first).events)
 }
 
 /// Waits until bronze holds at least `n` events.
@@ -356,11 +365,7 @@ async fn the_consumer_reconnects_after_the_connection_drops_and_loses_nothing() 
     let peer = Peer::start("observations", 2).await;
     let (dir, lake) = temp_lake();
     let lake_path = dir.path().join("lake");
-    let file = generate_stream(&dir.path().join("stream"), 20, 12, 9);
-    let expected = expected(&file);
-    let (first, second) = split_in_two(&file);
-    let first_events = crate::stream::expected(&first).events;
-    send(&peer, &lake_path, &first);
+    let (expected, second, first_events) = first_half_sent(&peer, dir.path(), 20, 9);
     let stream = start_stream_with(&peer, &lake_path, &["--batch-events", "100"]);
     wait_for_bronze(&lake, first_events).await;
 
@@ -379,11 +384,7 @@ async fn two_consumers_split_the_partitions_and_one_takes_over_when_the_other_di
     let peer = Peer::start("observations", 4).await;
     let (dir, lake) = temp_lake();
     let lake_path = dir.path().join("lake");
-    let file = generate_stream(&dir.path().join("stream"), 40, 12, 11);
-    let expected = expected(&file);
-    let (first, second) = split_in_two(&file);
-    let first_events = crate::stream::expected(&first).events;
-    send(&peer, &lake_path, &first);
+    let (expected, second, first_events) = first_half_sent(&peer, dir.path(), 40, 11);
 
     // B joins once A has landed the first half. (Partitions that move between two live processes
     // while batches are in flight can reach silver twice: see the closing note of issue 5.)
@@ -424,4 +425,71 @@ async fn two_consumers_split_the_partitions_and_one_takes_over_when_the_other_di
     );
     assert!(stop(b).success());
     assert_every_event_once_in(&lake, BRONZE, &expected).await;
+}
+
+/// An event's body and message id, as the peer stored it.
+fn body_and_id(event: &crate::eventhubs_peer::StoredEvent) -> (serde_json::Value, String) {
+    use fe2o3_amqp::types::messaging::{Body, MessageId};
+    let Body::Data(sections) = &event.message.body else {
+        panic!("an alert is sent as data: {:?}", event.message.body);
+    };
+    let bytes: Vec<u8> = sections.iter().flat_map(|d| d.0.to_vec()).collect();
+    let id = match event
+        .message
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_id.clone())
+    {
+        Some(MessageId::String(id)) => id,
+        other => panic!("an alert carries its id as message id: {other:?}"),
+    };
+    (serde_json::from_slice(&bytes).unwrap(), id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn alerts_go_back_to_event_hubs_keyed_by_patient_each_episode_once() {
+    use crate::rules::{RULES, SAMPLE, assert_episodes_alerted_once, episodes};
+    let peer = Peer::start_hubs(&["alerts", "observations"], 2).await;
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let file = Path::new(SAMPLE).join("observations.ndjson");
+    let expected = expected(&file);
+    send(&peer, &lake_path, &file);
+    let stream = start_stream_with(
+        &peer,
+        &lake_path,
+        &["--rules", RULES, "--alerts", "eventhubs:alerts"],
+    );
+    wait_for_bronze(&lake, expected.events).await;
+    assert!(stop(stream).success());
+
+    let delivered: Vec<_> = (0..2).flat_map(|p| peer.events_of("alerts", p)).collect();
+    let events: Vec<serde_json::Value> = delivered.iter().map(|e| body_and_id(e).0).collect();
+    assert_episodes_alerted_once(&events, &episodes(Path::new(SAMPLE)));
+    for event in &delivered {
+        let (alert, id) = body_and_id(event);
+        assert_eq!(
+            alert["id"],
+            id.as_str(),
+            "the message id is the CloudEvent id"
+        );
+        let patient = alert["subject"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("Patient/");
+        assert_eq!(event.partition_key.as_deref(), Some(patient));
+    }
+    // What the hub received is what silver/alerts records as sent, each once.
+    let mut hub_ids: Vec<String> = delivered.iter().map(|e| body_and_id(e).1).collect();
+    hub_ids.sort();
+    let recorded: Vec<String> = rows(
+        &lake,
+        "silver/alerts",
+        "SELECT id FROM t WHERE delivery = 'sent' ORDER BY id",
+    )
+    .await
+    .into_iter()
+    .map(|r| r[0].clone())
+    .collect();
+    assert_eq!(hub_ids, recorded);
 }

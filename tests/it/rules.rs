@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use crate::common::{rows, run_ok, temp_lake, vitalake};
 use crate::stream::{generate_stream, wait_for};
 
-const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/anomaly-rules");
-const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/stream");
+pub const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/anomaly-rules");
+pub const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/stream");
 
 /// The rule each kind of injected episode must raise.
 fn rule_for(kind: &str) -> &'static str {
@@ -82,13 +82,13 @@ async fn recorded(lake: &vitalake::lake::Lake) -> Vec<Vec<String>> {
     .await
 }
 
-fn episodes(dir: &Path) -> Vec<Value> {
+pub fn episodes(dir: &Path) -> Vec<Value> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("episodes.json")).unwrap()).unwrap()
 }
 
 /// Every injected episode raised exactly once by its rule, for its patient, sent, citing the
 /// episode's observations; and the episode rules raise for no one else.
-fn assert_episodes_alerted_once(events: &[Value], episodes: &[Value]) {
+pub fn assert_episodes_alerted_once(events: &[Value], episodes: &[Value]) {
     let raised: Vec<&Value> = events
         .iter()
         .filter(|e| e["type"] == "org.vitalake.bp.alert.raised.v1")
