@@ -177,9 +177,12 @@ pub async fn open(
             tracing::warn!("the Event Hubs consumer is stuck: connecting again");
             let _ = consumer.processor.shutdown().await;
             consumer = loop {
-                match Consumer::connect(&options, &checkpoints, &owner).await {
-                    Ok(consumer) => break consumer,
-                    Err(e) => tracing::warn!(error = %e, "connecting to Event Hubs again"),
+                // A connection that hangs is given up too, like one that fails.
+                let connecting = Consumer::connect(&options, &checkpoints, &owner);
+                match tokio::time::timeout(stall_after(&options) * 2, connecting).await {
+                    Ok(Ok(consumer)) => break consumer,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "connecting to Event Hubs again"),
+                    Err(_) => tracing::warn!("connecting to Event Hubs again: no answer in time"),
                 }
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -188,6 +191,7 @@ pub async fn open(
             };
             progress.clear();
             *swapped.lock().await = consumer.processor.clone();
+            tracing::info!("connected to Event Hubs again");
         }
     });
     Ok(EventHubsSource {

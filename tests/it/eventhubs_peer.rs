@@ -66,6 +66,8 @@ struct State {
     sockets: Mutex<Vec<std::net::TcpStream>>,
     /// Per hub, consumer group and partition: the client address of the reader that owns it.
     readers: Mutex<HashMap<String, SocketAddr>>,
+    /// The client addresses of the connections open now.
+    open: Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
 impl State {
@@ -126,6 +128,7 @@ impl Peer {
             round_robin: AtomicUsize::new(0),
             sockets: Mutex::default(),
             readers: Mutex::default(),
+            open: Mutex::default(),
         });
         let accepting = state.clone();
         let listener = runtime.spawn(async move {
@@ -139,10 +142,12 @@ impl Peer {
                     .unwrap()
                     .push(socket.try_clone().unwrap());
                 let stream = TcpStream::from_std(socket).unwrap();
+                state.open.lock().unwrap().insert(client);
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, client, state).await {
+                    if let Err(e) = serve_connection(stream, client, state.clone()).await {
                         eprintln!("eventhubs peer: connection ended: {e}");
                     }
+                    state.open.lock().unwrap().remove(&client);
                 });
             }
         });
@@ -180,6 +185,11 @@ impl Peer {
         for socket in self.state.sockets.lock().unwrap().drain(..) {
             let _ = socket.shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    /// Whether the client at `address` is still connected.
+    pub fn is_connected(&self, address: &SocketAddr) -> bool {
+        self.state.open.lock().unwrap().contains(address)
     }
 
     /// The client address reading each partition (`hub/group/partition`), as last attached.

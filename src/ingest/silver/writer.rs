@@ -24,6 +24,13 @@ pub struct SilverWriter<'l> {
     /// Merging again what may already be partly merged (a stream batch interrupted before silver):
     /// every key is replaced, so nothing is written twice.
     redo: bool,
+    /// The Delta application transaction every commit carries while a stream partition's batch is
+    /// merged: two processes merging the same partition's batch (one taking it over while the
+    /// other still lands it) then conflict in Delta, and the loser merges again in redo mode.
+    fence: Option<(String, i64)>,
+    /// Another process committed to a table between this writer's snapshot and its commit: the
+    /// open tables and known keys are dropped before the next chunk.
+    stale: bool,
 }
 
 impl<'l> SilverWriter<'l> {
@@ -35,6 +42,8 @@ impl<'l> SilverWriter<'l> {
             tables: HashMap::new(),
             known_keys: HashMap::new(),
             redo: false,
+            fence: None,
+            stale: false,
         }
     }
 
@@ -42,6 +51,11 @@ impl<'l> SilverWriter<'l> {
     pub fn forget(&mut self) {
         self.tables.clear();
         self.known_keys.clear();
+    }
+
+    /// Sets or clears the transaction the next commits carry (see the `fence` field).
+    pub fn fencing(&mut self, fence: Option<(String, i64)>) {
+        self.fence = fence;
     }
 
     /// Switches redo mode on or off (see the `redo` field).
@@ -60,6 +74,24 @@ impl<'l> SilverWriter<'l> {
     async fn load_known_keys(&mut self, resource_type: &str) -> Result<(), IngestError> {
         if self.known_keys.contains_key(resource_type) {
             return Ok(());
+        }
+        // The tables this type writes are opened before its keys are read: a commit another
+        // process makes after the keys were read is then newer than every snapshot this writer
+        // commits on, so Delta's conflict check sees it (see `fence`).
+        let mut names = vec![versions_table(resource_type)];
+        names.extend(
+            self.views
+                .for_type(resource_type)
+                .map(|(_, view)| view_table(view.name().unwrap_or_default())),
+        );
+        if resource_type == "Patient" {
+            names.push(HISTORY_TABLE.to_string());
+        }
+        for name in names {
+            if !self.tables.contains_key(&name) {
+                let table = self.lake.table(&name).await?;
+                self.tables.insert(name, table);
+            }
         }
         let name = versions_table(resource_type);
         let mut hashes = HashSet::new();
@@ -88,7 +120,10 @@ impl<'l> SilverWriter<'l> {
             Some(table) => table,
             None => self.lake.table(name).await?,
         };
-        let (table, rows) = write_to(table, name, batch, replace, &self.batch_id).await?;
+        let read = table.version();
+        let fence = self.fence.as_ref();
+        let (table, rows) = write_to(table, name, batch, replace, &self.batch_id, fence).await?;
+        self.stale |= read.is_some_and(|read| table.version() > Some(read + 1));
         self.tables.insert(name.to_string(), table);
         Ok(rows)
     }
@@ -100,6 +135,9 @@ impl<'l> SilverWriter<'l> {
         resources: Vec<BronzeResource>,
     ) -> Result<SilverMetrics, IngestError> {
         let mut metrics = SilverMetrics::default();
+        if std::mem::take(&mut self.stale) {
+            self.forget();
+        }
         let views = self.views.clone();
         if !views.has_type(resource_type) || resources.is_empty() {
             return Ok(metrics);

@@ -135,8 +135,28 @@ impl<'l> Lander<'l> {
             return Ok((Some(committed), 0));
         }
         let after = checkpoint.unwrap_or(i64::MIN);
+        tracing::info!(
+            partition_id,
+            after,
+            committed,
+            "finishing a batch that reached bronze before the last stop"
+        );
+        let landed = self.merge_again(partition_id, after, committed).await?;
+        let offset = landed.last().and_then(|e| e.event.offset.clone());
+        self.checkpoint(partition_id, committed, offset).await?;
+        Ok((Some(committed), landed.len() as u64))
+    }
+
+    /// Merges the partition's events `after < sequence number <= upto` into silver again, read
+    /// back from bronze, in redo mode (every key replaced, so merging twice writes nothing twice).
+    async fn merge_again(
+        &mut self,
+        partition_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<LandedEvent>, IngestError> {
         let sql = format!(
-            "SELECT * FROM t WHERE source = {} AND partition_id = {} AND sequence_number > {after} AND sequence_number <= {committed} ORDER BY sequence_number",
+            "SELECT * FROM t WHERE source = {} AND partition_id = {} AND sequence_number > {after} AND sequence_number <= {upto} ORDER BY sequence_number",
             quote(&source_name(&self.stream)),
             quote(partition_id),
         );
@@ -148,20 +168,8 @@ impl<'l> Lander<'l> {
             .map_err(|e| IngestError::Silver(format!("reading {}: {e}", self.table_name)))?;
         self.bronze = Some(table);
         let landed: Vec<LandedEvent> = batches.iter().flat_map(events_from_bronze).collect();
-        tracing::info!(
-            partition_id,
-            events = landed.len(),
-            after,
-            committed,
-            "finishing a batch that reached bronze before the last stop"
-        );
-        self.silver.redoing(true);
-        let result = self.merge_into_silver(partition_id, &landed, true).await;
-        self.silver.redoing(false);
-        result?;
-        let offset = landed.last().and_then(|e| e.event.offset.clone());
-        self.checkpoint(partition_id, committed, offset).await?;
-        Ok((Some(committed), landed.len() as u64))
+        self.merge_with_retry(partition_id, &landed, true).await?;
+        Ok(landed)
     }
 
     /// Lands one batch per partition: one bronze commit for all of them, then quarantine and silver,
@@ -174,38 +182,51 @@ impl<'l> Lander<'l> {
         if batches.is_empty() {
             return Ok(Landed::default());
         }
-        let batches = self.drop_landed_elsewhere(batches).await?;
-        if batches.is_empty() {
-            return Ok(Landed::default());
-        }
         let mut landed = Landed::default();
-        // Alerts first: once an event is in bronze it is not read again, so its alerts must be on
-        // record by then (see `alerting`).
-        for batch in &batches {
-            if !batch.alerts.is_empty() {
-                let source = source_uri(&self.stream, &batch.partition_id);
-                alerts::table::append(self.lake, alerts::table::alert_rows(&batch.alerts, &source))
-                    .await?;
-                landed.alerts += batch.alerts.len() as u64;
+        let mut batches = batches;
+        let mut attempt = 1;
+        let mut elsewhere = Vec::new();
+        let landing = loop {
+            batches = self.drop_landed_elsewhere(batches, &mut elsewhere).await?;
+            if batches.is_empty() {
+                break None;
             }
+            // Alerts first: once an event is in bronze it is not read again, so its alerts must
+            // be on record by then (see `alerting`).
+            for batch in &mut batches {
+                if !batch.alerts.is_empty() {
+                    let source = source_uri(&self.stream, &batch.partition_id);
+                    let rows = alerts::table::alert_rows(&batch.alerts, &source);
+                    alerts::table::append(self.lake, rows).await?;
+                    landed.alerts += batch.alerts.len() as u64;
+                    batch.alerts.clear();
+                }
+            }
+            let batch_id = uuid::Uuid::now_v7().to_string();
+            let ingested_at = chrono::Utc::now().timestamp_micros();
+            match self.append_bronze(&batches, &batch_id, ingested_at).await {
+                Ok(()) => break Some((batches, batch_id, ingested_at)),
+                // Another process landed some of these events since bronze was read (Delta
+                // refuses a second commit of the partition's transaction): read again and retry.
+                Err(e) if attempt < 5 && e.to_string().contains("Concurrent transaction") => {
+                    tracing::warn!(
+                        attempt,
+                        "bronze commit lost a race for a partition; retrying"
+                    );
+                    self.bronze = None;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // Events another process landed in bronze while this one read them: that process may
+        // stop before they reach silver, so they are merged again here (redo mode, idempotent).
+        for (partition_id, after, upto) in elsewhere {
+            self.merge_again(&partition_id, after, upto).await?;
         }
-        let batch_id = uuid::Uuid::now_v7().to_string();
-        let ingested_at = chrono::Utc::now().timestamp_micros();
-        let source = source_name(&self.stream);
-        let rows: Vec<_> = batches
-            .iter()
-            .map(|b| bronze_batch(&source, &b.events, &batch_id, ingested_at))
-            .collect();
-        let mut append = AppendBuilder::new(self.bronze_table().await?, &self.table_name, rows)
-            .with_partition_columns(&[DATE_COLUMN])
-            .with_metadata("vitalake.batch_id", batch_id.as_str())
-            .with_metadata("vitalake.operation", "stream");
-        for batch in &batches {
-            let last = batch.events.last().expect("not empty").sequence_number;
-            append = append.with_transaction(&self.stream.app_id(&batch.partition_id), last);
-        }
-        let (table, _) = append.execute().await?;
-        self.bronze = Some(table);
+        let Some((batches, batch_id, ingested_at)) = landing else {
+            return Ok(landed);
+        };
 
         for batch in &batches {
             let events: Vec<LandedEvent> = batch
@@ -217,7 +238,9 @@ impl<'l> Lander<'l> {
                     ingested_at,
                 })
                 .collect();
-            let step = self.merge_with_retry(&batch.partition_id, &events).await?;
+            let step = self
+                .merge_with_retry(&batch.partition_id, &events, false)
+                .await?;
             landed.events += batch.events.len() as u64;
             landed.resources += step.resources;
             landed.quarantined += step.quarantined;
@@ -235,12 +258,39 @@ impl<'l> Lander<'l> {
         Ok(landed)
     }
 
+    /// Appends the batches to bronze in one commit, with each partition's transaction.
+    async fn append_bronze(
+        &mut self,
+        batches: &[PartitionBatch],
+        batch_id: &str,
+        ingested_at: i64,
+    ) -> Result<(), IngestError> {
+        let source = source_name(&self.stream);
+        let rows: Vec<_> = batches
+            .iter()
+            .map(|b| bronze_batch(&source, &b.events, batch_id, ingested_at))
+            .collect();
+        let mut append = AppendBuilder::new(self.bronze_table().await?, &self.table_name, rows)
+            .with_partition_columns(&[DATE_COLUMN])
+            .with_metadata("vitalake.batch_id", batch_id)
+            .with_metadata("vitalake.operation", "stream");
+        for batch in batches {
+            let last = batch.events.last().expect("not empty").sequence_number;
+            append = append.with_transaction(&self.stream.app_id(&batch.partition_id), last);
+        }
+        let (table, _) = append.execute().await?;
+        self.bronze = Some(table);
+        Ok(())
+    }
+
     /// Another process on the consumer group may have owned a partition a moment ago and landed
     /// part of what this one read before its reader was cut off: keep only events above what bronze
     /// has now.
+    /// The skipped ranges are added to `elsewhere` as (partition, after, upto).
     async fn drop_landed_elsewhere(
         &mut self,
         batches: Vec<PartitionBatch>,
+        elsewhere: &mut Vec<(String, i64, i64)>,
     ) -> Result<Vec<PartitionBatch>, IngestError> {
         let mut table = self.bronze_table().await?;
         if table.version().is_some() {
@@ -265,7 +315,11 @@ impl<'l> Lander<'l> {
             };
             if let Some(committed) = committed {
                 let before = batch.events.len();
+                let first = batch.events.first().map_or(i64::MAX, |e| e.sequence_number);
                 batch.events.retain(|e| e.sequence_number > committed);
+                if batch.events.len() < before && earlier.is_none() {
+                    elsewhere.push((batch.partition_id.clone(), first - 1, committed));
+                }
                 if batch.events.len() < before {
                     tracing::warn!(
                         partition_id = batch.partition_id.as_str(),
@@ -293,11 +347,12 @@ impl<'l> Lander<'l> {
         &mut self,
         partition_id: &str,
         events: &[LandedEvent],
+        redo: bool,
     ) -> Result<Landed, IngestError> {
-        const ATTEMPTS: u32 = 5;
+        const ATTEMPTS: u32 = 10;
         let mut attempt = 1;
         loop {
-            let redo = attempt > 1;
+            let redo = redo || attempt > 1;
             self.silver.redoing(redo);
             let result = self.merge_into_silver(partition_id, events, redo).await;
             self.silver.redoing(false);
@@ -316,7 +371,22 @@ impl<'l> Lander<'l> {
     }
 
     /// Decodes landed events and merges them into quarantine and silver.
+    /// Merges under the partition's transaction (see `SilverWriter::fencing`).
     async fn merge_into_silver(
+        &mut self,
+        partition_id: &str,
+        events: &[LandedEvent],
+        redo: bool,
+    ) -> Result<Landed, IngestError> {
+        let last = events.last().map_or(-1, |e| e.event.sequence_number);
+        self.silver
+            .fencing(Some((self.stream.app_id(partition_id), last)));
+        let result = self.merge_fenced(partition_id, events, redo).await;
+        self.silver.fencing(None);
+        result
+    }
+
+    async fn merge_fenced(
         &mut self,
         partition_id: &str,
         events: &[LandedEvent],
