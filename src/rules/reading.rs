@@ -129,37 +129,6 @@ pub fn parse_time(text: &str) -> Option<i64> {
     Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_stream_samples_first_readings() {
-        let text = include_str!("../../samples/stream/observations.ndjson");
-        let mut lines = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap());
-        let bp = from_observation(&lines.next().unwrap()).unwrap();
-        assert_eq!(
-            (bp.patient.as_str(), bp.systolic, bp.diastolic),
-            ("p7ea-00004", Some(123.0), Some(75.0))
-        );
-        assert_eq!(bp.unit.as_deref(), Some("mm[Hg]"));
-        assert_eq!(bp.at, parse_time("2026-11-02T07:00:00Z").unwrap());
-        let hr = from_observation(&lines.next().unwrap()).unwrap();
-        assert_eq!((hr.heart_rate, hr.systolic), (Some(80.0), None));
-    }
-
-    #[test]
-    fn other_observations_give_no_reading() {
-        let weight = serde_json::json!({"resourceType": "Observation", "id": "w", "status": "final",
-            "code": {"coding": [{"system": LOINC, "code": "29463-7"}]},
-            "subject": {"reference": "Patient/p"}, "effectiveDateTime": "2026-01-01",
-            "valueQuantity": {"value": 70, "code": "kg"}});
-        assert_eq!(from_observation(&weight), None);
-    }
-}
-
 /// The readings silver holds with an effective time at or after `since` (Unix ms), in effective-time
 /// order: blood-pressure panels from `silver/fhir/blood_pressure`, heart rates from
 /// `silver/fhir/heart_rate`. A table not yet there gives nothing.
@@ -264,4 +233,35 @@ pub async fn newest_time(lake: &crate::lake::Lake) -> Result<Option<i64>, crate:
         }
     }
     Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stream_samples_first_readings() {
+        let text = include_str!("../../samples/stream/observations.ndjson");
+        let mut lines = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap());
+        let bp = from_observation(&lines.next().unwrap()).unwrap();
+        assert_eq!(
+            (bp.patient.as_str(), bp.systolic, bp.diastolic),
+            ("p7ea-00004", Some(123.0), Some(75.0))
+        );
+        assert_eq!(bp.unit.as_deref(), Some("mm[Hg]"));
+        assert_eq!(bp.at, parse_time("2026-11-02T07:00:00Z").unwrap());
+        let hr = from_observation(&lines.next().unwrap()).unwrap();
+        assert_eq!((hr.heart_rate, hr.systolic), (Some(80.0), None));
+    }
+
+    #[test]
+    fn other_observations_give_no_reading() {
+        let weight = serde_json::json!({"resourceType": "Observation", "id": "w", "status": "final",
+            "code": {"coding": [{"system": LOINC, "code": "29463-7"}]},
+            "subject": {"reference": "Patient/p"}, "effectiveDateTime": "2026-01-01",
+            "valueQuantity": {"value": 70, "code": "kg"}});
+        assert_eq!(from_observation(&weight), None);
+    }
 }
