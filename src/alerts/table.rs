@@ -8,17 +8,14 @@ use std::sync::{Arc, LazyLock};
 use deltalake::arrow::array::{
     ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::lake::append::AppendBuilder;
+use crate::lake::utc_timestamp;
 use crate::lake::{Lake, LakeError};
 use crate::rules::evaluate::AlertEvent;
 
 pub const ALERTS_TABLE: &str = "silver/alerts";
-
-fn timestamp() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
 
 pub static ALERTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -33,9 +30,9 @@ pub static ALERTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("patient_id", DataType::Utf8, false),
         Field::new("episode_id", DataType::Utf8, false),
         Field::new("notification", DataType::Int32, false),
-        Field::new("episode_start", timestamp(), false),
-        Field::new("effective_time", timestamp(), false),
-        Field::new("detected_at", timestamp(), false),
+        Field::new("episode_start", utc_timestamp(), false),
+        Field::new("effective_time", utc_timestamp(), false),
+        Field::new("detected_at", utc_timestamp(), false),
         Field::new("event_time_lag_ms", DataType::Int64, false),
         Field::new("observations", DataType::Utf8, false),
         Field::new("event", DataType::Utf8, false),

@@ -14,9 +14,10 @@ use deltalake::arrow::array::{
     TimestampMicrosecondArray,
 };
 use deltalake::arrow::buffer::OffsetBuffer;
-use deltalake::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 
 use crate::fhir::{Location, Rejected, ResourceRecord};
+use crate::lake::utc_timestamp;
 
 pub const INGEST_LOG_TABLE: &str = "bronze/ingest_log";
 pub const INGEST_RUNS_TABLE: &str = "bronze/ingest_runs";
@@ -28,10 +29,6 @@ pub const QUARANTINE_RAW_LIMIT: usize = 1 << 20;
 
 pub fn bronze_fhir_table(resource_type: &str) -> String {
     format!("{BRONZE_FHIR_PREFIX}/{resource_type}")
-}
-
-fn timestamp() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
 fn utf8(name: &str, nullable: bool) -> Field {
@@ -52,7 +49,7 @@ pub static BRONZE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         utf8("resource_id", true),
         utf8("version_id", true),
-        Field::new("last_updated", timestamp(), true),
+        Field::new("last_updated", utc_timestamp(), true),
         utf8("full_url", true),
         utf8("source_uri", false),
         utf8("source_sha256", false),
@@ -60,7 +57,7 @@ pub static BRONZE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("line", DataType::Int64, true),
         utf8("json_path", false),
         utf8("raw", false),
-        Field::new("ingested_at", timestamp(), false),
+        Field::new("ingested_at", utc_timestamp(), false),
         utf8("batch_id", false),
         Field::new("warnings", issues_type(), true),
     ]))
@@ -194,7 +191,7 @@ pub static QUARANTINE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
             false,
         ),
         utf8("stage", false),
-        Field::new("quarantined_at", timestamp(), false),
+        Field::new("quarantined_at", utc_timestamp(), false),
         utf8("batch_id", false),
     ]))
 });
@@ -317,7 +314,7 @@ pub static INGEST_LOG_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("quarantined", DataType::Int64, false),
         utf8("error", true),
         utf8("batch_id", false),
-        Field::new("ingested_at", timestamp(), false),
+        Field::new("ingested_at", utc_timestamp(), false),
     ]))
 });
 
@@ -353,7 +350,7 @@ pub static INGEST_RUNS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         utf8("batch_id", false),
         utf8("event", false),
-        Field::new("at", timestamp(), false),
+        Field::new("at", utc_timestamp(), false),
         utf8("summary", true),
     ]))
 });

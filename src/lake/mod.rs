@@ -22,6 +22,13 @@ pub use append::{AppendBuilder, AppendMetrics};
 pub use merge::{MergeByKey, MergeMetrics};
 pub use stream_append::StreamingAppend;
 
+/// The column type of every point in time the lake writes: microseconds, UTC (what Spark and
+/// Databricks read as `TIMESTAMP`).
+pub fn utc_timestamp() -> deltalake::arrow::datatypes::DataType {
+    use deltalake::arrow::datatypes::{DataType, TimeUnit};
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
     #[error(

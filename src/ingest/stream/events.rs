@@ -14,7 +14,7 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{
-    DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    DataType, Field, Int64Type, Schema, SchemaRef, TimestampMicrosecondType,
 };
 
 use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, decode};
@@ -23,6 +23,7 @@ use crate::stream::{Event, StreamId};
 use crate::validate::Check;
 
 use super::super::produce::apply_checks;
+use crate::lake::utc_timestamp;
 
 /// The resource types a stream event may carry (alone or in a Bundle).
 pub const STREAM_TYPES: [&str; 2] = ["Observation", "MedicationDispense"];
@@ -34,23 +35,19 @@ pub fn bronze_events_table(hub: &str) -> String {
 /// The partition column of the bronze event table.
 pub const DATE_COLUMN: &str = "ingest_date";
 
-fn timestamp() -> DataType {
-    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-}
-
 pub static BRONZE_EVENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
         Field::new("source", DataType::Utf8, false),
         Field::new("partition_id", DataType::Utf8, false),
         Field::new("sequence_number", DataType::Int64, false),
         Field::new("offset", DataType::Utf8, true),
-        Field::new("enqueued_time", timestamp(), true),
+        Field::new("enqueued_time", utc_timestamp(), true),
         Field::new("partition_key", DataType::Utf8, true),
         Field::new("properties", DataType::Utf8, true),
         Field::new("content_encoding", DataType::Utf8, true),
         Field::new("body", DataType::Binary, false),
         Field::new("batch_id", DataType::Utf8, false),
-        Field::new("ingested_at", timestamp(), false),
+        Field::new("ingested_at", utc_timestamp(), false),
         Field::new(DATE_COLUMN, DataType::Date32, false),
     ]))
 });
