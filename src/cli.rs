@@ -85,6 +85,49 @@ pub enum Command {
     /// Anomaly rules (anomaly-rules/*.yaml): check them, run their tests, backtest them on silver.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Serve the lake over the PostgreSQL wire protocol, read-only, for Power BI, psql and drivers.
+    ///
+    /// Users and roles come from [[serve.users]] in vitalake.toml, each password from the
+    /// environment variable the user names; sign-in is SCRAM-SHA-256. An `analyst` sees every
+    /// table; a `bi_reader` sees silver and gold with names, phones, record numbers and addresses
+    /// masked and birth dates cut to the year ([[serve.masks]]). New commits show within
+    /// `refresh_seconds`. Ctrl-C or SIGTERM stops it.
+    #[command(
+        after_help = "Example (vitalake.toml):\n  [[serve.users]]\n  name = \"powerbi\"\n  role = \"bi_reader\"\n  password_env = \"VITALAKE_POWERBI_PASSWORD\"\nthen:\n  VITALAKE_POWERBI_PASSWORD=... vitalake serve --listen 127.0.0.1:5433\n  psql 'host=127.0.0.1 port=5433 user=powerbi dbname=lake' -c 'SELECT count(*) FROM silver.patient'"
+    )]
+    Serve(ServeArgs),
+    /// Compact the lake's tables (Z-ORDER the large ones), VACUUM old files, write checkpoints;
+    /// report files before and after.
+    ///
+    /// Query results do not change. VACUUM deletes files no table version newer than the
+    /// retention needs: a reader still on an older version (a long query, time travel) would
+    /// fail, so a retention under 1 day needs --force. Z-ORDER columns: [maintain.zorder].
+    #[command(
+        after_help = "Example:\n  vitalake maintain\n  vitalake maintain --layer silver --retention 30d --json\n  vitalake maintain --retention 0h --force   # nothing reads older versions"
+    )]
+    Maintain(MaintainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    /// VACUUM retention: 36h, 7d... (default: maintain.retention, 7d).
+    #[arg(long, value_name = "DURATION")]
+    pub retention: Option<String>,
+    /// Allow a retention under 1 day.
+    #[arg(long)]
+    pub force: bool,
+    /// Only these layers (bronze, silver, gold); default all.
+    #[arg(long, value_name = "LAYER")]
+    pub layer: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (default: serve.listen, 127.0.0.1:5433).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -64,6 +64,46 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub validate: crate::validate::ValidateConfig,
     pub db: DbConfig,
+    pub serve: crate::serve::ServeConfig,
+    pub maintain: MaintainConfig,
+}
+
+/// `[maintain]`: what `vitalake maintain` does by default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintainConfig {
+    /// VACUUM keeps files unreferenced for less than this (`7d`, `36h`); under `1d` needs --force.
+    pub retention: String,
+    /// Columns to Z-ORDER by, per table path (`folder/*` for every table in a folder). Given,
+    /// it replaces the default: blood pressure and heart rate by patient and time, the Event Hubs
+    /// bronze tables by partition key (the patient) and enqueued time.
+    pub zorder: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for MaintainConfig {
+    fn default() -> Self {
+        let by = |columns: &[&str]| columns.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        MaintainConfig {
+            retention: "7d".into(),
+            zorder: [
+                (
+                    "silver/fhir/blood_pressure",
+                    by(&["patient_id", "effective_time"]),
+                ),
+                (
+                    "silver/fhir/heart_rate",
+                    by(&["patient_id", "effective_time"]),
+                ),
+                (
+                    "bronze/eventhubs/*",
+                    by(&["partition_key", "enqueued_time"]),
+                ),
+            ]
+            .into_iter()
+            .map(|(path, columns)| (path.to_string(), columns))
+            .collect(),
+        }
+    }
 }
 
 /// `[db]`: the hospital databases `vitalake ingest db` extracts.

@@ -12,6 +12,8 @@
 //! - [`stream`]: event sources (file, stdin), micro-batching, and the Event Hubs checkpoint store.
 //! - [`ingest`]: file drops, database extracts and stream micro-batches into bronze, silver and
 //!   quarantine, exactly once.
+//! - [`gold`]: the lake as SQL (every table in one catalogue), read-only queries, the gold tables.
+//! - [`serve`]: the PostgreSQL-wire server over that catalogue: sign-in, roles and masks, read-only.
 //! - [`generate`]: deterministic synthetic FHIR drops and streams for samples, tests and benchmarks.
 //!
 //! `main.rs` is only the command line; `cli.rs` turns its arguments into the option types here.
@@ -27,6 +29,7 @@ pub mod ingest;
 pub mod issue;
 pub mod lake;
 pub mod rules;
+pub mod serve;
 pub mod stream;
 pub mod validate;
 pub mod views;
@@ -45,6 +48,10 @@ pub enum Error {
     Db(#[from] ingest::db::DbError),
     #[error(transparent)]
     Generate(#[from] generate::GenerateError),
+    #[error(transparent)]
+    Serve(#[from] serve::ServeError),
+    #[error(transparent)]
+    Maintain(#[from] lake::maintain::MaintainError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -22,6 +22,8 @@ use vitalake::ingest::db::DbError;
 use vitalake::ingest::silver::SilverViews;
 use vitalake::ingest::{IngestError, IngestOptions};
 use vitalake::lake::Lake;
+use vitalake::lake::maintain::MaintainError;
+use vitalake::serve::ServeError;
 use vitalake::views::View;
 
 fn main() -> ExitCode {
@@ -44,6 +46,14 @@ fn main() -> ExitCode {
                             IngestError::Input { .. } | IngestError::Remote { .. }
                         )
                         | vitalake::Error::Db(DbError::Expectations { .. })
+                        | vitalake::Error::Maintain(MaintainError::RetentionTooShort { .. })
+                        | vitalake::Error::Serve(
+                            ServeError::NoUsers
+                                | ServeError::MissingPassword { .. }
+                                | ServeError::DuplicateUser(_)
+                                | ServeError::UnknownMaskColumn { .. }
+                                | ServeError::Tls(_)
+                        )
                 )
             });
             ExitCode::from(if bad_input { 2 } else { 1 })
@@ -58,6 +68,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Ingest(IngestCommand::Db(args)) => ingest_db(&config, args).await,
+        Command::Serve(args) => serve(&config, args).await,
+        Command::Maintain(args) => maintain(&config, args).await,
         Command::Ingest(IngestCommand::Fhir(args)) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
             let mut options = IngestOptions::from_config(&config.ingest);
@@ -506,6 +518,93 @@ async fn rules(config: &Config, command: cli::RulesCommand) -> anyhow::Result<Ex
     }
 }
 
+/// `vitalake maintain`: every table of the chosen layers, then a report.
+async fn maintain(config: &Config, args: cli::MaintainArgs) -> anyhow::Result<ExitCode> {
+    use vitalake::lake::maintain::{MaintainOptions, maintain};
+    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let retention = args
+        .retention
+        .as_deref()
+        .unwrap_or(&config.maintain.retention);
+    let millis = vitalake::rules::rule::duration_millis(retention)
+        .map_err(|e| anyhow::anyhow!("--retention: {e}"))?;
+    let options = MaintainOptions {
+        retention: std::time::Duration::from_millis(millis.max(0) as u64),
+        force: args.force,
+        zorder: config.maintain.zorder.clone(),
+    };
+    let all = ["bronze", "silver", "gold"];
+    for layer in &args.layer {
+        anyhow::ensure!(
+            all.contains(&layer.as_str()),
+            "--layer {layer}: one of bronze, silver, gold"
+        );
+    }
+    let layers: Vec<&str> = if args.layer.is_empty() {
+        all.to_vec()
+    } else {
+        args.layer.iter().map(String::as_str).collect()
+    };
+    let report = maintain(&lake, &layers, &options)
+        .await
+        .map_err(vitalake::Error::from)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "{:<44} {:>12} {:>12} {:>9}  z-order",
+            "table", "files before", "files after", "vacuumed"
+        );
+        for table in &report {
+            println!(
+                "{:<44} {:>12} {:>12} {:>9}  {}{}",
+                table.table,
+                table.files_before,
+                table.files_after,
+                table.vacuumed,
+                table.zorder.join(", "),
+                table
+                    .error
+                    .as_deref()
+                    .map(|e| format!("  FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let failed = report.iter().any(|t| t.error.is_some());
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `vitalake serve`: until Ctrl-C or SIGTERM.
+async fn serve(config: &Config, args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
+    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let mut options = config.serve.clone();
+    if let Some(listen) = args.listen {
+        options.listen = listen;
+    }
+    let listener = vitalake::serve::bind(&options.listen)
+        .await
+        .map_err(vitalake::Error::from)?;
+    let tls = options.tls_cert.is_some();
+    let server = vitalake::serve::Server::new(lake, options, |var| std::env::var(var).ok())
+        .await
+        .map_err(vitalake::Error::from)?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "serving {} on {addr} ({}); Ctrl-C stops",
+        config.lake.root,
+        if tls { "TLS available" } else { "no TLS" }
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(cancel_on_signal(stop.clone()));
+    server.run(listener, stop.cancelled_owned()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Cancels `stop` on Ctrl-C or SIGTERM.
 async fn cancel_on_signal(stop: tokio_util::sync::CancellationToken) {
     let mut terminate =
@@ -514,7 +613,7 @@ async fn cancel_on_signal(stop: tokio_util::sync::CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         Some(()) = async { match terminate.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
     }
-    tracing::info!("stopping: landing the current batch");
+    tracing::info!("stop requested: finishing the work in hand");
     stop.cancel();
 }
 

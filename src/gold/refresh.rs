@@ -15,10 +15,14 @@ use super::{GoldError, catalog, read_only};
 use crate::lake::{AppendBuilder, Lake};
 
 /// The gold tables shipped with vitalake, used when the configured folder does not exist.
-const BUILT_IN: [(&str, &str); 4] = [
+const BUILT_IN: [(&str, &str); 5] = [
     (
         "alerts_daily",
         include_str!("../../profiles/gold/alerts_daily.sql"),
+    ),
+    (
+        "hospital_overview",
+        include_str!("../../profiles/gold/hospital_overview.sql"),
     ),
     (
         "medicine_distribution_daily",

@@ -7,6 +7,7 @@
 
 pub mod append;
 pub mod delete;
+pub mod maintain;
 pub mod merge;
 pub mod read;
 pub mod stream_append;

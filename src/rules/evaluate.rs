@@ -94,12 +94,76 @@ pub struct AlertEvent {
     pub detected_at: i64,
 }
 
-/// A reading as kept in state: values as f32 (NaN when absent).
-#[derive(Debug, Clone)]
-struct Kept {
+/// A patient's readings in effective-time order, kept column by column: the times and values the
+/// rules scan for every reading sit in a few cache lines, and the Observation ids, read only to
+/// cite a reading in an alert, stay out of the way. (With 100,000 patients the state does not fit
+/// in any cache, so each reading's evaluation costs what it touches.)
+#[derive(Debug, Default)]
+struct History {
+    at: VecDeque<i64>,
+    /// Systolic, diastolic and heart rate as f32, NaN when absent.
+    values: VecDeque<[f32; 3]>,
+    observation: VecDeque<Box<str>>,
+}
+
+/// One kept reading, borrowed from a [`History`].
+#[derive(Debug, Clone, Copy)]
+struct Kept<'a> {
     at: i64,
-    values: [f32; 3],
-    observation: Box<str>,
+    values: &'a [f32; 3],
+    observation: &'a str,
+}
+
+impl History {
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    fn get(&self, index: usize) -> Kept<'_> {
+        Kept {
+            at: self.at[index],
+            values: &self.values[index],
+            observation: &self.observation[index],
+        }
+    }
+
+    /// The index of the first reading at or after `time`. Readings mostly arrive in order and
+    /// windows end at the newest, so this looks from the back first, then searches.
+    fn first_at_or_after(&self, time: i64) -> usize {
+        let mut index = self.at.len();
+        for _ in 0..8 {
+            if index == 0 || self.at[index - 1] < time {
+                return index;
+            }
+            index -= 1;
+        }
+        self.at.partition_point(|&at| at < time)
+    }
+
+    /// The indices of the readings with an effective time in [from, to).
+    fn between(&self, from: i64, to: i64) -> std::ops::Range<usize> {
+        let end = self.first_at_or_after(to);
+        let start = self.first_at_or_after(from).min(end);
+        start..end
+    }
+
+    fn insert(&mut self, reading: &Reading) {
+        let index = self.first_at_or_after(reading.at + 1);
+        self.at.insert(index, reading.at);
+        self.values.insert(index, values_of(reading));
+        self.observation
+            .insert(index, reading.observation.as_str().into());
+    }
+
+    /// Drops the readings older than `oldest`.
+    fn forget_before(&mut self, oldest: i64) {
+        while self.at.front().is_some_and(|&at| at < oldest) {
+            self.at.pop_front();
+            self.values.pop_front();
+            self.observation.pop_front();
+        }
+    }
 }
 
 /// A reading's systolic, diastolic and heart rate as kept (NaN when absent).
@@ -112,17 +176,9 @@ fn values_of(reading: &Reading) -> [f32; 3] {
     ]
 }
 
-impl Kept {
-    fn new(reading: &Reading) -> Kept {
-        Kept {
-            at: reading.at,
-            values: values_of(reading),
-            observation: reading.observation.as_str().into(),
-        }
-    }
-
+impl Kept<'_> {
     fn metric(&self, metric: Metric) -> Option<f64> {
-        metric_of(&self.values, metric)
+        metric_of(self.values, metric)
     }
 
     fn cited(&self) -> Cited {
@@ -139,7 +195,12 @@ impl Kept {
 
 /// A reading as an alert cites it.
 fn cite(reading: &Reading) -> Cited {
-    Kept::new(reading).cited()
+    Kept {
+        at: reading.at,
+        values: &values_of(reading),
+        observation: &reading.observation,
+    }
+    .cited()
 }
 
 fn metric_of(values: &[f32; 3], metric: Metric) -> Option<f64> {
@@ -169,7 +230,7 @@ struct Episode {
 #[derive(Debug, Default)]
 struct PatientState {
     /// Readings in effective-time order, within the longest window.
-    readings: VecDeque<Kept>,
+    readings: History,
     latest: Option<i64>,
     episodes: Vec<Episode>,
     /// When each rule's last episode ended: a new one counts only readings after it.
@@ -196,7 +257,8 @@ pub struct Evaluator {
     options: Options,
     /// How long readings are kept.
     horizon: i64,
-    patients: HashMap<Box<str>, PatientState>,
+    /// foldhash: SipHash was a visible share of the time per reading.
+    patients: HashMap<Box<str>, PatientState, foldhash::fast::RandomState>,
     /// Reused for the values a median is taken of.
     scratch: Vec<f64>,
 }
@@ -207,7 +269,7 @@ impl Evaluator {
             rules: Vec::new(),
             options,
             horizon: 0,
-            patients: HashMap::new(),
+            patients: HashMap::default(),
             scratch: Vec::new(),
         };
         evaluator.replace_rules(rules);
@@ -235,10 +297,15 @@ impl Evaluator {
 
     /// Evaluates one reading; `now` is the wall clock (Unix ms) for `detected_at`.
     pub fn evaluate(&mut self, reading: &Reading, now: i64) -> Vec<AlertEvent> {
+        // Look up before inserting: `entry` would allocate the key for every reading.
+        if !self.patients.contains_key(reading.patient.as_str()) {
+            self.patients
+                .insert(reading.patient.as_str().into(), PatientState::default());
+        }
         let state = self
             .patients
-            .entry(reading.patient.as_str().into())
-            .or_default();
+            .get_mut(reading.patient.as_str())
+            .expect("just inserted");
         let backfill = state
             .latest
             .is_some_and(|latest| reading.at < latest - self.options.lateness);
@@ -269,8 +336,7 @@ impl Evaluator {
             );
         }
         if !implausible {
-            let position = state.readings.partition_point(|k| k.at <= reading.at);
-            state.readings.insert(position, Kept::new(reading));
+            state.readings.insert(reading);
             state.latest = Some(state.latest.map_or(reading.at, |l| l.max(reading.at)));
             for rule in self.rules.iter().filter(|r| r.is_clinical()) {
                 let after = state
@@ -320,9 +386,7 @@ impl Evaluator {
         }
         // Readings outside every window are no use any more.
         let oldest = state.latest.unwrap_or(reading.at) - self.horizon;
-        while state.readings.front().is_some_and(|k| k.at < oldest) {
-            state.readings.pop_front();
-        }
+        state.readings.forget_before(oldest);
         events
     }
 }
@@ -342,17 +406,20 @@ fn inhibited(rules: &[Arc<Rule>], state: &PatientState, rule_id: &str) -> bool {
 #[allow(clippy::type_complexity)]
 fn judge(
     rule: &Rule,
-    readings: &VecDeque<Kept>,
+    readings: &History,
     values: &[f32; 3],
     reading: &Reading,
     after: i64,
     scratch: &mut Vec<f64>,
 ) -> (bool, bool, Option<Vec<Cited>>, Option<f64>) {
-    // The patient's readings with an effective time in [from, to), found by binary search.
-    let between = |from: i64, to: i64| {
-        let start = readings.partition_point(|k| k.at < from);
-        let end = readings.partition_point(|k| k.at < to);
-        readings.range(start..end.max(start))
+    // The patient's readings with an effective time in [from, to).
+    let between = |from: i64, to: i64| readings.between(from, to).map(|i| readings.get(i));
+    // Only their values, for medians: the ids and times are not read.
+    let values_between = |from: i64, to: i64, metric: Metric| {
+        readings
+            .values
+            .range(readings.between(from, to))
+            .filter_map(move |v| metric_of(v, metric))
     };
     let value_of = |m: Metric| metric_of(values, m);
     match &rule.kind {
@@ -365,7 +432,7 @@ fn judge(
             let trigger = match sustain {
                 None => Some(vec![cite(reading)]),
                 Some(s) => {
-                    let candidates: Vec<&Kept> =
+                    let candidates: Vec<Kept> =
                         between(reading.at - s.within, reading.at + s.within + 1)
                             .filter(|k| k.at > after && matches_kept(when, k))
                             .collect();
@@ -390,9 +457,7 @@ fn judge(
             };
             let reference = if *against_median {
                 scratch.clear();
-                scratch.extend(
-                    between(reading.at - within, reading.at).filter_map(|k| k.metric(*metric)),
-                );
+                scratch.extend(values_between(reading.at - within, reading.at, *metric));
                 median(scratch)
             } else {
                 first.metric(*metric).expect("filtered on it")
@@ -411,10 +476,11 @@ fn judge(
                 return (false, false, None, None);
             };
             scratch.clear();
-            scratch.extend(
-                between(reading.at - days * super::rule::DAY, reading.at)
-                    .filter_map(|k| k.metric(*metric)),
-            );
+            scratch.extend(values_between(
+                reading.at - days * super::rule::DAY,
+                reading.at,
+                *metric,
+            ));
             if scratch.len() < *min_readings {
                 return (false, false, None, None);
             }
@@ -433,9 +499,9 @@ fn judge(
 
 /// The first `count` readings, each at least `spacing` after the previous, spanning at most
 /// `within`, from the qualifying `candidates` (in time order).
-fn sustained(candidates: &[&Kept], count: usize, within: i64, spacing: i64) -> Option<Vec<Cited>> {
+fn sustained(candidates: &[Kept], count: usize, within: i64, spacing: i64) -> Option<Vec<Cited>> {
     for (i, start) in candidates.iter().enumerate() {
-        let mut chain = vec![*start];
+        let mut chain = vec![start];
         for next in &candidates[i + 1..] {
             if next.at - start.at > within {
                 break;
@@ -607,8 +673,8 @@ fn matches_reading(conditions: &Conditions, reading: &Reading) -> bool {
 /// Conditions on a kept reading (values only: units and arrival are not kept).
 fn matches_kept(conditions: &Conditions, kept: &Kept) -> bool {
     match conditions {
-        Conditions::Any(list) => list.iter().any(|c| holds(c, &kept.values)),
-        Conditions::All(list) => list.iter().all(|c| holds(c, &kept.values)),
+        Conditions::Any(list) => list.iter().any(|c| holds(c, kept.values)),
+        Conditions::All(list) => list.iter().all(|c| holds(c, kept.values)),
     }
 }
 

@@ -316,3 +316,77 @@ async fn the_demo_runs_on_a_fresh_lake_and_a_second_run_adds_nothing() {
     assert_eq!(count(&lake, "silver/fhir/blood_pressure").await, readings);
     assert!(count(&lake, "gold/patient_clinical_summary").await > 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_hospital_overview_joins_the_databases_with_fhir() {
+    use crate::servers::{PASSWORD, Server};
+    let mariadb = Server::mariadb();
+    mariadb.load(&Path::new(SAMPLES).join("ikhospital/mysql.sql"));
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    run_ok(
+        vitalake()
+            .arg("--lake")
+            .arg(&lake_path)
+            .args(["ingest", "db", "--source", &mariadb.url()])
+            .env(mariadb.password_var(), PASSWORD),
+    );
+    run_ok(
+        vitalake()
+            .arg("--lake")
+            .arg(&lake_path)
+            .args(["ingest", "fhir"])
+            .arg(format!("{SAMPLES}/drop")),
+    );
+    run_ok(
+        vitalake()
+            .arg("--lake")
+            .arg(&lake_path)
+            .args(["refresh", "gold", "hospital_overview"]),
+    );
+    let gold = |section: &str| -> Vec<String> {
+        let mut lines = csv(
+            &lake_path,
+            &format!(
+                "SELECT name, coalesce(CAST(day AS VARCHAR), CAST(weekday AS VARCHAR)), value FROM gold.hospital_overview WHERE section = '{section}' AND source = 'ikhospital'"
+            ),
+        );
+        lines.sort();
+        lines
+    };
+    // The same answers, computed by the source database itself.
+    let source = |sql: &str| -> Vec<String> {
+        let mut lines: Vec<String> = mariadb
+            .sql(sql)
+            .lines()
+            .map(|l| l.replace('\t', ","))
+            .collect();
+        lines.sort();
+        lines
+    };
+    let events = source(
+        "SELECT s.name, DATE(e.occurred_at), COUNT(*) FROM events e JOIN specialties s ON s.id = e.specialty_id GROUP BY 1, 2",
+    );
+    assert!(events.len() > 20, "{events:?}");
+    assert_eq!(gold("events by specialty"), events);
+    assert_eq!(
+        gold("doctors per shift"),
+        source(
+            "SELECT sh.name, ds.weekday, COUNT(DISTINCT ds.doctor_id) FROM doctor_shifts ds JOIN shifts sh ON sh.id = ds.shift_id JOIN doctors d ON d.id = ds.doctor_id WHERE d.active = 1 GROUP BY 1, 2"
+        )
+    );
+    assert_eq!(
+        gold("patients by country"),
+        source(
+            "SELECT c.name, '', COUNT(*) FROM patients p JOIN countries c ON c.code = p.country GROUP BY 1"
+        )
+    );
+    // Every FHIR patient is counted once, under a country or `unknown`.
+    let fhir: u64 = csv(
+        &lake_path,
+        "SELECT sum(value) FROM gold.hospital_overview WHERE section = 'patients by country' AND source = 'fhir'",
+    )[0]
+    .parse()
+    .unwrap();
+    assert_eq!(fhir, count(&lake, "silver/fhir/patient").await);
+}

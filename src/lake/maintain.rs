@@ -1,0 +1,163 @@
+//! Table maintenance: compaction (OPTIMIZE, with Z-ORDER where a table has columns to cluster by),
+//! VACUUM of the files no version within the retention needs, and a checkpoint of the log.
+//!
+//! Every step is a Delta commit or a delete of unreferenced files, so a reader (or a writer: the
+//! stream) running meanwhile sees the table before or after, never half of it; a compaction that
+//! loses a race with a writer fails for that table and leaves it as it was.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use deltalake::DeltaTable;
+use deltalake::operations::optimize::OptimizeType;
+use serde::Serialize;
+
+use super::{Lake, LakeError};
+
+/// The shortest retention VACUUM accepts without `force`: a reader that started a query on an
+/// older version (Spark, Power BI refreshing, `vitalake serve`) would find its files gone.
+pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct MaintainOptions {
+    /// VACUUM removes files unreferenced for longer than this (default 7 days).
+    pub retention: Duration,
+    /// Allow a retention under [`MIN_RETENTION`].
+    pub force: bool,
+    /// Per table path, the columns to Z-ORDER by; the other tables are compacted only. A key
+    /// ending in `/*` applies to every table directly under that folder (`bronze/eventhubs/*`).
+    pub zorder: BTreeMap<String, Vec<String>>,
+}
+
+impl MaintainOptions {
+    /// The Z-ORDER columns of a table: its own entry, else its folder's `/*` entry.
+    pub fn zorder_of(&self, path: &str) -> Vec<String> {
+        let folder = path
+            .rsplit_once('/')
+            .map(|(folder, _)| format!("{folder}/*"));
+        self.zorder
+            .get(path)
+            .or_else(|| folder.and_then(|f| self.zorder.get(&f)))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MaintainError {
+    #[error(
+        "a retention of {hours} h is under the 24 h minimum: readers of older versions would lose their files; add --force if no reader can be running"
+    )]
+    RetentionTooShort { hours: u64 },
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+}
+
+/// What maintenance did to one table.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TableMaintenance {
+    pub table: String,
+    pub files_before: usize,
+    pub files_after: usize,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    /// Z-ORDER columns, if the table was clustered.
+    pub zorder: Vec<String>,
+    /// Files VACUUM deleted from storage.
+    pub vacuumed: usize,
+    pub version: u64,
+    /// Why the table was left as it was, if it was.
+    pub error: Option<String>,
+}
+
+/// Maintains every table under `layers` (`bronze`, `silver`, `gold`), one after the other.
+pub async fn maintain(
+    lake: &Lake,
+    layers: &[&str],
+    options: &MaintainOptions,
+) -> Result<Vec<TableMaintenance>, MaintainError> {
+    if options.retention < MIN_RETENTION && !options.force {
+        return Err(MaintainError::RetentionTooShort {
+            hours: options.retention.as_secs() / 3600,
+        });
+    }
+    let mut reports = Vec::new();
+    for layer in layers {
+        for path in lake.find_tables(layer, 4).await? {
+            let Some(table) = lake.existing_table(&path).await? else {
+                continue;
+            };
+            let zorder = options.zorder_of(&path);
+            let mut report = TableMaintenance {
+                table: path.clone(),
+                zorder: zorder.clone(),
+                ..Default::default()
+            };
+            (report.files_before, report.bytes_before) = files(&table)?;
+            match maintain_table(table, &zorder, options, &mut report).await {
+                Ok(table) => {
+                    (report.files_after, report.bytes_after) = files(&table)?;
+                    report.version = table.version().unwrap_or_default();
+                }
+                Err(error) => {
+                    tracing::warn!(table = %path, %error, "maintenance failed; the table is unchanged");
+                    report.error = Some(error.to_string());
+                    (report.files_after, report.bytes_after) =
+                        (report.files_before, report.bytes_before);
+                }
+            }
+            tracing::info!(
+                table = %path,
+                files_before = report.files_before,
+                files_after = report.files_after,
+                vacuumed = report.vacuumed,
+                "maintained"
+            );
+            reports.push(report);
+        }
+    }
+    Ok(reports)
+}
+
+async fn maintain_table(
+    table: DeltaTable,
+    zorder: &[String],
+    options: &MaintainOptions,
+    report: &mut TableMaintenance,
+) -> Result<DeltaTable, deltalake::DeltaTableError> {
+    let kind = if zorder.is_empty() {
+        OptimizeType::Compact
+    } else {
+        OptimizeType::ZOrder(zorder.to_vec())
+    };
+    // Compaction rewrites only tables with more than one file (or Z-ORDER, which clusters even one).
+    let (files, _) = files(&table).unwrap_or_default();
+    let table = if files > 1 || !zorder.is_empty() && files > 0 {
+        table.optimize().with_type(kind).await?.0
+    } else {
+        table
+    };
+    let (table, vacuum) = table
+        .vacuum()
+        .with_retention_period(chrono::Duration::from_std(options.retention).unwrap_or_default())
+        .with_enforce_retention_duration(false)
+        .await?;
+    report.vacuumed = vacuum.files_deleted.len();
+    deltalake::checkpoints::create_checkpoint(&table, None).await?;
+    Ok(table)
+}
+
+/// Active files and their bytes.
+fn files(table: &DeltaTable) -> Result<(usize, u64), LakeError> {
+    let snapshot = table.snapshot().map_err(|source| LakeError::Delta {
+        table: table.table_url().to_string(),
+        source,
+    })?;
+    let mut count = 0;
+    let mut bytes = 0;
+    for file in snapshot.log_data() {
+        count += 1;
+        bytes += file.size() as u64;
+    }
+    Ok((count, bytes))
+}
