@@ -38,3 +38,10 @@ if [ ! -x "$bench_python/bin/python" ] || ! "$bench_python/bin/python" -c 'impor
 fi
 
 cargo test --locked
+
+# Live Azure Event Hubs: only against a real namespace.
+if [ -n "${EVENTHUBS_CONNECTION_STRING:-}" ]; then
+  cargo test --locked --test it -- --ignored live_azure
+else
+  echo "live Azure Event Hubs tests: not run (set EVENTHUBS_CONNECTION_STRING to run them)"
+fi

@@ -334,6 +334,9 @@ pub struct RefreshGoldArgs {
     /// The folder of gold SQL files.
     #[arg(long, value_name = "DIR", default_value = "profiles/gold")]
     pub definitions: PathBuf,
+    /// Recompute every table from scratch, even those that can be refreshed incrementally.
+    #[arg(long)]
+    pub full: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

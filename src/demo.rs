@@ -151,7 +151,7 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
         )?,
     }
     let tables = crate::gold::refresh::definitions(&options.gold)?;
-    let gold = crate::gold::refresh::refresh(lake, &tables, None).await?;
+    let gold = crate::gold::refresh::refresh(lake, &tables, None, false).await?;
     let refreshed: Vec<String> = gold
         .tables
         .iter()

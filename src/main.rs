@@ -210,7 +210,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let tables = vitalake::gold::refresh::definitions(&args.definitions)
                 .with_context(|| format!("reading {}", args.definitions.display()))?;
             let report =
-                vitalake::gold::refresh::refresh(&lake, &tables, args.name.as_deref()).await?;
+                vitalake::gold::refresh::refresh(&lake, &tables, args.name.as_deref(), args.full)
+                    .await?;
             print_report(&report, args.json, true)
         }
         Command::Refresh(RefreshCommand::Silver(args)) => {

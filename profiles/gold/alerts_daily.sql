@@ -1,6 +1,8 @@
 -- Per rule, severity and day (of the readings' effective time): alerts raised and sent, raised but
 -- not sent (shadow, inhibited, backfill), resolved, patients affected, and raised alerts per
 -- patient-day (patients with a blood-pressure reading that day).
+-- Refreshed incrementally: a row depends only on the input rows with its key.
+-- incremental: day <- silver.alerts(CAST(effective_time AS DATE)); silver.blood_pressure(CAST(effective_time AS DATE))
 WITH patient_days AS (
   SELECT CAST(effective_time AS DATE) AS day, count(DISTINCT patient_id) AS patients
   FROM silver.blood_pressure

@@ -1,4 +1,6 @@
 -- Dispensed quantity per NDC code per day, from the pharmacy stream (MedicationDispense).
+-- Refreshed incrementally: a row depends only on the input rows with its key.
+-- incremental: ndc_code, day <- silver.medication_dispense(ndc_code, CAST(when_handed_over AS DATE))
 SELECT
   ndc_code,
   max(ndc_display) AS ndc_display,

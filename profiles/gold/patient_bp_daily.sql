@@ -1,6 +1,8 @@
 -- Per patient and day: readings, min/max/mean systolic and diastolic, and the day's blood-pressure
 -- category by the 2017 ACC/AHA guideline applied to the day's means (Whelton PK, Carey RM, et al.
 -- Hypertension. 2018;71:e13-e115, table 6; crisis: section 11.2).
+-- Refreshed incrementally: a row depends only on the input rows with its key.
+-- incremental: patient_id, day <- silver.blood_pressure(patient_id, CAST(effective_time AS DATE))
 SELECT
   patient_id,
   CAST(effective_time AS DATE) AS day,

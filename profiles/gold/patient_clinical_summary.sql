@@ -1,6 +1,8 @@
 -- One row per patient: demographics, the latest blood pressure and its ACC/AHA 2017 category
 -- (Whelton PK et al., Hypertension. 2018;71:e13-e115), the last alert sent, counts of readings
 -- and of alerts raised.
+-- Refreshed incrementally: a row depends only on the input rows with its key.
+-- incremental: patient_id <- silver.patient(id); silver.blood_pressure(patient_id); silver.alerts(patient_id)
 WITH ranked_bp AS (
   SELECT patient_id, effective_time, CAST(systolic AS DOUBLE) AS systolic, CAST(diastolic AS DOUBLE) AS diastolic,
          row_number() OVER (PARTITION BY patient_id ORDER BY effective_time DESC, id) AS n

@@ -10,9 +10,10 @@
 //! | `bronze/eventhubs/observations` | `bronze.eventhubs_observations` |
 //! | `bronze/mysql/ikhospital/doctors` | `bronze.mysql_ikhospital_doctors` |
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use deltalake::datafusion::catalog::MemorySchemaProvider;
+use deltalake::datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use deltalake::datafusion::datasource::MemTable;
 use deltalake::datafusion::prelude::SessionContext;
 
@@ -35,6 +36,22 @@ pub fn sql_name(path: &str) -> Option<(String, String)> {
 
 /// A session with every lake table registered under its SQL name.
 pub async fn session(lake: &Lake) -> Result<SessionContext, LakeError> {
+    Ok(session_with_versions(lake).await?.0)
+}
+
+/// Where a registered table lives, and the version the session reads.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    pub path: String,
+    pub version: u64,
+}
+
+/// [`session`], and for each SQL name the table's path and the version registered: what an
+/// incremental refresh records as read.
+pub async fn session_with_versions(
+    lake: &Lake,
+) -> Result<(SessionContext, HashMap<String, Registered>), LakeError> {
+    let mut registered = HashMap::new();
     // With `information_schema`, so that `SHOW TABLES` and catalogue look-ups work.
     let ctx = SessionContext::new_with_config(read::session_config().with_information_schema(true));
     let catalog = ctx
@@ -51,7 +68,15 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, LakeError> {
             let Some(table) = lake.existing_table(&path).await? else {
                 continue;
             };
-            read::register(&ctx, &table, &path, &format!("{schema}.{name}")).await?;
+            let sql_name = format!("{schema}.{name}");
+            read::register(&ctx, &table, &path, &sql_name).await?;
+            registered.insert(
+                sql_name,
+                Registered {
+                    path: path.clone(),
+                    version: table.version().unwrap_or_default(),
+                },
+            );
         }
     }
     // Before the first alert, `silver.alerts` is an empty table, so that what reads it still runs.
@@ -61,7 +86,37 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, LakeError> {
         ctx.register_table("silver.alerts", Arc::new(empty))
             .expect("silver.alerts registers");
     }
-    Ok(ctx)
+    Ok((ctx, registered))
+}
+
+/// A new session that reads the same tables as `ctx` (same settings, same object stores), whose
+/// registrations can change without touching `ctx`'s.
+pub async fn copy_session(
+    ctx: &SessionContext,
+) -> Result<SessionContext, deltalake::datafusion::error::DataFusionError> {
+    let copy = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
+    let from = ctx
+        .catalog("datafusion")
+        .expect("the default catalogue exists");
+    let to = copy
+        .catalog("datafusion")
+        .expect("the default catalogue exists");
+    for name in from.schema_names() {
+        let Some(schema) = from.schema(&name) else {
+            continue;
+        };
+        if name == "information_schema" {
+            continue;
+        }
+        let target = Arc::new(MemorySchemaProvider::new());
+        for table in schema.table_names() {
+            if let Some(provider) = schema.table(&table).await? {
+                target.register_table(table, provider)?;
+            }
+        }
+        to.register_schema(&name, target)?;
+    }
+    Ok(copy)
 }
 
 #[cfg(test)]

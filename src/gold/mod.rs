@@ -2,6 +2,7 @@
 //! read-only queries over it (`vitalake query`).
 
 pub mod catalog;
+pub mod incremental;
 pub mod refresh;
 
 use deltalake::arrow::record_batch::RecordBatch;
@@ -17,6 +18,8 @@ pub enum GoldError {
     Sql(#[from] deltalake::datafusion::error::DataFusionError),
     #[error("no gold table named {0:?}")]
     Unknown(String),
+    #[error("gold table {table}: its `-- incremental:` line: {message}")]
+    Declaration { table: String, message: String },
 }
 
 /// Statements that only read: no DDL, no INSERT/UPDATE/DELETE, no SET.

@@ -6,6 +6,7 @@
 //! `bronze/fhir/Patient` (see the storage layout in DESIGN.md).
 
 pub mod append;
+pub mod changes;
 pub mod delete;
 pub mod maintain;
 pub mod merge;

@@ -295,6 +295,11 @@ impl Evaluator {
         self.patients.len()
     }
 
+    /// Drops a patient's readings and episodes, before they are rebuilt from silver.
+    pub fn forget(&mut self, patient: &str) {
+        self.patients.remove(patient);
+    }
+
     /// Evaluates one reading; `now` is the wall clock (Unix ms) for `detected_at`.
     pub fn evaluate(&mut self, reading: &Reading, now: i64) -> Vec<AlertEvent> {
         // Look up before inserting: `entry` would allocate the key for every reading.

@@ -237,9 +237,10 @@ fn service(ctx: SessionContext) -> Result<Arc<DfSessionService>, ServeError> {
     )))
 }
 
-/// An empty session with the settings and schemas of `like`, for the masked catalogue.
+/// An empty session with the settings, object stores (a lake on Azure) and schemas of `like`, for
+/// the masked catalogue.
 fn session_like(like: &SessionContext) -> SessionContext {
-    let ctx = SessionContext::new_with_config(like.copied_config());
+    let ctx = SessionContext::new_with_config_rt(like.copied_config(), like.runtime_env());
     let catalog = ctx.catalog("datafusion").expect("the default catalogue");
     for schema in ["silver", "gold"] {
         catalog

@@ -6,8 +6,14 @@
 //! (after `partition_expiration`). A partition a process owns is read from its checkpoint on, and its
 //! receiver carries the processor's owner level, so Event Hubs itself disconnects a previous reader.
 //!
-//! Connection: `EVENTHUBS_CONNECTION_STRING` (a namespace or hub connection string with a shared
-//! access key). `EVENTHUBS_ENDPOINT` sends the AMQP connection elsewhere (a proxy, or the test peer:
+//! Sign-in, from the environment ([`Credentials`]): `EVENTHUBS_CONNECTION_STRING` (a namespace or
+//! hub connection string with a shared access key), or `EVENTHUBS_NAMESPACE`
+//! (`<name>.servicebus.windows.net`) with Microsoft Entra ID: a service principal
+//! (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`), workload identity on AKS
+//! (`AZURE_FEDERATED_TOKEN_FILE`), or the managed identity of the Azure compute it runs on
+//! (`AZURE_CLIENT_ID` picks a user-assigned one). The identity needs the "Azure Event Hubs Data
+//! Receiver" (stream) or "Data Sender" (send, alerts) role.
+//! `EVENTHUBS_ENDPOINT` sends the AMQP connection elsewhere (a proxy, or the test peer:
 //! `amqp://127.0.0.1:PORT` for plain TCP). `EVENTHUBS_OWNERSHIP_INTERVAL` / `_EXPIRY` (seconds) set
 //! how often claims are renewed and how soon a silent process's partitions are taken over.
 
@@ -28,6 +34,7 @@ use super::checkpoints::Checkpoints;
 use super::{Event, Partition, StreamError, StreamId};
 
 pub const CONNECTION_STRING_VAR: &str = "EVENTHUBS_CONNECTION_STRING";
+pub const NAMESPACE_VAR: &str = "EVENTHUBS_NAMESPACE";
 pub const ENDPOINT_VAR: &str = "EVENTHUBS_ENDPOINT";
 /// Seconds between ownership renewals and balancing (default 10).
 pub const OWNERSHIP_INTERVAL_VAR: &str = "EVENTHUBS_OWNERSHIP_INTERVAL";
@@ -39,7 +46,7 @@ pub const OWNERSHIP_EXPIRY_VAR: &str = "EVENTHUBS_OWNERSHIP_EXPIRY";
 pub struct EventHubsOptions {
     pub hub: String,
     pub consumer_group: String,
-    pub connection_string: String,
+    pub credentials: Credentials,
     /// Where the AMQP connection goes instead of the namespace (a proxy, the test peer).
     pub endpoint: Option<String>,
     /// How often ownership is balanced and renewed.
@@ -51,11 +58,7 @@ pub struct EventHubsOptions {
 impl EventHubsOptions {
     /// Options from the environment; the hub and consumer group from the command line.
     pub fn from_env(hub: &str, consumer_group: &str) -> Result<Self, StreamError> {
-        let connection_string = std::env::var(CONNECTION_STRING_VAR).map_err(|_| {
-            StreamError::EventHubs(format!(
-                "set {CONNECTION_STRING_VAR} to the Event Hubs namespace's connection string"
-            ))
-        })?;
+        let credentials = Credentials::from_env()?;
         let seconds = |var: &str, default: u64| {
             std::env::var(var)
                 .ok()
@@ -65,11 +68,85 @@ impl EventHubsOptions {
         Ok(EventHubsOptions {
             hub: hub.to_string(),
             consumer_group: consumer_group.to_string(),
-            connection_string,
+            credentials,
             endpoint: std::env::var(ENDPOINT_VAR).ok().filter(|e| !e.is_empty()),
             update_interval: seconds(OWNERSHIP_INTERVAL_VAR, 10),
             partition_expiration: seconds(OWNERSHIP_EXPIRY_VAR, 30),
         })
+    }
+}
+
+/// How `vitalake` signs in to Event Hubs.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A namespace or hub connection string with a shared access key.
+    ConnectionString(String),
+    /// Microsoft Entra ID, for the namespace `<name>.servicebus.windows.net`.
+    EntraId {
+        namespace: String,
+        credential: Arc<dyn azure_core::credentials::TokenCredential>,
+    },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key or the token.
+        match self {
+            Credentials::ConnectionString(_) => f.write_str("ConnectionString(..)"),
+            Credentials::EntraId { namespace, .. } => write!(f, "EntraId({namespace})"),
+        }
+    }
+}
+
+impl Credentials {
+    /// A connection string if `EVENTHUBS_CONNECTION_STRING` is set, else Entra ID for
+    /// `EVENTHUBS_NAMESPACE` with the identity the environment describes (see the module docs).
+    pub fn from_env() -> Result<Credentials, StreamError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(connection_string) = var(CONNECTION_STRING_VAR) {
+            return Ok(Credentials::ConnectionString(connection_string));
+        }
+        let Some(namespace) = var(NAMESPACE_VAR) else {
+            return Err(StreamError::EventHubs(format!(
+                "set {CONNECTION_STRING_VAR} to the namespace's connection string, or {NAMESPACE_VAR} (<name>.servicebus.windows.net) to sign in with Microsoft Entra ID"
+            )));
+        };
+        let failed = |e: azure_core::Error| error("setting up the Entra ID credential", e);
+        let credential: Arc<dyn azure_core::credentials::TokenCredential> = match (
+            var("AZURE_TENANT_ID"),
+            var("AZURE_CLIENT_ID"),
+            var("AZURE_CLIENT_SECRET"),
+        ) {
+            (Some(tenant), Some(client), Some(secret)) => {
+                azure_identity::ClientSecretCredential::new(&tenant, client, secret.into(), None)
+                    .map_err(failed)?
+            }
+            _ if var("AZURE_FEDERATED_TOKEN_FILE").is_some() => {
+                azure_identity::WorkloadIdentityCredential::new(None).map_err(failed)?
+            }
+            (_, client, _) => {
+                let options = azure_identity::ManagedIdentityCredentialOptions {
+                    user_assigned_id: client.map(azure_identity::UserAssignedId::ClientId),
+                    ..Default::default()
+                };
+                azure_identity::ManagedIdentityCredential::new(Some(options)).map_err(failed)?
+            }
+        };
+        Ok(Credentials::EntraId {
+            namespace,
+            credential,
+        })
+    }
+
+    /// The fully qualified namespace, part of the lake's checkpoint and transaction ids.
+    pub fn namespace(&self) -> Result<String, StreamError> {
+        match self {
+            Credentials::ConnectionString(text) => text
+                .parse::<azure_messaging_eventhubs::ConnectionString>()
+                .map(|c| c.fully_qualified_namespace.clone())
+                .map_err(|e| error("reading the connection string", e)),
+            Credentials::EntraId { namespace, .. } => Ok(namespace.clone()),
+        }
     }
 }
 
@@ -117,11 +194,7 @@ pub async fn open(
     stop: CancellationToken,
 ) -> Result<EventHubsSource, StreamError> {
     install_tls_provider();
-    let namespace = options
-        .connection_string
-        .parse::<azure_messaging_eventhubs::ConnectionString>()
-        .map(|c| c.fully_qualified_namespace.clone())
-        .map_err(|e| error("reading the connection string", e))?;
+    let namespace = options.credentials.namespace()?;
     let owner = uuid::Uuid::now_v7().to_string();
     let first = Consumer::connect(options, &checkpoints, &owner).await?;
     let current = Arc::new(tokio::sync::Mutex::new(first.processor.clone()));
@@ -270,10 +343,22 @@ impl Consumer {
             if let Some(endpoint) = &options.endpoint {
                 builder = builder.with_custom_endpoint(endpoint.clone());
             }
-            builder
-                .open_with_connection_string(&options.connection_string, Some(&options.hub))
-                .await
-                .map_err(|e| error("connecting to Event Hubs", e))
+            match &options.credentials {
+                Credentials::ConnectionString(text) => {
+                    builder
+                        .open_with_connection_string(text, Some(&options.hub))
+                        .await
+                }
+                Credentials::EntraId {
+                    namespace,
+                    credential,
+                } => {
+                    builder
+                        .open(namespace, options.hub.clone(), credential.clone())
+                        .await
+                }
+            }
+            .map_err(|e| error("connecting to Event Hubs", e))
         };
         let processor = EventProcessor::builder()
             .with_load_balancing_strategy(ProcessorStrategy::Greedy)
@@ -446,10 +531,22 @@ pub async fn producer(options: &EventHubsOptions) -> Result<ProducerClient, Stre
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_custom_endpoint(endpoint.clone());
     }
-    builder
-        .open_with_connection_string(&options.connection_string, Some(&options.hub))
-        .await
-        .map_err(|e| error("connecting to Event Hubs", e))
+    match &options.credentials {
+        Credentials::ConnectionString(text) => {
+            builder
+                .open_with_connection_string(text, Some(&options.hub))
+                .await
+        }
+        Credentials::EntraId {
+            namespace,
+            credential,
+        } => {
+            builder
+                .open(namespace, &options.hub, credential.clone())
+                .await
+        }
+    }
+    .map_err(|e| error("connecting to Event Hubs", e))
 }
 
 /// How long a batch may wait for the hub's acknowledgement before it counts as failed.

@@ -78,6 +78,23 @@ pub fn vitalake() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vitalake"))
 }
 
+/// `vitalake --lake LAKE ARGS...`, which must succeed.
+pub fn on_lake(lake: &Path, args: &[&str]) -> Output {
+    run_ok(vitalake().arg("--lake").arg(lake).args(args))
+}
+
+/// The sample drop (`samples/drop`) ingested into `lake` by the binary.
+pub fn ingest_sample_drop(lake: &Path) {
+    on_lake(
+        lake,
+        &[
+            "ingest",
+            "fhir",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/samples/drop"),
+        ],
+    );
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap();
     assert!(

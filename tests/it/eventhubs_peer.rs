@@ -21,7 +21,7 @@ use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::types::definitions::{self, LinkError};
 use fe2o3_amqp::types::messaging::message::__private::Deserializable;
 use fe2o3_amqp::types::messaging::{
-    ApplicationProperties, Body, Message, MessageAnnotations, Properties,
+    AmqpValue, ApplicationProperties, Body, Message, MessageAnnotations, Properties,
 };
 use fe2o3_amqp::types::primitives::{Array, OrderedMap, SimpleValue, Timestamp, Value};
 use fe2o3_amqp::{Receiver, Sender};
@@ -68,6 +68,8 @@ struct State {
     readers: Mutex<HashMap<String, SocketAddr>>,
     /// The client addresses of the connections open now.
     open: Mutex<std::collections::HashSet<SocketAddr>>,
+    /// Every `$cbs` put-token: the token's type and the token.
+    tokens: Mutex<Vec<(String, String)>>,
 }
 
 impl State {
@@ -129,6 +131,7 @@ impl Peer {
             sockets: Mutex::default(),
             readers: Mutex::default(),
             open: Mutex::default(),
+            tokens: Mutex::default(),
         });
         let accepting = state.clone();
         let listener = runtime.spawn(async move {
@@ -190,6 +193,11 @@ impl Peer {
     /// Whether the client at `address` is still connected.
     pub fn is_connected(&self, address: &SocketAddr) -> bool {
         self.state.open.lock().unwrap().contains(address)
+    }
+
+    /// Every token the clients put to `$cbs`: (`type`, token), as `jwt` for Entra ID.
+    pub fn tokens(&self) -> Vec<(String, String)> {
+        self.state.tokens.lock().unwrap().clone()
     }
 
     /// The client address reading each partition (`hub/group/partition`), as last attached.
@@ -351,7 +359,15 @@ async fn serve_incoming(mut receiver: Receiver, state: Arc<State>, replies: Repl
         let info = DeliveryInfo::from(&delivery);
         let message = delivery.into_message();
         let outcome = match node.as_str() {
-            "$cbs" => reply(&message, 202, Value::Null, &replies).await,
+            "$cbs" => {
+                let kind = application_property(&message, "type").unwrap_or_default();
+                let token = match &message.body {
+                    Body::Value(AmqpValue(Value::String(token))) => token.clone(),
+                    _ => String::new(),
+                };
+                state.tokens.lock().unwrap().push((kind, token));
+                reply(&message, 202, Value::Null, &replies).await
+            }
             "$management" => match management(&message, &state) {
                 Ok((status, body)) => reply(&message, status, body, &replies).await,
                 Err(e) => Err(e),

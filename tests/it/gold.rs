@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::common::{count, rows, run_ok, temp_lake, vitalake};
+use crate::common::{count, ingest_sample_drop, on_lake, rows, run_ok, temp_lake, vitalake};
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples");
 const RULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/anomaly-rules");
@@ -50,13 +50,7 @@ fn stream(lake: &Path, file: &Path, hub: &str) {
 async fn query_reads_every_layer_and_refuses_writes() {
     let (dir, lake) = temp_lake();
     let lake_path = dir.path().join("lake");
-    run_ok(
-        vitalake()
-            .arg("--lake")
-            .arg(&lake_path)
-            .args(["ingest", "fhir"])
-            .arg(format!("{SAMPLES}/drop")),
-    );
+    ingest_sample_drop(&lake_path);
     stream(
         &lake_path,
         &Path::new(SAMPLES).join("stream/observations.ndjson"),
@@ -331,19 +325,8 @@ async fn the_hospital_overview_joins_the_databases_with_fhir() {
             .args(["ingest", "db", "--source", &mariadb.url()])
             .env(mariadb.password_var(), PASSWORD),
     );
-    run_ok(
-        vitalake()
-            .arg("--lake")
-            .arg(&lake_path)
-            .args(["ingest", "fhir"])
-            .arg(format!("{SAMPLES}/drop")),
-    );
-    run_ok(
-        vitalake()
-            .arg("--lake")
-            .arg(&lake_path)
-            .args(["refresh", "gold", "hospital_overview"]),
-    );
+    ingest_sample_drop(&lake_path);
+    on_lake(&lake_path, &["refresh", "gold", "hospital_overview"]);
     let gold = |section: &str| -> Vec<String> {
         let mut lines = csv(
             &lake_path,
@@ -389,4 +372,104 @@ async fn the_hospital_overview_joins_the_databases_with_fhir() {
     .parse()
     .unwrap();
     assert_eq!(fhir, count(&lake, "silver/fhir/patient").await);
+}
+
+/// The gold tables that declare a key, so refresh incrementally.
+const INCREMENTAL: [&str; 4] = [
+    "patient_bp_daily",
+    "alerts_daily",
+    "medicine_distribution_daily",
+    "patient_clinical_summary",
+];
+
+/// Every incremental gold table's rows, sorted, as CSV lines.
+fn gold_rows(lake: &Path) -> BTreeMap<String, Vec<String>> {
+    INCREMENTAL
+        .iter()
+        .map(|t| {
+            let mut rows = csv(lake, &format!("SELECT * FROM gold.{t}"));
+            rows.sort();
+            (t.to_string(), rows)
+        })
+        .collect()
+}
+
+fn refresh_report(lake: &Path, extra: &[&str]) -> BTreeMap<String, Value> {
+    let mut args = vec!["refresh", "gold", "--json"];
+    args.extend_from_slice(extra);
+    let out = on_lake(lake, &args);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["table"].as_str().unwrap().to_string(), t.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_incremental_refresh_gives_what_a_full_one_gives() {
+    let (dir, _lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    ingest_sample_drop(&lake_path);
+    // The sample stream in two parts: the first before the first refresh, the rest after it,
+    // with a corrected version of a reading the first part landed (its day's aggregate changes).
+    let lines: Vec<String> =
+        std::fs::read_to_string(format!("{SAMPLES}/stream/observations.ndjson"))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+    let (first, rest) = lines.split_at(lines.len() * 2 / 3);
+    let part = |name: &str, lines: &[String]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    };
+    stream(&lake_path, &part("first.ndjson", first), "observations");
+    let pharmacy = Path::new(SAMPLES).join("stream/pharmacy.ndjson");
+    stream(&lake_path, &pharmacy, "pharmacy");
+    let report = refresh_report(&lake_path, &[]);
+    assert!(report.values().all(|t| t["mode"] == "full"), "{report:?}");
+
+    let mut corrected: Value = serde_json::from_str(
+        first
+            .iter()
+            .find(|l| l.contains("\"85354-9\""))
+            .expect("a blood-pressure panel"),
+    )
+    .unwrap();
+    corrected["meta"]["versionId"] = json!("2");
+    corrected["meta"]["lastUpdated"] = json!("2026-11-03T00:00:00Z");
+    corrected["component"][0]["valueQuantity"]["value"] = json!(199);
+    let mut second = rest.to_vec();
+    second.push(corrected.to_string());
+    stream(&lake_path, &part("second.ndjson", &second), "observations");
+
+    let report = refresh_report(&lake_path, &[]);
+    for table in [
+        "patient_bp_daily",
+        "alerts_daily",
+        "patient_clinical_summary",
+    ] {
+        assert_eq!(report[table]["mode"], "incremental", "{report:?}");
+        assert!(report[table]["keys"].as_u64().unwrap() > 0, "{report:?}");
+    }
+    // No new pharmacy events: nothing to recompute.
+    assert_eq!(report["medicine_distribution_daily"]["keys"], 0);
+    let incremental = gold_rows(&lake_path);
+    assert!(
+        incremental["patient_bp_daily"]
+            .iter()
+            .any(|r| r.contains("199"))
+    );
+
+    let report = refresh_report(&lake_path, &["--full"]);
+    assert!(report.values().all(|t| t["mode"] == "full"));
+    assert_eq!(gold_rows(&lake_path), incremental);
+    // And with nothing new, a refresh recomputes nothing.
+    let report = refresh_report(&lake_path, &[]);
+    for table in INCREMENTAL {
+        assert_eq!(report[table]["keys"], 0, "{report:?}");
+    }
 }

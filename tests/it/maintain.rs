@@ -5,18 +5,23 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::common::{rows, run_ok, temp_lake, vitalake};
+use crate::common::{ingest_sample_drop, on_lake, rows, temp_lake, vitalake};
 
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples");
 
 fn stream_in_small_batches(lake: &Path) {
-    run_ok(
-        vitalake()
-            .arg("--lake")
-            .arg(lake)
-            .args(["stream", "--hub", "observations", "--batch-events", "200"])
-            .arg("--source")
-            .arg(format!("file:{SAMPLES}/stream/observations.ndjson")),
+    let source = format!("file:{SAMPLES}/stream/observations.ndjson");
+    on_lake(
+        lake,
+        &[
+            "stream",
+            "--hub",
+            "observations",
+            "--batch-events",
+            "200",
+            "--source",
+            &source,
+        ],
     );
 }
 
@@ -46,13 +51,7 @@ async fn answers(lake: &vitalake::lake::Lake) -> Vec<Vec<Vec<String>>> {
 async fn maintain_compacts_and_vacuums_without_changing_answers() {
     let (dir, lake) = temp_lake();
     let lake_path = dir.path().join("lake");
-    run_ok(
-        vitalake()
-            .arg("--lake")
-            .arg(&lake_path)
-            .args(["ingest", "fhir"])
-            .arg(format!("{SAMPLES}/drop")),
-    );
+    ingest_sample_drop(&lake_path);
     stream_in_small_batches(&lake_path);
     let before = answers(&lake).await;
     assert!(!before[0].is_empty());
@@ -67,13 +66,10 @@ async fn maintain_compacts_and_vacuums_without_changing_answers() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
 
-    let out = run_ok(vitalake().arg("--lake").arg(&lake_path).args([
-        "maintain",
-        "--retention",
-        "0h",
-        "--force",
-        "--json",
-    ]));
+    let out = on_lake(
+        &lake_path,
+        &["maintain", "--retention", "0h", "--force", "--json"],
+    );
     let report: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     let table = |path: &str| {
         report

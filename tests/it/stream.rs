@@ -55,7 +55,7 @@ pub struct Expected {
     distinct_lines: u64,
     /// The last line each blood-pressure id is on.
     bp_lines: std::collections::BTreeMap<String, u64>,
-    bp_ids: BTreeSet<String>,
+    pub bp_ids: BTreeSet<String>,
     hr_ids: BTreeSet<String>,
 }
 

@@ -15,10 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
-use super::IngestError;
+use super::{IngestError, events};
 use crate::alerts::sink::Sink;
 use crate::alerts::{cloud_event, table};
 use crate::lake::Lake;
@@ -42,7 +41,8 @@ pub struct Alerting {
     sink: Sink,
     /// Ids in `silver/alerts`, or sent and waiting for their batch to record them.
     recorded: Mutex<HashSet<String>>,
-    warmed_up: OnceCell<()>,
+    /// The silver versions the state was last brought up to, if it was.
+    warmed_at: Mutex<Option<Vec<Option<u64>>>>,
     folder: Mutex<Option<String>>,
 }
 
@@ -67,38 +67,71 @@ impl Alerting {
             lateness,
             sink,
             recorded: Mutex::new(HashSet::new()),
-            warmed_up: OnceCell::new(),
+            warmed_at: Mutex::new(None),
         }))
     }
 
-    /// Rebuilds the evaluator's state from silver, once, after the first partition has finished
-    /// what a crash left (so silver holds every landed reading).
-    pub async fn warm_up(&self, lake: &Lake) -> Result<(), IngestError> {
-        self.warmed_up
-            .get_or_try_init(|| async {
-                let window = *self.longest_window.lock().expect("lock") + self.lateness;
-                let Some(newest) = reading::newest_time(lake).await? else {
-                    return Ok(());
-                };
-                let since = newest - window;
-                let readings = reading::from_silver(lake, since).await?;
-                let recorded = table::recorded_ids(lake, since - window).await?;
-                let now = chrono::Utc::now().timestamp_millis();
-                let mut evaluator = self.evaluator.lock().expect("lock");
-                for reading in &readings {
-                    evaluator.evaluate(reading, now);
-                }
-                tracing::info!(
-                    readings = readings.len(),
-                    patients = evaluator.patients(),
-                    recorded_alerts = recorded.len(),
-                    "rule state rebuilt from silver"
-                );
-                self.recorded.lock().expect("lock").extend(recorded);
-                Ok::<(), IngestError>(())
-            })
-            .await
-            .map(|_| ())
+    /// Brings the evaluator's state up to silver when a partition starts reading here, after its
+    /// recovery (so silver holds every reading landed for it):
+    /// - the first time, every patient's readings over the longest window (a restart);
+    /// - later (this process took the partition over from another while running), the readings of
+    ///   the partition's patients, which the other process landed: their state is dropped and
+    ///   rebuilt, and the alerts it recorded are not sent again.
+    ///
+    /// Nothing is read again while silver has not changed since the last time (at start, every
+    /// partition asks before anything lands).
+    pub async fn warm_up(
+        &self,
+        lake: &Lake,
+        bronze: &str,
+        partition_id: &str,
+    ) -> Result<(), IngestError> {
+        let versions = silver_versions(lake).await?;
+        let first = {
+            let mut warmed_at = self.warmed_at.lock().expect("lock");
+            if warmed_at.as_ref() == Some(&versions) {
+                return Ok(());
+            }
+            warmed_at.replace(versions).is_none()
+        };
+        let window = *self.longest_window.lock().expect("lock") + self.lateness;
+        let Some(newest) = reading::newest_time(lake).await? else {
+            return Ok(());
+        };
+        let since = newest - window;
+        let patients = if first {
+            None
+        } else {
+            Some(events::partition_patients(lake, bronze, partition_id, since - window).await?)
+        };
+        let readings = reading::from_silver(lake, since).await?;
+        let recorded = table::recorded_ids(lake, since - window).await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut evaluator = self.evaluator.lock().expect("lock");
+        if let Some(patients) = &patients {
+            for patient in patients {
+                evaluator.forget(patient);
+            }
+        }
+        let mut fed = 0;
+        for reading in &readings {
+            if patients
+                .as_ref()
+                .is_none_or(|p| p.contains(&reading.patient))
+            {
+                evaluator.evaluate(reading, now);
+                fed += 1;
+            }
+        }
+        tracing::info!(
+            partition_id,
+            readings = fed,
+            patients = patients.as_ref().map_or(evaluator.patients(), |p| p.len()),
+            recorded_alerts = recorded.len(),
+            "rule state brought up to silver"
+        );
+        self.recorded.lock().expect("lock").extend(recorded);
+        Ok(())
     }
 
     /// Evaluates the readings of one event and sends its new alerts. Returns every new alert (sent
@@ -227,4 +260,17 @@ fn readings_of(event: &Event) -> Vec<Reading> {
             r
         })
         .collect()
+}
+
+/// The versions of the silver tables the state is rebuilt from.
+async fn silver_versions(lake: &Lake) -> Result<Vec<Option<u64>>, IngestError> {
+    let mut versions = Vec::new();
+    for table in [
+        "silver/fhir/blood_pressure",
+        "silver/fhir/heart_rate",
+        table::ALERTS_TABLE,
+    ] {
+        versions.push(lake.existing_table(table).await?.and_then(|t| t.version()));
+    }
+    Ok(versions)
 }

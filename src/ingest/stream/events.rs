@@ -32,6 +32,30 @@ pub fn bronze_events_table(hub: &str) -> String {
     format!("bronze/eventhubs/{hub}")
 }
 
+/// The partition keys (the patients, as `vitalake send` and the devices key their events) of the
+/// events a partition brought since `since` (Unix ms, enqueued time), from the bronze event table.
+pub async fn partition_patients(
+    lake: &crate::lake::Lake,
+    bronze: &str,
+    partition_id: &str,
+    since: i64,
+) -> Result<std::collections::HashSet<String>, crate::lake::LakeError> {
+    let mut patients = std::collections::HashSet::new();
+    let Some(table) = lake.existing_table(bronze).await? else {
+        return Ok(patients);
+    };
+    let sql = format!(
+        "SELECT DISTINCT CAST(partition_key AS VARCHAR) FROM t WHERE partition_id = '{}' \
+         AND partition_key IS NOT NULL AND enqueued_time >= to_timestamp_millis({since})",
+        partition_id.replace('\'', "''")
+    );
+    for batch in crate::lake::read::query(&table, bronze, &sql).await? {
+        let keys = cast(batch.column(0), &DataType::Utf8).expect("text casts to text");
+        patients.extend(keys.as_string::<i32>().iter().flatten().map(str::to_string));
+    }
+    Ok(patients)
+}
+
 /// The partition column of the bronze event table.
 pub const DATE_COLUMN: &str = "ingest_date";
 

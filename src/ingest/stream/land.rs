@@ -93,6 +93,11 @@ impl<'l> Lander<'l> {
         self.lake
     }
 
+    /// The bronze table the events land in.
+    pub fn bronze_path(&self) -> &str {
+        &self.table_name
+    }
+
     async fn bronze_table(&mut self) -> Result<DeltaTable, IngestError> {
         Ok(match self.bronze.take() {
             Some(table) => table,

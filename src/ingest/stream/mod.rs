@@ -209,8 +209,9 @@ enum Request {
         partition_id: String,
         reply: oneshot::Sender<Result<Option<i64>, String>>,
     },
-    /// Rebuild the rules' state from silver (once, after the first recovery).
+    /// Bring the rules' state up to silver for a partition starting here (after its recovery).
     WarmUp {
+        partition_id: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
     /// Land this batch.
@@ -267,9 +268,12 @@ async fn land_partitions(
                             };
                             let _ = reply.send(answer);
                         }
-                        Request::WarmUp { reply } => {
+                        Request::WarmUp { partition_id, reply } => {
                             let warmed = match &alerting {
-                                Some(alerting) => alerting.warm_up(lander.lake()).await.map_err(|e| e.to_string()),
+                                Some(alerting) => alerting
+                                    .warm_up(lander.lake(), lander.bronze_path(), &partition_id)
+                                    .await
+                                    .map_err(|e| e.to_string()),
                                 None => Ok(()),
                             };
                             let _ = reply.send(warmed);
@@ -386,7 +390,10 @@ async fn read_partition(
         Some(alerting) => {
             let (reply, answer) = oneshot::channel();
             writer
-                .send(Request::WarmUp { reply })
+                .send(Request::WarmUp {
+                    partition_id: id.clone(),
+                    reply,
+                })
                 .await
                 .map_err(|_| "the writer stopped".to_string())?;
             answer
