@@ -39,15 +39,21 @@ pub async fn session(lake: &Lake) -> Result<SessionContext, LakeError> {
     Ok(session_with_versions(lake).await?.0)
 }
 
-/// Where a registered table lives, and the version the session reads.
+/// A registered table: where it lives, and the table at the version the session reads.
 #[derive(Debug, Clone)]
 pub struct Registered {
     pub path: String,
-    pub version: u64,
+    pub table: deltalake::DeltaTable,
 }
 
-/// [`session`], and for each SQL name the table's path and the version registered: what an
-/// incremental refresh records as read.
+impl Registered {
+    pub fn version(&self) -> u64 {
+        self.table.version().unwrap_or_default()
+    }
+}
+
+/// [`session`], and each SQL name's table as registered: what an incremental refresh records as
+/// read, and whose log it reads the changes from.
 pub async fn session_with_versions(
     lake: &Lake,
 ) -> Result<(SessionContext, HashMap<String, Registered>), LakeError> {
@@ -70,13 +76,7 @@ pub async fn session_with_versions(
             };
             let sql_name = format!("{schema}.{name}");
             read::register(&ctx, &table, &path, &sql_name).await?;
-            registered.insert(
-                sql_name,
-                Registered {
-                    path: path.clone(),
-                    version: table.version().unwrap_or_default(),
-                },
-            );
+            registered.insert(sql_name, Registered { path, table });
         }
     }
     // Before the first alert, `silver.alerts` is an empty table, so that what reads it still runs.

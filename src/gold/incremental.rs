@@ -117,11 +117,9 @@ pub fn app_id(gold: &str, input: &str) -> String {
     format!("vitalake-gold/{gold}/{input}")
 }
 
-/// The keys to recompute, and the input versions they bring the table up to.
+/// The keys to recompute: one row per changed key, columns `__k0`, `__k1`...
 pub struct Changes {
-    /// One row per changed key, columns `__k0`, `__k1`...
     pub keys: Vec<RecordBatch>,
-    pub versions: Vec<(String, u64)>,
 }
 
 impl Changes {
@@ -146,7 +144,6 @@ pub async fn changes(
     // The changed files are read in a session of their own (with the same object stores).
     let scratch = SessionContext::new_with_config_rt(ctx.copied_config(), ctx.runtime_env());
     let mut selects = Vec::new();
-    let mut versions = Vec::new();
     for (i, input) in incremental.inputs.iter().enumerate() {
         let Some(table) = registered.get(&input.table) else {
             return Ok(None);
@@ -155,10 +152,8 @@ pub async fn changes(
         else {
             return Ok(None);
         };
-        versions.push((input.table.clone(), table.version));
-        let handle = lake.table(&table.path).await?;
         let Some(files) =
-            changes::files_changed_between(&handle, &table.path, last as u64, table.version)
+            changes::files_changed_between(&table.table, &table.path, last as u64, table.version())
                 .await?
         else {
             return Ok(None);
@@ -198,7 +193,7 @@ pub async fn changes(
             Err(_) => return Ok(None),
         }
     };
-    Ok(Some(Changes { keys, versions }))
+    Ok(Some(Changes { keys }))
 }
 
 /// A copy of `ctx` whose inputs hold only the rows whose key is among `changes.keys`.

@@ -184,7 +184,7 @@ pub async fn refresh(
             if let Some(read) = registered.get(&input.table) {
                 append = append.with_transaction(
                     &incremental::app_id(&table.name, &input.table),
-                    read.version as i64,
+                    read.version() as i64,
                 );
             }
         }
