@@ -446,6 +446,9 @@ fn management(message: &Message<Body<Value>>, state: &State) -> Result<(i32, Val
                 )),
             );
             put("is_partition_empty", Value::Bool(events.is_empty()));
+            // The client (0.16) refuses partition properties without it (geo-replication epoch;
+            // 0 on a namespace without geo-replication).
+            put("last_enqueued_sequence_number_epoch", Value::Long(0));
         }
         other => return Err(format!("unknown entity type {other}")),
     }
