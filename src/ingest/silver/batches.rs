@@ -166,7 +166,7 @@ pub(super) async fn write_to(
     batch: RecordBatch,
     replace: Replace,
     batch_id: &str,
-    fence: Option<&(String, i64)>,
+    fence: &[(String, i64)],
 ) -> Result<(DeltaTable, u64), IngestError> {
     let rows = batch.num_rows() as u64;
     let operation = if matches!(replace, Replace::All) {
@@ -177,10 +177,9 @@ pub(super) async fn write_to(
     let builder = AppendBuilder::new(table, name, vec![batch])
         .with_metadata("vitalake.batch_id", batch_id)
         .with_metadata("vitalake.operation", operation);
-    let builder = match fence {
-        Some((app_id, version)) => builder.with_transaction(app_id, *version),
-        None => builder,
-    };
+    let builder = fence.iter().fold(builder, |builder, (app_id, version)| {
+        builder.with_transaction(app_id, *version)
+    });
     let builder = match replace {
         Replace::Nothing => builder,
         Replace::Matching(predicate) => builder.replacing(predicate),
@@ -199,7 +198,7 @@ pub(super) async fn write(
     batch_id: &str,
 ) -> Result<u64, IngestError> {
     let table = lake.table(name).await?;
-    Ok(write_to(table, name, batch, replace, batch_id, None)
+    Ok(write_to(table, name, batch, replace, batch_id, &[])
         .await?
         .1)
 }

@@ -24,10 +24,11 @@ pub struct SilverWriter<'l> {
     /// Merging again what may already be partly merged (a stream batch interrupted before silver):
     /// every key is replaced, so nothing is written twice.
     redo: bool,
-    /// The Delta application transaction every commit carries while a stream partition's batch is
-    /// merged: two processes merging the same partition's batch (one taking it over while the
-    /// other still lands it) then conflict in Delta, and the loser merges again in redo mode.
-    fence: Option<(String, i64)>,
+    /// The Delta application transactions (one per stream partition) every commit carries while
+    /// stream batches are merged: two processes merging the same partition's batch (one taking it
+    /// over while the other still lands it) then conflict in Delta, and the loser merges again in
+    /// redo mode.
+    fence: Vec<(String, i64)>,
     /// Another process committed to a table between this writer's snapshot and its commit: the
     /// open tables and known keys are dropped before the next chunk.
     stale: bool,
@@ -42,7 +43,7 @@ impl<'l> SilverWriter<'l> {
             tables: HashMap::new(),
             known_keys: HashMap::new(),
             redo: false,
-            fence: None,
+            fence: Vec::new(),
             stale: false,
         }
     }
@@ -53,8 +54,8 @@ impl<'l> SilverWriter<'l> {
         self.known_keys.clear();
     }
 
-    /// Sets or clears the transaction the next commits carry (see the `fence` field).
-    pub fn fencing(&mut self, fence: Option<(String, i64)>) {
+    /// Sets (or, with none, clears) the transactions the next commits carry (see the `fence` field).
+    pub fn fencing(&mut self, fence: Vec<(String, i64)>) {
         self.fence = fence;
     }
 
@@ -121,8 +122,8 @@ impl<'l> SilverWriter<'l> {
             None => self.lake.table(name).await?,
         };
         let read = table.version();
-        let fence = self.fence.as_ref();
-        let (table, rows) = write_to(table, name, batch, replace, &self.batch_id, fence).await?;
+        let (table, rows) =
+            write_to(table, name, batch, replace, &self.batch_id, &self.fence).await?;
         self.stale |= read.is_some_and(|read| table.version() > Some(read + 1));
         self.tables.insert(name.to_string(), table);
         Ok(rows)

@@ -172,8 +172,12 @@ impl<'l> Lander<'l> {
             .await
             .map_err(|e| IngestError::Silver(format!("reading {}: {e}", self.table_name)))?;
         self.bronze = Some(table);
-        let landed: Vec<LandedEvent> = batches.iter().flat_map(events_from_bronze).collect();
-        self.merge_with_retry(partition_id, &landed, true).await?;
+        let parts = [(
+            partition_id.to_string(),
+            batches.iter().flat_map(events_from_bronze).collect(),
+        )];
+        self.merge_with_retry(&parts, true).await?;
+        let [(_, landed)] = parts;
         Ok(landed)
     }
 
@@ -233,24 +237,27 @@ impl<'l> Lander<'l> {
             return Ok(landed);
         };
 
-        for batch in &batches {
-            let events: Vec<LandedEvent> = batch
-                .events
-                .iter()
-                .map(|event| LandedEvent {
-                    event: event.clone(),
-                    batch_id: batch_id.clone(),
-                    ingested_at,
-                })
-                .collect();
-            let step = self
-                .merge_with_retry(&batch.partition_id, &events, false)
-                .await?;
-            landed.events += batch.events.len() as u64;
-            landed.resources += step.resources;
-            landed.quarantined += step.quarantined;
-            landed.silver_rows += step.silver_rows;
-        }
+        // Every partition's batch in one silver merge: one commit per silver table per landing.
+        let parts: Vec<(String, Vec<LandedEvent>)> = batches
+            .iter()
+            .map(|batch| {
+                let events = batch
+                    .events
+                    .iter()
+                    .map(|event| LandedEvent {
+                        event: event.clone(),
+                        batch_id: batch_id.clone(),
+                        ingested_at,
+                    })
+                    .collect();
+                (batch.partition_id.clone(), events)
+            })
+            .collect();
+        let step = self.merge_with_retry(&parts, false).await?;
+        landed.events += parts.iter().map(|(_, e)| e.len() as u64).sum::<u64>();
+        landed.resources += step.resources;
+        landed.quarantined += step.quarantined;
+        landed.silver_rows += step.silver_rows;
         for batch in batches {
             let last = batch.events.last().expect("not empty");
             self.checkpoint(
@@ -348,10 +355,11 @@ impl<'l> Lander<'l> {
     /// Silver may be written by other processes at the same time (other partitions, `ingest fhir`):
     /// a commit that loses such a race is merged again from fresh tables, in redo mode, which
     /// replaces rather than adds, so a retry never writes a row twice.
+    /// Merges partitions' events into quarantine and silver; a merge that loses a race (another
+    /// process committed first) is merged again in redo mode.
     async fn merge_with_retry(
         &mut self,
-        partition_id: &str,
-        events: &[LandedEvent],
+        parts: &[(String, Vec<LandedEvent>)],
         redo: bool,
     ) -> Result<Landed, IngestError> {
         const ATTEMPTS: u32 = 10;
@@ -359,11 +367,11 @@ impl<'l> Lander<'l> {
         loop {
             let redo = redo || attempt > 1;
             self.silver.redoing(redo);
-            let result = self.merge_into_silver(partition_id, events, redo).await;
+            let result = self.merge_into_silver(parts, redo).await;
             self.silver.redoing(false);
             match result {
                 Err(e) if attempt < ATTEMPTS => {
-                    tracing::warn!(partition_id, attempt, error = %e, "silver merge lost a race; merging again");
+                    tracing::warn!(partitions = parts.len(), attempt, error = %e, "silver merge lost a race; merging again");
                     self.silver.forget();
                     self.quarantine = None;
                     tokio::time::sleep(std::time::Duration::from_millis(50 * u64::from(attempt)))
@@ -375,69 +383,92 @@ impl<'l> Lander<'l> {
         }
     }
 
-    /// Decodes landed events and merges them into quarantine and silver.
-    /// Merges under the partition's transaction (see `SilverWriter::fencing`).
+    /// Merges under each partition's transaction (see `SilverWriter::fencing`).
     async fn merge_into_silver(
         &mut self,
-        partition_id: &str,
-        events: &[LandedEvent],
+        parts: &[(String, Vec<LandedEvent>)],
         redo: bool,
     ) -> Result<Landed, IngestError> {
-        let last = events.last().map_or(-1, |e| e.event.sequence_number);
-        self.silver
-            .fencing(Some((self.stream.app_id(partition_id), last)));
-        let result = self.merge_fenced(partition_id, events, redo).await;
-        self.silver.fencing(None);
+        let fence = parts
+            .iter()
+            .filter_map(|(partition_id, events)| {
+                let last = events.last()?.event.sequence_number;
+                Some((self.stream.app_id(partition_id), last))
+            })
+            .collect();
+        self.silver.fencing(fence);
+        let result = self.merge_fenced(parts, redo).await;
+        self.silver.fencing(Vec::new());
         result
     }
 
+    /// Decodes the events, appends the rejected ones to quarantine (one commit for all
+    /// partitions) and merges the resources into silver (one merge per resource type).
     async fn merge_fenced(
         &mut self,
-        partition_id: &str,
-        events: &[LandedEvent],
+        parts: &[(String, Vec<LandedEvent>)],
         redo: bool,
     ) -> Result<Landed, IngestError> {
         let mut landed = Landed::default();
-        if events.is_empty() {
-            return Ok(landed);
-        }
-        let uri = source_uri(&self.stream, partition_id);
-        let hash = hex::encode(Sha256::digest(uri.as_bytes()));
-        let (decode, checks) = (&self.decode, &self.checks);
-        let decoded: Vec<(usize, Vec<Decoded>)> = events
-            .par_iter()
-            .enumerate()
-            .map(|(i, landed)| (i, decode_event(&landed.event, decode, checks)))
-            .collect();
-        let mut provenances: BTreeMap<(String, i64), Arc<Provenance>> = BTreeMap::new();
         let mut by_type: BTreeMap<String, Vec<(ResourceRecord, Arc<Provenance>)>> = BTreeMap::new();
         let mut rejected: Vec<(Rejected, Arc<Provenance>)> = Vec::new();
-        for (i, records) in decoded {
-            let event = &events[i];
-            let provenance = provenances
-                .entry((event.batch_id.clone(), event.ingested_at))
-                .or_insert_with(|| {
-                    Arc::new(Provenance {
-                        source_uri: uri.clone(),
-                        source_sha256: hash.clone(),
-                        batch_id: event.batch_id.clone(),
-                        ingested_at: event.ingested_at,
+        // In redo mode, what an interrupted attempt may have quarantined for these events goes.
+        let mut redone = Vec::new();
+        for (partition_id, events) in parts {
+            let (Some(first), Some(last)) = (events.first(), events.last()) else {
+                continue;
+            };
+            let uri = source_uri(&self.stream, partition_id);
+            if redo {
+                redone.push(format!(
+                    "(source_uri = {} AND line >= {} AND line <= {})",
+                    quote(&uri),
+                    first.event.sequence_number,
+                    last.event.sequence_number
+                ));
+            }
+            let hash = hex::encode(Sha256::digest(uri.as_bytes()));
+            let (decode, checks) = (&self.decode, &self.checks);
+            let decoded: Vec<(usize, Vec<Decoded>)> = events
+                .par_iter()
+                .enumerate()
+                .map(|(i, landed)| (i, decode_event(&landed.event, decode, checks)))
+                .collect();
+            let mut provenances: BTreeMap<(&str, i64), Arc<Provenance>> = BTreeMap::new();
+            for (i, records) in decoded {
+                let event = &events[i];
+                let provenance = provenances
+                    .entry((&event.batch_id, event.ingested_at))
+                    .or_insert_with(|| {
+                        Arc::new(Provenance {
+                            source_uri: uri.clone(),
+                            source_sha256: hash.clone(),
+                            batch_id: event.batch_id.clone(),
+                            ingested_at: event.ingested_at,
+                        })
                     })
-                })
-                .clone();
-            for record in records {
-                match record {
-                    Decoded::Resource(r) => by_type
-                        .entry(r.resource_type.clone())
-                        .or_default()
-                        .push((r, provenance.clone())),
-                    Decoded::Rejected(r) => rejected.push((r, provenance.clone())),
+                    .clone();
+                for record in records {
+                    match record {
+                        Decoded::Resource(r) => by_type
+                            .entry(r.resource_type.clone())
+                            .or_default()
+                            .push((r, provenance.clone())),
+                        Decoded::Rejected(r) => rejected.push((r, provenance.clone())),
+                    }
                 }
             }
         }
-        if !rejected.is_empty() || redo {
+        if !rejected.is_empty() || !redone.is_empty() {
             landed.quarantined = rejected.len() as u64;
-            self.quarantine(&uri, events, &rejected, redo).await?;
+            let replace = (!redone.is_empty()).then(|| {
+                format!(
+                    "stage = {} AND ({})",
+                    quote(STREAM_STAGE),
+                    redone.join(" OR ")
+                )
+            });
+            self.quarantine(&rejected, replace).await?;
         }
         for (resource_type, records) in by_type {
             landed.resources += records.len() as u64;
@@ -449,30 +480,17 @@ impl<'l> Lander<'l> {
         Ok(landed)
     }
 
-    /// Appends the batch's rejected events to quarantine; in redo mode replaces what an interrupted
-    /// attempt may have put there for the same sequence numbers.
+    /// Appends rejected events to quarantine; with `replace` (redo mode), replaces the rows it
+    /// matches: what an interrupted attempt may have put there for the same sequence numbers.
     async fn quarantine(
         &mut self,
-        uri: &str,
-        events: &[LandedEvent],
         rejected: &[(Rejected, Arc<Provenance>)],
-        redo: bool,
+        replace: Option<String>,
     ) -> Result<(), IngestError> {
         let table = match self.quarantine.take() {
             Some(table) => table,
             None => self.lake.table(QUARANTINE_TABLE).await?,
         };
-        let replace = redo.then(|| {
-            let (first, last) = (
-                events.first().expect("not empty").event.sequence_number,
-                events.last().expect("not empty").event.sequence_number,
-            );
-            format!(
-                "stage = {} AND source_uri = {} AND line >= {first} AND line <= {last}",
-                quote(STREAM_STAGE),
-                quote(uri)
-            )
-        });
         if rejected.is_empty() {
             // Redo with nothing to quarantine: only what an earlier attempt left must go.
             if let Some(predicate) = replace
