@@ -29,7 +29,7 @@ use deltalake::datafusion::prelude::SessionContext;
 
 use super::GoldError;
 use super::catalog::Registered;
-use crate::lake::{Lake, app_version, changes};
+use crate::lake::{app_version, changes};
 
 /// What a gold table's `-- incremental:` line says.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,14 +131,17 @@ impl Changes {
 /// What changed in the inputs since the gold table's last refresh, or None when only a full
 /// refresh can tell.
 pub async fn changes(
-    lake: &Lake,
     ctx: &SessionContext,
     registered: &std::collections::HashMap<String, Registered>,
     gold: &str,
     incremental: &Incremental,
 ) -> Result<Option<Changes>, GoldError> {
-    let gold_path = format!("gold/{gold}");
-    let Some(gold_table) = lake.existing_table(&gold_path).await? else {
+    // The gold table as the session registered it: its `txn` versions say what the last refresh read.
+    let Some(Registered {
+        path: gold_path,
+        table: gold_table,
+    }) = registered.get(&format!("gold.{gold}"))
+    else {
         return Ok(None);
     };
     // The changed files are read in a session of their own (with the same object stores).
@@ -148,7 +151,7 @@ pub async fn changes(
         let Some(table) = registered.get(&input.table) else {
             return Ok(None);
         };
-        let Some(last) = app_version(&gold_table, &gold_path, &app_id(gold, &input.table)).await?
+        let Some(last) = app_version(gold_table, gold_path, &app_id(gold, &input.table)).await?
         else {
             return Ok(None);
         };

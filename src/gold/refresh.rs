@@ -128,7 +128,7 @@ pub async fn refresh(
             })?;
         let changes = match &declared {
             Some(declared) if !full => {
-                incremental::changes(lake, &ctx, &registered, &table.name, declared).await?
+                incremental::changes(&ctx, &registered, &table.name, declared).await?
             }
             _ => None,
         };

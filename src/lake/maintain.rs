@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use deltalake::DeltaTable;
 use deltalake::operations::optimize::OptimizeType;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
 use serde::Serialize;
 
 use super::{Lake, LakeError};
@@ -17,6 +19,22 @@ use super::{Lake, LakeError};
 /// The shortest retention VACUUM accepts without `force`: a reader that started a query on an
 /// older version (Spark, Power BI refreshing, `vitalake serve`) would find its files gone.
 pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Rows per Parquet row group in compacted files. Row groups are what a look-up skips by their
+/// min/max statistics: in a file clustered by patient, a group of 128Ki rows covers a narrow
+/// range of patients, where the writer's default (1Mi rows) would make a look-up decode eight
+/// times as many rows.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// How compacted files are written: Snappy like every other write of the lake (OPTIMIZE's own
+/// default, ZSTD, made the daily aggregate over 10 million rows 50% slower to decode), and
+/// [`ROW_GROUP_ROWS`].
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .build()
+}
 
 #[derive(Debug, Clone)]
 pub struct MaintainOptions {
@@ -87,14 +105,13 @@ pub async fn maintain(
             let Some(table) = lake.existing_table(&path).await? else {
                 continue;
             };
-            let zorder = options.zorder_of(&path);
             let mut report = TableMaintenance {
                 table: path.clone(),
-                zorder: zorder.clone(),
+                zorder: options.zorder_of(&path),
                 ..Default::default()
             };
             (report.files_before, report.bytes_before) = files(&table)?;
-            match maintain_table(table, &zorder, options, &mut report).await {
+            match maintain_table(table, options, &mut report).await {
                 Ok(table) => {
                     (report.files_after, report.bytes_after) = files(&table)?;
                     report.version = table.version().unwrap_or_default();
@@ -119,21 +136,26 @@ pub async fn maintain(
     Ok(reports)
 }
 
+/// Compacts (or Z-orders) `table` as `report.zorder` says, vacuums it and writes a checkpoint.
 async fn maintain_table(
     table: DeltaTable,
-    zorder: &[String],
     options: &MaintainOptions,
     report: &mut TableMaintenance,
 ) -> Result<DeltaTable, deltalake::DeltaTableError> {
-    let kind = if zorder.is_empty() {
+    let kind = if report.zorder.is_empty() {
         OptimizeType::Compact
     } else {
-        OptimizeType::ZOrder(zorder.to_vec())
+        OptimizeType::ZOrder(report.zorder.clone())
     };
     // Compaction rewrites only tables with more than one file (or Z-ORDER, which clusters even one).
-    let (files, _) = files(&table).unwrap_or_default();
-    let table = if files > 1 || !zorder.is_empty() && files > 0 {
-        table.optimize().with_type(kind).await?.0
+    let files = report.files_before;
+    let table = if files > 1 || !report.zorder.is_empty() && files > 0 {
+        table
+            .optimize()
+            .with_type(kind)
+            .with_writer_properties(writer_properties())
+            .await?
+            .0
     } else {
         table
     };
