@@ -237,15 +237,17 @@ pub async fn restrict_inputs(
 
 /// A predicate over the gold table matching the rows of the changed keys (each key's columns as
 /// text, joined by the unit separator, which no id or date contains).
-pub fn replaced_rows(incremental: &Incremental, changes: &Changes) -> Result<String, GoldError> {
+pub fn replaced_rows(
+    incremental: &Incremental,
+    changes: &Changes,
+) -> Result<String, deltalake::arrow::error::ArrowError> {
     let mut values = Vec::new();
     for batch in &changes.keys {
         let columns = batch
             .columns()
             .iter()
             .map(|c| cast(c, &DataType::Utf8))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| GoldError::Sql(e.into()))?;
+            .collect::<Result<Vec<_>, _>>()?;
         for row in 0..batch.num_rows() {
             if columns.iter().any(|c| c.is_null(row)) {
                 continue;

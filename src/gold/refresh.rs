@@ -146,7 +146,10 @@ pub async fn refresh(
             }
             (Some(declared), Some(changes)) => (
                 incremental::restrict_inputs(&ctx, declared, changes).await?,
-                Some(incremental::replaced_rows(declared, changes)?),
+                Some(
+                    incremental::replaced_rows(declared, changes)
+                        .map_err(|e| GoldError::Sql(e.into()))?,
+                ),
             ),
             _ => (ctx.clone(), None),
         };

@@ -26,9 +26,9 @@ pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// times as many rows.
 const ROW_GROUP_ROWS: usize = 128 * 1024;
 
-/// How compacted files are written: Snappy like every other write of the lake (OPTIMIZE's own
-/// default, ZSTD, made the daily aggregate over 10 million rows 50% slower to decode), and
-/// [`ROW_GROUP_ROWS`].
+/// How compacted files are written: Snappy like every other write of the lake, and
+/// [`ROW_GROUP_ROWS`]. With OPTIMIZE's own defaults (ZSTD, 1Mi-row groups) the daily aggregate
+/// over 10 million rows took 50% longer after compaction than before it (BENCHMARKS.md, issue 8).
 fn writer_properties() -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)

@@ -181,8 +181,8 @@ impl<'l> Lander<'l> {
         Ok(landed)
     }
 
-    /// Lands one batch per partition: one bronze commit for all of them, then quarantine and silver,
-    /// then each partition's checkpoint.
+    /// Lands one batch per partition: one bronze commit for all of them, then one quarantine
+    /// commit and one silver merge for all of them, then each partition's checkpoint.
     pub async fn land(&mut self, batches: Vec<PartitionBatch>) -> Result<Landed, IngestError> {
         let batches: Vec<PartitionBatch> = batches
             .into_iter()
@@ -355,8 +355,6 @@ impl<'l> Lander<'l> {
     /// Silver may be written by other processes at the same time (other partitions, `ingest fhir`):
     /// a commit that loses such a race is merged again from fresh tables, in redo mode, which
     /// replaces rather than adds, so a retry never writes a row twice.
-    /// Merges partitions' events into quarantine and silver; a merge that loses a race (another
-    /// process committed first) is merged again in redo mode.
     async fn merge_with_retry(
         &mut self,
         parts: &[(String, Vec<LandedEvent>)],
