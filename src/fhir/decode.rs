@@ -94,6 +94,8 @@ pub struct ResourceRecord {
     pub location: Location,
     /// Warnings found by checks (profile validation): kept with the resource in bronze.
     pub warnings: Vec<Issue>,
+    /// `raw` parsed, when checks parsed it: the stream hands it on to the silver views.
+    pub json: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// A piece of input that is not a valid resource, with every reason found.
@@ -294,6 +296,7 @@ fn decode_at_depth(
             raw: text.to_string(),
             location,
             warnings: Vec::new(),
+            json: None,
         }));
     } else {
         out.push(Decoded::Rejected(Rejected {

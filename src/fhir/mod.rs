@@ -4,11 +4,13 @@
 //!   [`Decoded`] records, each either a resource with its identifying fields or a rejection with
 //!   its [`Issue`](crate::issue::Issue)s.
 //! - [`ndjson`]: a streaming line reader for Bulk-Data NDJSON that never holds the file whole.
-//! - [`structure`]: the strict R4 structural check (`fhirbolt`).
+//! - [`structure`]: the strict R4 structural check (`fhirbolt`), with `decimals` quoting the
+//!   numbers its fast typed path cannot read.
 //! - [`location`]: turns a parser's line/column into a FHIRPath location such as `Patient.name[0]`.
 //!
 //! Nothing here knows about Delta tables or files: callers pass text and a [`Location`].
 
+mod decimals;
 pub mod decode;
 pub mod location;
 pub mod ndjson;

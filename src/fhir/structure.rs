@@ -12,16 +12,20 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use crate::issue::Issue;
 
+use super::decimals;
 use super::location::path_at;
 
 /// Checks `raw`, one resource's JSON, returning the first structural error as an [`Issue`] whose
 /// location is a FHIRPath into the resource.
 ///
 /// `fhirbolt` offers two paths and each has a gap, so the verdict combines them: the catch-all
-/// `Resource` enum is authoritative but buffers the input first (no error position, duplicate keys
-/// silently merged); the per-type structs report positions and precise messages but reject every
-/// JSON number in a `decimal`. So: duplicate keys by our own scan, the verdict from the enum, and
-/// the message and location from the typed path when its error is not that decimal artefact.
+/// `Resource` enum is authoritative but buffers the input first (slow, no error position,
+/// duplicate keys silently merged); the per-type structs are fast, report positions and precise
+/// messages, but reject every JSON number in a `decimal`. So: duplicate keys by our own scan; a
+/// resource the typed path accepts once the numbers of its decimals are quoted (`decimals`) is
+/// valid; otherwise
+/// the verdict from the enum, and the message and location from the typed path when its error is
+/// not that decimal artefact.
 pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
     if !is_resource_type(resource_type) {
         return Err(Issue::error(
@@ -32,6 +36,12 @@ pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
     }
     if let Err(err) = serde_json::from_str::<NoDuplicateKeys>(raw) {
         return Err(located(raw, resource_type, &err));
+    }
+    let quoted = decimals::quote_decimals(raw, resource_type, |number, string| {
+        is_decimal(number, string, resource_type)
+    });
+    if let Some(Ok(())) = check_typed(&quoted, resource_type) {
+        return Ok(());
     }
     let Err(verdict) = fhirbolt::json::from_str::<Resource>(raw, None) else {
         return Ok(());
@@ -49,6 +59,17 @@ pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
             strip_position(&verdict.to_string()),
         )),
     }
+}
+
+/// Whether a place holds a decimal, from two probes with only that place filled: the catch-all
+/// path takes a number there and the typed path a string. A probe lacks the resource's required
+/// elements, so a complaint about a missing one is no complaint about the place.
+fn is_decimal(number_probe: &str, string_probe: &str, resource_type: &str) -> bool {
+    let fits = |error: Option<serde_json::Error>| {
+        error.is_none_or(|e| e.to_string().starts_with("missing field"))
+    };
+    fits(fhirbolt::json::from_str::<Resource>(number_probe, None).err())
+        && fits(check_typed(string_probe, resource_type).and_then(Result::err))
 }
 
 /// Whether `name` is a FHIR R4 resource type.
@@ -243,6 +264,45 @@ mod tests {
         let issue = check(r#"{"resourceType":"Spaceship"}"#, "Spaceship").unwrap_err();
         assert_eq!(issue.rule, "resourceType");
         assert!(is_resource_type("MedicationDispense") && !is_resource_type("Spaceship"));
+    }
+
+    #[test]
+    fn numbers_are_held_to_their_element_type() {
+        check(
+            r#"{"resourceType":"Patient","multipleBirthInteger":2}"#,
+            "Patient",
+        )
+        .unwrap();
+        let observation = |value: &str| {
+            format!(
+                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},
+                "valueQuantity":{{"value":{value}}},"component":[{{"code":{{"text":"y"}},
+                "valueQuantity":{{"value":80}}}}]}}"#
+            )
+        };
+        check(&observation("1.50"), "Observation").unwrap();
+        check(&observation("1e2"), "Observation").unwrap();
+        let number_string = r#"{"resourceType":"Patient","identifier":[{"value":7}]}"#;
+        let issue = check(number_string, "Patient").unwrap_err();
+        assert_eq!(issue.location, "Patient.identifier[0].value");
+    }
+
+    #[test]
+    fn the_fast_path_gets_decimals_quoted_and_nothing_else() {
+        let quote = |raw: &str, resource_type: &str| {
+            decimals::quote_decimals(raw, resource_type, |number, string| {
+                is_decimal(number, string, resource_type)
+            })
+            .into_owned()
+        };
+        let reading = r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"component":[{"code":{"text":"y"},"valueQuantity":{"value":120.5}}]}"#;
+        assert_eq!(
+            quote(reading, "Observation"),
+            reading.replace("120.5", "\"120.5\"")
+        );
+        let patient =
+            r#"{"resourceType":"Patient","multipleBirthInteger":2,"identifier":[{"value":7}]}"#;
+        assert_eq!(quote(patient, "Patient"), patient);
     }
 
     #[test]

@@ -308,26 +308,42 @@ fn decode_line(line: &crate::fhir::ndjson::Line, ctx: &ProduceContext) -> Vec<De
 fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mut Vec<Decoded>) {
     let start = out.len();
     decode(text, location, &ctx.decode, out);
-    apply_checks(&ctx.checks, &mut out[start..]);
+    // File chunks are large and go to bronze as text: the parse is not worth holding.
+    apply_checks(&ctx.checks, &mut out[start..], false);
 }
 
 /// Runs `checks` on every decoded resource: error-level findings reject it (with all its findings),
-/// lesser ones stay with it as warnings. Shared by file ingest and the stream.
-pub(crate) fn apply_checks(checks: &[Arc<dyn Check>], decoded: &mut [Decoded]) {
+/// lesser ones stay with it as warnings. Shared by file ingest and the stream. With `keep_json`,
+/// a kept resource holds the parse the checks read, for the silver views.
+pub(crate) fn apply_checks(checks: &[Arc<dyn Check>], decoded: &mut [Decoded], keep_json: bool) {
     if checks.is_empty() {
         return;
     }
     for decoded in decoded {
         if let Decoded::Resource(resource) = decoded {
+            let json = match serde_json::from_str(&resource.raw) {
+                Ok(json) => Arc::new(json),
+                Err(e) => {
+                    // The structural check parsed it already: this cannot happen, but say so if it does.
+                    let issue = Issue::error("json", "$", format!("not JSON: {e}"));
+                    *decoded = Decoded::Rejected(Rejected::new(
+                        std::mem::take(&mut resource.raw),
+                        resource.location.clone(),
+                        issue,
+                    ));
+                    continue;
+                }
+            };
             let issues: Vec<Issue> = checks
                 .iter()
-                .flat_map(|c| c.check(&resource.resource_type, &resource.raw))
+                .flat_map(|c| c.check(&resource.resource_type, &json))
                 .collect();
             if !issues
                 .iter()
                 .any(|i| matches!(i.severity, Severity::Error | Severity::Fatal))
             {
                 resource.warnings = issues;
+                resource.json = keep_json.then_some(json);
             } else {
                 let r = std::mem::take(resource);
                 *decoded = Decoded::Rejected(Rejected {

@@ -115,6 +115,9 @@ pub struct Profile {
     pub name: String,
     /// The resource type it constrains.
     pub resource_type: String,
+    /// The shipped profiles it derives from, nearest first (`baseDefinition`, and its base, ...).
+    /// Its snapshot holds all their constraints.
+    pub bases: Vec<String>,
     pub elements: Vec<Element>,
 }
 
@@ -197,12 +200,14 @@ impl ProfileSet {
                 .unwrap_or(&url)
                 .to_string();
             let elements = compile(&snapshots[&url]);
+            let bases = bases_of(&url, &definitions);
             profiles.insert(
                 url.clone(),
                 Arc::new(Profile {
                     url,
                     name,
                     resource_type,
+                    bases,
                     elements,
                 }),
             );
@@ -212,6 +217,26 @@ impl ProfileSet {
             value_sets: terminology::expand_all(&value_sets, &code_systems),
         })
     }
+}
+
+/// The shipped `baseDefinition` chain of `url`, nearest first.
+fn bases_of(url: &str, definitions: &HashMap<String, Json>) -> Vec<String> {
+    let mut bases: Vec<String> = Vec::new();
+    let mut current = url;
+    while let Some(base) = definitions
+        .get(current)
+        .and_then(|d| d.get("baseDefinition"))
+        .and_then(Json::as_str)
+        .map(terminology::canonical)
+        .filter(|base| definitions.contains_key(*base))
+    {
+        if base == url || bases.iter().any(|b| b == base) {
+            break;
+        }
+        bases.push(base.to_string());
+        current = base;
+    }
+    bases
 }
 
 /// The snapshot elements of `url`, building it from the base and the differential when needed.
@@ -577,6 +602,14 @@ mod tests {
         assert_eq!(
             unit.value_constraint,
             Some((true, Json::String("mm[Hg]".into())))
+        );
+        assert_eq!(
+            profile.bases,
+            [
+                "http://hl7.org/fhir/us/core/StructureDefinition/us-core-vital-signs",
+                "http://hl7.org/fhir/StructureDefinition/vitalsigns",
+                "http://hl7.org/fhir/StructureDefinition/Observation",
+            ]
         );
         // The R4 vital-signs invariants come through the bases.
         assert!(

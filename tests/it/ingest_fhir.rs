@@ -228,8 +228,8 @@ async fn checks_given_to_ingest_decide_quarantine() {
 
     struct NoUnknownGender;
     impl vitalake::validate::Check for NoUnknownGender {
-        fn check(&self, resource_type: &str, raw: &str) -> Vec<Issue> {
-            let gender = serde_json::from_str::<Value>(raw).unwrap()["gender"].clone();
+        fn check(&self, resource_type: &str, resource: &Value) -> Vec<Issue> {
+            let gender = &resource["gender"];
             match (resource_type, gender.as_str()) {
                 ("Patient", Some("unknown")) => vec![Issue::error(
                     "test-gender",

@@ -12,6 +12,8 @@ pub struct BronzeResource {
     /// When this version became valid: `meta.lastUpdated`, else when it was ingested.
     pub valid_from: i64,
     pub raw: String,
+    /// `raw` parsed, when the caller already holds it (the stream, straight from its checks).
+    pub json: Option<Arc<Json>>,
     pub location: Location,
     pub provenance: Arc<Provenance>,
 }
@@ -118,6 +120,7 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
                     ingest_order,
                 },
                 raw: raws.value(i).to_string(),
+                json: None,
                 location,
                 provenance,
             }

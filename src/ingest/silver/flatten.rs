@@ -14,21 +14,28 @@ pub(super) fn flatten(views: &SilverViews, resource: &BronzeResource) -> Flatten
         rows: Vec::new(),
         rejected: None,
     };
-    let json: Json = match serde_json::from_str(&resource.raw) {
-        Ok(json) => json,
-        Err(e) => {
-            // Bronze only holds JSON that parsed; this is damage, not input.
-            flattened.rejected = Some(reject(
-                resource,
-                "bronze",
-                format!("bronze row is not JSON: {e}"),
-            ));
-            return flattened;
-        }
+    let parsed: Json;
+    let json = match &resource.json {
+        Some(json) => json.as_ref(),
+        None => match serde_json::from_str(&resource.raw) {
+            Ok(json) => {
+                parsed = json;
+                &parsed
+            }
+            Err(e) => {
+                // Bronze only holds JSON that parsed; this is damage, not input.
+                flattened.rejected = Some(reject(
+                    resource,
+                    "bronze",
+                    format!("bronze row is not JSON: {e}"),
+                ));
+                return flattened;
+            }
+        },
     };
     let mut issues = Vec::new();
     for (index, view) in views.for_type(&resource.resource_type) {
-        match view.rows(&json) {
+        match view.rows(json) {
             Ok(rows) => flattened.rows.push((index, rows)),
             Err(error) => issues.push(Issue {
                 severity: Severity::Error,

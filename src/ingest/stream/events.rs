@@ -273,7 +273,7 @@ pub fn decode_event(
             });
         }
     }
-    apply_checks(checks, &mut decoded);
+    apply_checks(checks, &mut decoded, true);
     decoded
 }
 

@@ -470,7 +470,11 @@ impl<'l> Lander<'l> {
         }
         for (resource_type, records) in by_type {
             landed.resources += records.len() as u64;
-            let resources = from_bronze(&resource_type, &tables::bronze_batch(&records));
+            let mut resources = from_bronze(&resource_type, &tables::bronze_batch(&records));
+            // The views read the parse the checks made (row i is record i).
+            for (resource, (record, _)) in resources.iter_mut().zip(records) {
+                resource.json = record.json;
+            }
             let merged = self.silver.merge_chunk(&resource_type, resources).await?;
             landed.silver_rows += merged.rows;
             landed.quarantined += merged.quarantined;
