@@ -190,7 +190,7 @@ pub fn children<'a>(item: &Item<'a>, name: &str, out: &mut Collection<'a>) {
         Json::Null => {}
         json => out.push(Item::Node(json, resource_type(json).or(type_name))),
     };
-    if let Some(child) = map.get(name) {
+    if let Some(child) = value::field(map, name) {
         push(child, None, out);
         return;
     }
@@ -206,7 +206,7 @@ pub fn children<'a>(item: &Item<'a>, name: &str, out: &mut Collection<'a>) {
 }
 
 fn resource_type(json: &Json) -> Option<&str> {
-    json.as_object()?.get("resourceType")?.as_str()
+    value::field(json.as_object()?, "resourceType")?.as_str()
 }
 
 /// The single item of a collection, `None` when empty, an error when there are several.

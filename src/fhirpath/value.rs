@@ -14,6 +14,28 @@ use serde_json::Value as Json;
 
 use super::temporal::{DateTimeValue, TimeValue};
 
+/// Objects up to this many keys are searched by a scan: most FHIR elements have a handful.
+const SCANNED_KEYS: usize = 8;
+
+/// The entry of `key` in `map`. `fhirbolt` turns on `serde_json`'s `preserve_order`, so every map is
+/// an `IndexMap` hashing with SipHash; comparing a few short keys is cheaper than hashing one, and
+/// the validator and the views look up keys more than they do anything else.
+pub fn entry<'a>(
+    map: &'a serde_json::Map<String, Json>,
+    key: &str,
+) -> Option<(&'a String, &'a Json)> {
+    if map.len() <= SCANNED_KEYS {
+        map.iter().find(|(k, _)| k.as_str() == key)
+    } else {
+        map.get_key_value(key)
+    }
+}
+
+/// The value of `key` in `map` (see [`entry`]).
+pub fn field<'a>(map: &'a serde_json::Map<String, Json>, key: &str) -> Option<&'a Json> {
+    entry(map, key).map(|(_, value)| value)
+}
+
 /// One item of a collection.
 #[derive(Debug, Clone)]
 pub enum Item<'a> {
@@ -171,7 +193,7 @@ impl<'a> Item<'a> {
         match self {
             Item::Node(_, Some(t)) => Some(t),
             Item::Node(json, None) => match json {
-                Json::Object(map) => map.get("resourceType").and_then(Json::as_str),
+                Json::Object(map) => field(map, "resourceType").and_then(Json::as_str),
                 Json::String(_) => Some("string"),
                 Json::Bool(_) => Some("boolean"),
                 Json::Number(n) if n.as_i64().is_some() => Some("integer"),

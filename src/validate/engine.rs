@@ -321,7 +321,7 @@ impl<'p, 'a> Walker<'p, 'a> {
         };
         match element.name.strip_suffix("[x]") {
             None => {
-                if let Some((key, value)) = object.get_key_value(&element.name) {
+                if let Some((key, value)) = crate::fhirpath::entry(object, &element.name) {
                     push(key, value, None);
                 }
             }

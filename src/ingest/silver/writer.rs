@@ -291,6 +291,9 @@ impl<'l> SilverWriter<'l> {
             rows = metrics.rows,
             "silver merged"
         );
+        // The resources may hold their parsed JSON (the stream's): freeing thousands of trees is
+        // real work, done on a worker rather than on the thread that lands the next batch.
+        rayon::spawn(move || drop(newest));
         Ok(metrics)
     }
 }
