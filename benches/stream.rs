@@ -56,9 +56,14 @@ fn start_stream(peer: &Peer, lake: &Path) -> (Child, mpsc::Receiver<(Instant, u6
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    // VITALAKE_BENCH_STREAM_LOG=1 shows each landing's log line (events, commit time).
+    let show = std::env::var_os("VITALAKE_BENCH_STREAM_LOG").is_some();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if line.contains("batch landed events=") {
+                if show {
+                    println!("{line}");
+                }
                 let events: u64 = line
                     .split("events=")
                     .nth(1)

@@ -409,6 +409,9 @@ async fn read_partition(
         }
     };
     let mut pending_error = None;
+    // The batch handed to the writer last: the next one is collected while it lands, so when the
+    // writer is free every partition has a batch waiting and they share one landing.
+    let mut landing: Option<oneshot::Receiver<Result<(), String>>> = None;
     loop {
         let mut batch = next_batch(&mut events, bounds, &mut pending_error, &stop)
             .await
@@ -432,15 +435,24 @@ async fn read_partition(
                 })
                 .await
                 .map_err(|_| "the writer stopped".to_string())?;
-            answer
-                .await
-                .map_err(|_| "the writer stopped".to_string())??;
+            // At most two batches in flight: this one queued, the one before landing.
+            if let Some(previous) = landing.replace(answer) {
+                landed(previous).await?;
+            }
             committed = Some(last);
         }
         if batch.ended {
+            if let Some(last) = landing.take() {
+                landed(last).await?;
+            }
             return Ok((id, skipped));
         }
     }
+}
+
+/// Waits for the writer's answer about one batch.
+async fn landed(answer: oneshot::Receiver<Result<(), String>>) -> Result<(), String> {
+    answer.await.map_err(|_| "the writer stopped".to_string())?
 }
 
 /// Runs the rules over a partition's events in a task of its own, ahead of the batches: while a
