@@ -16,6 +16,8 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{LazyLock, RwLock};
 
+use super::location::string_end;
+
 /// Decimal-or-not per `ResourceType/path/[]/key`. Element paths are few, but extensions nest without
 /// end: past this size, paths are probed without being remembered.
 const MAX_KNOWN_PATHS: usize = 10_000;
@@ -134,19 +136,6 @@ fn numbers(raw: &str) -> Vec<Number> {
         i += 1;
     }
     found
-}
-
-/// Index of the closing quote of a string whose content starts at `start`.
-fn string_end(bytes: &[u8], start: usize) -> usize {
-    let mut i = start;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => i += 2,
-            b'"' => return i,
-            _ => i += 1,
-        }
-    }
-    bytes.len()
 }
 
 /// Appends `/component/[]/valueQuantity/value`: the path without array indices.

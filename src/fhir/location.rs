@@ -72,7 +72,7 @@ enum Frame {
 }
 
 /// Index of the closing quote of a string whose content starts at `start`.
-fn string_end(bytes: &[u8], start: usize) -> usize {
+pub(super) fn string_end(bytes: &[u8], start: usize) -> usize {
     let mut i = start;
     while i < bytes.len() {
         match bytes[i] {
