@@ -63,7 +63,10 @@ pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
 
 /// Whether a place holds a decimal, from two probes with only that place filled: the catch-all
 /// path takes a number there and the typed path a string. A probe lacks the resource's required
-/// elements, so a complaint about a missing one is no complaint about the place.
+/// elements, so a complaint about a missing one is no complaint about the place. A probe into a
+/// contained resource lacks that resource's `resourceType`, which the catch-all path refuses: such
+/// numbers stay as they are, and the typed path reads contained resources through the catch-all
+/// path anyway.
 fn is_decimal(number_probe: &str, string_probe: &str, resource_type: &str) -> bool {
     let fits = |error: Option<serde_json::Error>| {
         error.is_none_or(|e| e.to_string().starts_with("missing field"))
@@ -285,6 +288,16 @@ mod tests {
         let number_string = r#"{"resourceType":"Patient","identifier":[{"value":7}]}"#;
         let issue = check(number_string, "Patient").unwrap_err();
         assert_eq!(issue.location, "Patient.identifier[0].value");
+        // Inside a contained resource too, whose type the decimal probes cannot know.
+        let contained = |inner: &str| {
+            format!(
+                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"contained":[{inner}]}}"#
+            )
+        };
+        let patient = r#"{"resourceType":"Patient","id":"p","identifier":[{"value":7}]}"#;
+        check(&contained(patient), "Observation").unwrap_err();
+        let reading = r#"{"resourceType":"Observation","id":"o","status":"final","code":{"text":"y"},"valueQuantity":{"value":1.5}}"#;
+        check(&contained(reading), "Observation").unwrap();
     }
 
     #[test]

@@ -145,10 +145,10 @@ impl ProfileValidator {
             .collect();
         // A profile's snapshot carries its bases' constraints: walking a base as well finds nothing
         // more (the walk is most of validation's time).
-        let derived: Vec<&String> = profiles.iter().flat_map(|p| &p.bases).collect();
+        let bases: Vec<&String> = profiles.iter().flat_map(|p| &p.bases).collect();
         let profiles = profiles
             .iter()
-            .filter(|p| !derived.contains(&&p.url))
+            .filter(|p| !bases.contains(&&p.url))
             .cloned()
             .collect();
         (profiles, issues)
