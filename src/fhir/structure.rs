@@ -23,9 +23,8 @@ use super::location::path_at;
 /// duplicate keys silently merged); the per-type structs are fast, report positions and precise
 /// messages, but reject every JSON number in a `decimal`. So: duplicate keys by our own scan; a
 /// resource the typed path accepts once the numbers of its decimals are quoted (`decimals`) is
-/// valid; otherwise
-/// the verdict from the enum, and the message and location from the typed path when its error is
-/// not that decimal artefact.
+/// valid; otherwise the verdict from the enum, and the message and location from the typed path
+/// when its error is not that decimal artefact.
 pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
     if !is_resource_type(resource_type) {
         return Err(Issue::error(
