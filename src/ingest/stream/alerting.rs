@@ -96,6 +96,10 @@ impl Alerting {
         };
         let window = *self.longest_window.lock().expect("lock") + self.lateness;
         let Some(newest) = reading::newest_time(lake).await? else {
+            // No reading in silver yet, but a batch that never reached it may have recorded the
+            // alerts of its events (and of events read ahead of it) before a crash.
+            let recorded = table::recorded_ids(lake, 0).await?;
+            self.recorded.lock().expect("lock").extend(recorded);
             return Ok(());
         };
         let since = newest - window;
