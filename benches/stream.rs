@@ -12,9 +12,11 @@
 //!    10,000 events) lands the whole backlog in bronze and silver. Events/s is counted from the first
 //!    landed batch to the last, from the stream's own log lines.
 //! 3. **Latency**: with the stream running, a producer sends blood-pressure readings at a fixed rate;
-//!    per event, the delay from its enqueued time at the hub to the `ingested_at` of its bronze row
-//!    (the landing's timestamp, taken just before the bronze commit; silver follows in the same
-//!    landing, whose duration the log's `commit_ms` shows).
+//!    per event, the delay from its enqueued time at the hub
+//!    - to bronze: the `ingested_at` of its bronze row (the landing's timestamp, taken just before
+//!      the bronze commit);
+//!    - to silver: the end of the landing that held it, when the stream logs its partition's batch
+//!      as landed (after silver and the checkpoint), as the bench reads that line.
 
 #[path = "../tests/it/eventhubs_peer.rs"]
 #[allow(dead_code)]
@@ -23,7 +25,7 @@ mod eventhubs_peer;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use azure_messaging_eventhubs::models::EventData;
@@ -46,8 +48,15 @@ fn vitalake(peer: &Peer, lake: &Path) -> Command {
     cmd
 }
 
+/// When a partition's batch was landed, bronze to checkpoint (silver included): the Unix time in
+/// µs the stream's log line was read, the partition and the batch's last sequence number.
+type PartitionLandings = Arc<Mutex<Vec<(i64, String, i64)>>>;
+
 /// Starts `vitalake stream` and returns it with a channel of (time, events) per landed batch.
-fn start_stream(peer: &Peer, lake: &Path) -> (Child, mpsc::Receiver<(Instant, u64)>) {
+fn start_stream(
+    peer: &Peer,
+    lake: &Path,
+) -> (Child, mpsc::Receiver<(Instant, u64)>, PartitionLandings) {
     let mut child = vitalake(peer, lake)
         .args(["stream", "--source", "eventhubs:observations"])
         .stdout(Stdio::null())
@@ -58,9 +67,25 @@ fn start_stream(peer: &Peer, lake: &Path) -> (Child, mpsc::Receiver<(Instant, u6
     let (tx, rx) = mpsc::channel();
     // VITALAKE_BENCH_STREAM_LOG=1 shows each landing's log line (events, commit time).
     let show = std::env::var_os("VITALAKE_BENCH_STREAM_LOG").is_some();
+    let partitions = PartitionLandings::default();
+    let landings = partitions.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("batch landed events=") {
+            if line.contains("partition batch landed") {
+                let field = |name: &str| {
+                    line.split(&format!("{name}="))
+                        .nth(1)
+                        .and_then(|v| v.split_whitespace().next())
+                        .map(|v| v.trim_matches('"').to_string())
+                };
+                if let (Some(partition), Some(Ok(last))) = (
+                    field("partition_id"),
+                    field("last_sequence").map(|v| v.parse::<i64>()),
+                ) {
+                    let now = chrono::Utc::now().timestamp_micros();
+                    landings.lock().unwrap().push((now, partition, last));
+                }
+            } else if line.contains("batch landed events=") {
                 if show {
                     println!("{line}");
                 }
@@ -74,7 +99,7 @@ fn start_stream(peer: &Peer, lake: &Path) -> (Child, mpsc::Receiver<(Instant, u6
             }
         }
     });
-    (child, rx)
+    (child, rx, partitions)
 }
 
 fn stop(mut child: Child) {
@@ -183,7 +208,7 @@ fn main() {
 
     // 2. Drain the backlog.
     let started = Instant::now();
-    let (stream, landed) = start_stream(&peer, &lake);
+    let (stream, landed, partition_landings) = start_stream(&peer, &lake);
     let (mut total, mut batches) = (0u64, 0u64);
     let (mut first, mut last) = (None, started);
     let mut first_events = 0;
@@ -222,10 +247,51 @@ fn main() {
         approx_percentile_cont(ms, 0.5), approx_percentile_cont(ms, 0.99), max(ms) FROM (\
         SELECT CAST(ingested_at AS BIGINT) / 1000 - CAST(enqueued_time AS BIGINT) / 1000 AS ms \
         FROM bronze.eventhubs_observations WHERE CAST(body AS VARCHAR) LIKE '%bench-bp-%')";
+    let rows = query_csv(&lake, query);
+    let row = &rows[0];
+    println!(
+        "latency at {rate} events/s for {secs} s ({sent} sent, {} landed): hub to bronze p50 {} ms, p99 {} ms, max {} ms",
+        row[0], row[1], row[2], row[3]
+    );
+
+    // To silver: an event is in silver once the landing of its partition's batch that holds it
+    // ended (its log line, written after silver and the checkpoint).
+    let events = query_csv(
+        &lake,
+        "SELECT partition_id, sequence_number, CAST(enqueued_time AS BIGINT) \
+         FROM bronze.eventhubs_observations WHERE CAST(body AS VARCHAR) LIKE '%bench-bp-%'",
+    );
+    let landings = partition_landings.lock().unwrap().clone();
+    let mut delays_ms: Vec<f64> = events
+        .iter()
+        .map(|row| {
+            let sequence: i64 = row[1].parse().unwrap();
+            let enqueued: i64 = row[2].parse().unwrap();
+            let landed = landings
+                .iter()
+                .filter(|(_, partition, last)| *partition == row[0] && *last >= sequence)
+                .map(|(at, _, _)| *at)
+                .min()
+                .expect("every landed event has its landing's log line");
+            (landed - enqueued) as f64 / 1000.0
+        })
+        .collect();
+    delays_ms.sort_by(f64::total_cmp);
+    let at = |q: f64| delays_ms[((delays_ms.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "latency at {rate} events/s: hub to silver (landing done) p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}
+
+/// Runs `vitalake query` on the lake; the CSV rows without the header.
+fn query_csv(lake: &Path, sql: &str) -> Vec<Vec<String>> {
     let out = Command::new(env!("CARGO_BIN_EXE_vitalake"))
         .arg("--lake")
-        .arg(&lake)
-        .args(["query", query, "--format", "csv"])
+        .arg(lake)
+        .args(["query", sql, "--format", "csv"])
         .output()
         .unwrap();
     assert!(
@@ -233,10 +299,10 @@ fn main() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let row: Vec<&str> = text.lines().nth(1).unwrap().split(',').collect();
-    println!(
-        "latency at {rate} events/s for {secs} s ({sent} sent, {} landed): hub to bronze p50 {} ms, p99 {} ms, max {} ms",
-        row[0], row[1], row[2], row[3]
-    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').map(str::to_string).collect())
+        .collect()
 }

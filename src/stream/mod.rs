@@ -73,6 +73,8 @@ pub enum StreamError {
     BadSource(String),
     #[error("invalid alert sink {0:?}; expected stdout, file:PATH or eventhubs:HUB")]
     BadSink(String),
+    #[error("decoding events failed: {0}")]
+    Decode(String),
 }
 
 /// One partition of a source: its events in sequence order.
@@ -97,10 +99,10 @@ impl Default for BatchBounds {
     }
 }
 
-/// What [`next_batch`] saw.
-#[derive(Debug, Default)]
-pub struct Batch {
-    pub events: Vec<Event>,
+/// What [`next_batch`] saw: events, or anything a reader made of them on the way.
+#[derive(Debug)]
+pub struct Batch<T = Event> {
+    pub events: Vec<T>,
     /// The partition's stream has ended (a file read to its end without `--follow`).
     pub ended: bool,
 }
@@ -109,19 +111,22 @@ pub struct Batch {
 /// or until `max_wait` has passed since the first one. A read error ends the batch after the events
 /// before it, which are returned first; the error comes on the next call. `stop` (SIGTERM, Ctrl-C)
 /// closes the batch at once with what it has, marked as the end.
-pub async fn next_batch<S>(
+pub async fn next_batch<S, T>(
     events: &mut S,
     bounds: BatchBounds,
     pending_error: &mut Option<StreamError>,
     stop: &CancellationToken,
-) -> Result<Batch, StreamError>
+) -> Result<Batch<T>, StreamError>
 where
-    S: Stream<Item = Result<Event, StreamError>> + Unpin,
+    S: Stream<Item = Result<T, StreamError>> + Unpin,
 {
     if let Some(error) = pending_error.take() {
         return Err(error);
     }
-    let mut batch = Batch::default();
+    let mut batch = Batch {
+        events: Vec::new(),
+        ended: false,
+    };
     let first = tokio::select! {
         first = events.next() => first,
         () = stop.cancelled() => None,

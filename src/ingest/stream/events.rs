@@ -25,6 +25,18 @@ use crate::validate::Check;
 use super::super::produce::apply_checks;
 use crate::lake::utc_timestamp;
 
+/// What the stream decodes events with: the file drops' decode options and profile checks.
+pub struct EventDecoder {
+    pub options: DecodeOptions,
+    pub checks: Vec<Arc<dyn Check>>,
+}
+
+impl EventDecoder {
+    pub fn decode(&self, event: &Event) -> Vec<Decoded> {
+        decode_event(event, &self.options, &self.checks)
+    }
+}
+
 /// The resource types a stream event may carry (alone or in a Bundle).
 pub const STREAM_TYPES: [&str; 2] = ["Observation", "MedicationDispense"];
 
@@ -138,11 +150,13 @@ pub fn bronze_batch(
     RecordBatch::try_new(BRONZE_EVENTS_SCHEMA.clone(), columns).expect("event columns match schema")
 }
 
-/// Events read back from bronze, with the batch id and ingest time each was landed with.
+/// An event with the batch id and ingest time it lands (or was landed) with.
 pub struct LandedEvent {
     pub event: Event,
     pub batch_id: String,
     pub ingested_at: i64,
+    /// The event decoded ahead by its partition's reader; `None`: decode it when it lands.
+    pub decoded: Option<Vec<Decoded>>,
 }
 
 pub fn events_from_bronze(batch: &RecordBatch) -> Vec<LandedEvent> {
@@ -193,13 +207,11 @@ pub fn events_from_bronze(batch: &RecordBatch) -> Vec<LandedEvent> {
             },
             batch_id: batch_ids.value(i).to_string(),
             ingested_at: ingested.value(i),
+            decoded: None,
         })
         .collect()
 }
 
-/// An event's body as FHIR resources: gunzipped per its content encoding, decoded (a Bundle gives
-/// its entries), held to the stream's resource types, then checked against the profiles. Every
-/// record's location is `line <sequence number>`, with the Bundle entry path when there is one.
 /// The event's body, gunzipped (up to `limit` bytes) if its content encoding is gzip.
 pub fn plain_body(event: &Event, limit: u64) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
     let gzipped = event
@@ -216,6 +228,9 @@ pub fn plain_body(event: &Event, limit: u64) -> std::io::Result<std::borrow::Cow
     Ok(std::borrow::Cow::Owned(plain))
 }
 
+/// An event's body as FHIR resources: gunzipped per its content encoding, decoded (a Bundle gives
+/// its entries), held to the stream's resource types, then checked against the profiles. Every
+/// record's location is `line <sequence number>`, with the Bundle entry path when there is one.
 pub fn decode_event(
     event: &Event,
     options: &DecodeOptions,

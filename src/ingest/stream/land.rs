@@ -19,11 +19,11 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::events::{
-    DATE_COLUMN, LandedEvent, bronze_batch, bronze_events_table, decode_event, events_from_bronze,
+    DATE_COLUMN, EventDecoder, LandedEvent, bronze_batch, bronze_events_table, events_from_bronze,
     source_name, source_uri,
 };
 use crate::alerts;
-use crate::fhir::{DecodeOptions, Decoded, Rejected, ResourceRecord};
+use crate::fhir::{Decoded, Rejected, ResourceRecord};
 use crate::ingest::IngestError;
 use crate::ingest::silver::{SilverViews, SilverWriter, from_bronze, quote};
 use crate::ingest::tables::{self, Provenance, QUARANTINE_TABLE, quarantine_batch};
@@ -31,7 +31,6 @@ use crate::lake::delete::delete_where;
 use crate::lake::{AppendBuilder, Lake, app_version, read};
 use crate::stream::checkpoints::Checkpoints;
 use crate::stream::{Event, StreamId};
-use crate::validate::Check;
 
 /// The quarantine stage of stream events.
 pub const STREAM_STAGE: &str = "stream";
@@ -40,8 +39,39 @@ pub const STREAM_STAGE: &str = "stream";
 pub struct PartitionBatch {
     pub partition_id: String,
     pub events: Vec<Event>,
+    /// `decoded[i]` is `events[i]` decoded ahead by the reader, while earlier batches landed;
+    /// empty when the batch was not decoded ahead (the landing decodes it then).
+    pub decoded: Vec<Vec<Decoded>>,
     /// The alerts the rules raised on these events (already sent), recorded before bronze.
     pub alerts: Vec<super::alerting::Alert>,
+}
+
+impl PartitionBatch {
+    /// Drops the events at or below `committed` (a prefix: events are in sequence order) and
+    /// returns how many went.
+    fn drop_through(&mut self, committed: i64) -> usize {
+        let cut = self
+            .events
+            .partition_point(|e| e.sequence_number <= committed);
+        self.events.drain(..cut);
+        if !self.decoded.is_empty() {
+            self.decoded.drain(..cut);
+        }
+        cut
+    }
+
+    /// Appends a later batch of the same partition.
+    fn append(&mut self, mut later: PartitionBatch) {
+        let both_decoded =
+            self.decoded.len() == self.events.len() && later.decoded.len() == later.events.len();
+        if both_decoded {
+            self.decoded.append(&mut later.decoded);
+        } else {
+            self.decoded.clear();
+        }
+        self.events.append(&mut later.events);
+        self.alerts.append(&mut later.alerts);
+    }
 }
 
 /// What one landing did.
@@ -63,8 +93,7 @@ pub struct Lander<'l> {
     quarantine: Option<DeltaTable>,
     silver: SilverWriter<'l>,
     checkpoints: Arc<Checkpoints>,
-    decode: DecodeOptions,
-    checks: Vec<Arc<dyn Check>>,
+    decoder: Arc<EventDecoder>,
 }
 
 impl<'l> Lander<'l> {
@@ -73,8 +102,7 @@ impl<'l> Lander<'l> {
         stream: StreamId,
         views: SilverViews,
         checkpoints: Arc<Checkpoints>,
-        decode: DecodeOptions,
-        checks: Vec<Arc<dyn Check>>,
+        decoder: Arc<EventDecoder>,
     ) -> Self {
         Lander {
             lake,
@@ -84,9 +112,13 @@ impl<'l> Lander<'l> {
             quarantine: None,
             silver: SilverWriter::new(lake, views, "stream"),
             checkpoints,
-            decode,
-            checks,
+            decoder,
         }
+    }
+
+    /// What this lander decodes with, for readers that decode ahead.
+    pub fn decoder(&self) -> Arc<EventDecoder> {
+        self.decoder.clone()
     }
 
     pub fn lake(&self) -> &'l Lake {
@@ -172,11 +204,11 @@ impl<'l> Lander<'l> {
             .await
             .map_err(|e| IngestError::Silver(format!("reading {}: {e}", self.table_name)))?;
         self.bronze = Some(table);
-        let parts = [(
+        let mut parts = [(
             partition_id.to_string(),
             batches.iter().flat_map(events_from_bronze).collect(),
         )];
-        self.merge_with_retry(&parts, true).await?;
+        self.merge_with_retry(&mut parts, true).await?;
         let [(_, landed)] = parts;
         Ok(landed)
     }
@@ -238,34 +270,32 @@ impl<'l> Lander<'l> {
         };
 
         // Every partition's batch in one silver merge: one commit per silver table per landing.
-        let parts: Vec<(String, Vec<LandedEvent>)> = batches
-            .iter()
-            .map(|batch| {
-                let events = batch
-                    .events
-                    .iter()
-                    .map(|event| LandedEvent {
-                        event: event.clone(),
-                        batch_id: batch_id.clone(),
-                        ingested_at,
-                    })
-                    .collect();
-                (batch.partition_id.clone(), events)
-            })
-            .collect();
-        let step = self.merge_with_retry(&parts, false).await?;
+        let mut checkpoints = Vec::with_capacity(batches.len());
+        let mut parts: Vec<(String, Vec<LandedEvent>)> = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let last = batch.events.last().expect("not empty");
+            checkpoints.push((last.sequence_number, last.offset.clone()));
+            let mut decoded = batch.decoded.into_iter();
+            let events = batch
+                .events
+                .into_iter()
+                .map(|event| LandedEvent {
+                    event,
+                    batch_id: batch_id.clone(),
+                    ingested_at,
+                    decoded: decoded.next(),
+                })
+                .collect();
+            parts.push((batch.partition_id, events));
+        }
+        let step = self.merge_with_retry(&mut parts, false).await?;
         landed.events += parts.iter().map(|(_, e)| e.len() as u64).sum::<u64>();
         landed.resources += step.resources;
         landed.quarantined += step.quarantined;
         landed.silver_rows += step.silver_rows;
-        for batch in batches {
-            let last = batch.events.last().expect("not empty");
-            self.checkpoint(
-                &batch.partition_id,
-                last.sequence_number,
-                last.offset.clone(),
-            )
-            .await?;
+        for ((partition_id, _), (sequence_number, offset)) in parts.iter().zip(checkpoints) {
+            self.checkpoint(partition_id, sequence_number, offset)
+                .await?;
         }
         Ok(landed)
     }
@@ -326,25 +356,21 @@ impl<'l> Lander<'l> {
                 None => self.committed(&batch.partition_id).await?,
             };
             if let Some(committed) = committed {
-                let before = batch.events.len();
                 let first = batch.events.first().map_or(i64::MAX, |e| e.sequence_number);
-                batch.events.retain(|e| e.sequence_number > committed);
-                if batch.events.len() < before && earlier.is_none() {
+                let skipped = batch.drop_through(committed);
+                if skipped > 0 && earlier.is_none() {
                     elsewhere.push((batch.partition_id.clone(), first - 1, committed));
                 }
-                if batch.events.len() < before {
+                if skipped > 0 {
                     tracing::warn!(
                         partition_id = batch.partition_id.as_str(),
-                        skipped = before - batch.events.len(),
+                        skipped,
                         "events already landed by another reader skipped"
                     );
                 }
             }
             match earlier {
-                Some(i) => {
-                    kept[i].events.append(&mut batch.events);
-                    kept[i].alerts.append(&mut batch.alerts);
-                }
+                Some(i) => kept[i].append(batch),
                 None if !batch.events.is_empty() => kept.push(batch),
                 None => {}
             }
@@ -357,7 +383,7 @@ impl<'l> Lander<'l> {
     /// replaces rather than adds, so a retry never writes a row twice.
     async fn merge_with_retry(
         &mut self,
-        parts: &[(String, Vec<LandedEvent>)],
+        parts: &mut [(String, Vec<LandedEvent>)],
         redo: bool,
     ) -> Result<Landed, IngestError> {
         const ATTEMPTS: u32 = 10;
@@ -384,7 +410,7 @@ impl<'l> Lander<'l> {
     /// Merges under each partition's transaction (see `SilverWriter::fencing`).
     async fn merge_into_silver(
         &mut self,
-        parts: &[(String, Vec<LandedEvent>)],
+        parts: &mut [(String, Vec<LandedEvent>)],
         redo: bool,
     ) -> Result<Landed, IngestError> {
         let fence = parts
@@ -400,11 +426,12 @@ impl<'l> Lander<'l> {
         result
     }
 
-    /// Decodes the events, appends the rejected ones to quarantine (one commit for all
-    /// partitions) and merges the resources into silver (one merge per resource type).
+    /// Decodes the events (or takes what their readers decoded ahead: a retry decodes again),
+    /// appends the rejected ones to quarantine (one commit for all partitions) and merges the
+    /// resources into silver (one merge per resource type).
     async fn merge_fenced(
         &mut self,
-        parts: &[(String, Vec<LandedEvent>)],
+        parts: &mut [(String, Vec<LandedEvent>)],
         redo: bool,
     ) -> Result<Landed, IngestError> {
         let mut landed = Landed::default();
@@ -412,7 +439,7 @@ impl<'l> Lander<'l> {
         let mut rejected: Vec<(Rejected, Arc<Provenance>)> = Vec::new();
         // In redo mode, what an interrupted attempt may have quarantined for these events goes.
         let mut redone = Vec::new();
-        for (partition_id, events) in parts {
+        for (partition_id, events) in parts.iter_mut() {
             let (Some(first), Some(last)) = (events.first(), events.last()) else {
                 continue;
             };
@@ -426,15 +453,19 @@ impl<'l> Lander<'l> {
                 ));
             }
             let hash = hex::encode(Sha256::digest(uri.as_bytes()));
-            let (decode, checks) = (&self.decode, &self.checks);
-            let decoded: Vec<(usize, Vec<Decoded>)> = events
-                .par_iter()
-                .enumerate()
-                .map(|(i, landed)| (i, decode_event(&landed.event, decode, checks)))
-                .collect();
+            let ahead: Vec<Option<Vec<Decoded>>> =
+                events.iter_mut().map(|e| e.decoded.take()).collect();
+            let decoded: Vec<Vec<Decoded>> = if ahead.iter().all(Option::is_some) {
+                ahead.into_iter().flatten().collect()
+            } else {
+                let decoder = &self.decoder;
+                events
+                    .par_iter()
+                    .map(|e| decoder.decode(&e.event))
+                    .collect()
+            };
             let mut provenances: BTreeMap<(&str, i64), Arc<Provenance>> = BTreeMap::new();
-            for (i, records) in decoded {
-                let event = &events[i];
+            for (event, records) in events.iter().zip(decoded) {
                 let provenance = provenances
                     .entry((&event.batch_id, event.ingested_at))
                     .or_insert_with(|| {
@@ -534,5 +565,78 @@ impl<'l> Lander<'l> {
             })
             .await
             .map_err(|e| IngestError::Silver(format!("writing the checkpoint: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::Location;
+    use crate::issue::Issue;
+
+    /// A batch of events `sequence_numbers`, decoded ahead when `decoded`: each event's record
+    /// names its sequence number, so a misaligned pair shows.
+    fn batch(sequence_numbers: std::ops::RangeInclusive<i64>, decoded: bool) -> PartitionBatch {
+        let events: Vec<Event> = sequence_numbers
+            .map(|sequence_number| Event {
+                partition_id: "0".into(),
+                sequence_number,
+                ..Event::default()
+            })
+            .collect();
+        let decoded = if decoded {
+            events
+                .iter()
+                .map(|e| {
+                    let location = Location::line(e.sequence_number as u64);
+                    let issue = Issue::error("test", "$", "test");
+                    vec![Decoded::Rejected(Rejected::new("", location, issue))]
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        PartitionBatch {
+            partition_id: "0".into(),
+            events,
+            decoded,
+            alerts: Vec::new(),
+        }
+    }
+
+    fn aligned(batch: &PartitionBatch) -> bool {
+        batch.decoded.len() == batch.events.len()
+            && batch.events.iter().zip(&batch.decoded).all(|(e, d)| {
+                matches!(d.as_slice(), [Decoded::Rejected(r)]
+                    if r.location == Location::line(e.sequence_number as u64))
+            })
+    }
+
+    #[test]
+    fn events_landed_elsewhere_go_with_their_decoded_records() {
+        let mut decoded = batch(5..=9, true);
+        assert_eq!(decoded.drop_through(6), 2);
+        assert_eq!(decoded.events[0].sequence_number, 7);
+        assert!(aligned(&decoded));
+
+        let mut plain = batch(5..=9, false);
+        assert_eq!(plain.drop_through(6), 2);
+        assert!(plain.decoded.is_empty());
+    }
+
+    #[test]
+    fn a_batch_appended_keeps_decoded_records_only_when_both_have_them() {
+        let mut first = batch(1..=3, true);
+        first.append(batch(4..=6, true));
+        assert_eq!(first.events.len(), 6);
+        assert!(aligned(&first));
+
+        let mut mixed = batch(1..=3, true);
+        mixed.append(batch(4..=6, false));
+        assert_eq!(mixed.events.len(), 6);
+        assert!(
+            mixed.decoded.is_empty(),
+            "the landing decodes all six again"
+        );
     }
 }

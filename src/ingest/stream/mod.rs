@@ -18,20 +18,26 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use rayon::prelude::*;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::IngestError;
 use super::silver::SilverViews;
-use crate::fhir::DecodeOptions;
+use crate::fhir::{DecodeOptions, Decoded};
 use crate::lake::Lake;
 use crate::stream::checkpoints::Checkpoints;
 use crate::stream::event_hubs::{self, EventHubsOptions};
-use crate::stream::{BatchBounds, Partition, SourceSpec, StreamError, file, next_batch, stdin};
+use crate::stream::{
+    BatchBounds, Event, Partition, SourceSpec, StreamError, file, next_batch, stdin,
+};
 use crate::validate::Check;
 
 use alerting::{Alert, Alerting};
+use events::EventDecoder;
 use land::{Lander, PartitionBatch};
 use metrics::Metrics;
 
@@ -91,9 +97,10 @@ impl From<StreamError> for IngestError {
 
 /// Runs the stream from `source` until it ends (a file without follow, stdin at EOF) or `stop`.
 ///
-/// One task per partition collects micro-batches; this task lands them, one at a time (batches of
-/// several partitions that are ready together go into one bronze commit), so the lake sees one
-/// writer per process.
+/// One task per partition evaluates the rules on its events and decodes them as they arrive, and
+/// collects micro-batches; this task lands them, one at a time (batches of several partitions that
+/// are ready together go into one bronze commit), so the lake sees one writer per process. The
+/// landing only writes: the CPU-heavy decoding and validation of the next events overlap it.
 pub async fn run_stream(
     lake: &Lake,
     source: SourceSpec,
@@ -124,14 +131,17 @@ pub async fn run_stream(
         }
         None => None,
     };
+    let decoder = Arc::new(EventDecoder {
+        options: options.decode.clone(),
+        checks: options.checks.clone(),
+    });
     let new_lander = |stream_id| {
         Lander::new(
             lake,
             stream_id,
             views.clone(),
             checkpoints.clone(),
-            options.decode.clone(),
-            options.checks.clone(),
+            decoder.clone(),
         )
     };
     match source {
@@ -246,16 +256,28 @@ async fn land_partitions(
                         if let Some(previous) = live.insert(partition.id.clone(), stop.clone()) {
                             previous.cancel();
                         }
-                        readers.spawn(read_partition(partition, tx.clone(), alerting.clone(), options.bounds, stop));
+                        readers.spawn(read_partition(partition, tx.clone(), alerting.clone(), lander.decoder(), options.bounds, stop));
                     }
                     None => more_partitions = false,
                 }
             }
             Some(request) = requests.recv() => {
-                let mut lands = Vec::new();
+                let mut lands: Vec<(PartitionBatch, _)> = Vec::new();
                 let mut pending = Some(request);
-                // Batches of other partitions that are ready now share the bronze commit.
-                while let Some(request) = pending.take().or_else(|| requests.try_recv().ok()) {
+                let gather_until = tokio::time::Instant::now() + GATHER;
+                // Batches of other partitions share the landing: those ready now, and those that
+                // come within `GATHER` while some reading partition has none waiting.
+                loop {
+                    let request = match pending.take().or_else(|| requests.try_recv().ok()) {
+                        Some(request) => request,
+                        None if !lands.is_empty() && partitions_in(&lands) < readers.len() => {
+                            match tokio::time::timeout_at(gather_until, requests.recv()).await {
+                                Ok(Some(request)) => request,
+                                _ => break,
+                            }
+                        }
+                        None => break,
+                    };
                     match request {
                         Request::Recover { partition_id, reply } => {
                             let recovered = lander.recover(&partition_id).await;
@@ -301,6 +323,18 @@ async fn land_partitions(
             return Ok(());
         }
     }
+}
+
+/// How long a landing waits for the batches of the other partitions. One landing of every
+/// partition's batch costs far less than one landing each: every landing commits bronze, silver and
+/// the checkpoints, and every commit adds files the next landings' lookups scan.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// How many partitions have a batch among `lands`.
+fn partitions_in<R>(lands: &[(PartitionBatch, R)]) -> usize {
+    let partitions: std::collections::HashSet<&str> =
+        lands.iter().map(|(b, _)| b.partition_id.as_str()).collect();
+    partitions.len()
 }
 
 /// Lands the batches of several partitions in one go and answers their readers.
@@ -360,13 +394,14 @@ async fn land(
     Ok(())
 }
 
-/// One partition: asks for its committed sequence number, then sends batches of newer events to the
-/// writer and waits for each to land, until the partition ends, fails, or `stop`. Returns the
-/// partition id and how many events it skipped as already landed.
+/// One partition: asks for its committed sequence number, then sends batches of newer events,
+/// decoded, to the writer and waits for each to land, until the partition ends, fails, or `stop`.
+/// Returns the partition id and how many events it skipped as already landed.
 async fn read_partition(
     partition: Partition,
     writer: mpsc::Sender<Request>,
     alerting: Option<Arc<Alerting>>,
+    decoder: Arc<EventDecoder>,
     bounds: BatchBounds,
     stop: CancellationToken,
 ) -> Result<(String, u64), String> {
@@ -385,7 +420,7 @@ async fn read_partition(
         .map_err(|_| "the writer stopped".to_string())??;
     // Alerts of the events read so far, handed to the writer with the next batch.
     let alerts: Arc<std::sync::Mutex<Vec<Alert>>> = Arc::default();
-    let (mut events, _evaluate_ahead) = match alerting {
+    let (events, _evaluate_ahead) = match alerting {
         None => (partition.events, None),
         Some(alerting) => {
             let (reply, answer) = oneshot::channel();
@@ -399,15 +434,16 @@ async fn read_partition(
             answer
                 .await
                 .map_err(|_| "the writer stopped".to_string())??;
-            let mut ahead = EvaluateAhead::spawn(evaluated(
-                partition.events,
-                alerting,
-                committed,
-                alerts.clone(),
-            ));
-            (ahead.events(), Some(ahead))
+            let mut ahead = Ahead::spawn(
+                evaluated(partition.events, alerting, committed, alerts.clone()),
+                Ahead::<Event>::RULES_BUFFER,
+            );
+            (ahead.items(), Some(ahead))
         }
     };
+    // Decoding runs ahead too, as events arrive: a closed batch goes to the writer at once.
+    let mut decode_ahead = Ahead::spawn(decoded(events, decoder, committed), bounds.max_events);
+    let mut events = decode_ahead.items();
     let mut pending_error = None;
     // The batch handed to the writer last: the next one is collected while it lands, so when the
     // writer is free every partition has a batch waiting and they share one landing.
@@ -418,17 +454,19 @@ async fn read_partition(
             .map_err(|e| e.to_string())?;
         if let Some(committed) = committed {
             let read = batch.events.len();
-            batch.events.retain(|e| e.sequence_number > committed);
+            batch.events.retain(|(e, _)| e.sequence_number > committed);
             skipped += (read - batch.events.len()) as u64;
         }
-        if let Some(last) = batch.events.last().map(|e| e.sequence_number) {
+        if let Some(last) = batch.events.last().map(|(e, _)| e.sequence_number) {
+            let (events, decoded) = std::mem::take(&mut batch.events).into_iter().unzip();
             let batch_alerts = std::mem::take(&mut *alerts.lock().expect("lock"));
             let (reply, answer) = oneshot::channel();
             writer
                 .send(Request::Land {
                     batch: PartitionBatch {
                         partition_id: id.clone(),
-                        events: std::mem::take(&mut batch.events),
+                        events,
+                        decoded,
                         alerts: batch_alerts,
                     },
                     reply,
@@ -455,43 +493,34 @@ async fn landed(answer: oneshot::Receiver<Result<(), String>>) -> Result<(), Str
     answer.await.map_err(|_| "the writer stopped".to_string())?
 }
 
-/// Runs the rules over a partition's events in a task of its own, ahead of the batches: while a
-/// batch is landing, the next events are already evaluated and their alerts sent.
-struct EvaluateAhead {
+/// A stage of a partition's reader (the rules, decoding) run in a task of its own, ahead of the
+/// batches: while a batch is landing, the next events are already evaluated and decoded.
+struct Ahead<T> {
     task: tokio::task::JoinHandle<()>,
-    events: Option<mpsc::Receiver<Result<crate::stream::Event, StreamError>>>,
+    items: Option<mpsc::Receiver<Result<T, StreamError>>>,
 }
 
-impl EvaluateAhead {
-    /// Events buffered between the rules and the batches.
-    const BUFFER: usize = 100_000;
+impl<T: Send + 'static> Ahead<T> {
+    /// Events the rules may run ahead of the batches (not decoded yet: small).
+    const RULES_BUFFER: usize = 100_000;
 
-    fn spawn(
-        mut evaluated: futures::stream::BoxStream<
-            'static,
-            Result<crate::stream::Event, StreamError>,
-        >,
-    ) -> EvaluateAhead {
-        use futures::StreamExt;
-        let (tx, rx) = mpsc::channel(Self::BUFFER);
+    fn spawn(mut stage: BoxStream<'static, Result<T, StreamError>>, buffer: usize) -> Ahead<T> {
+        let (tx, rx) = mpsc::channel(buffer.max(1));
         let task = tokio::spawn(async move {
-            while let Some(item) = evaluated.next().await {
+            while let Some(item) = stage.next().await {
                 if tx.send(item).await.is_err() {
                     return;
                 }
             }
         });
-        EvaluateAhead {
+        Ahead {
             task,
-            events: Some(rx),
+            items: Some(rx),
         }
     }
 
-    fn events(
-        &mut self,
-    ) -> futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>> {
-        use futures::StreamExt;
-        let rx = self.events.take().expect("events taken once");
+    fn items(&mut self) -> BoxStream<'static, Result<T, StreamError>> {
+        let rx = self.items.take().expect("items taken once");
         futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         })
@@ -499,10 +528,50 @@ impl EvaluateAhead {
     }
 }
 
-impl Drop for EvaluateAhead {
+impl<T> Drop for Ahead<T> {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An event and its resources, decoded ahead of its batch.
+type DecodedEvent = (Event, Vec<Decoded>);
+
+/// The partition's events decoded as they arrive, in chunks of what is ready, on the rayon pool.
+/// Events at or below `committed` are skipped by the reader, so they are not decoded.
+fn decoded(
+    events: BoxStream<'static, Result<Event, StreamError>>,
+    decoder: Arc<EventDecoder>,
+    committed: Option<i64>,
+) -> BoxStream<'static, Result<DecodedEvent, StreamError>> {
+    /// Small enough that a landing's own work on the pool never waits long behind a chunk.
+    const CHUNK: usize = 1000;
+    events
+        .ready_chunks(CHUNK)
+        .then(move |chunk| {
+            let decoder = decoder.clone();
+            async move {
+                let decoding = tokio::task::spawn_blocking(move || {
+                    chunk
+                        .into_par_iter()
+                        .map(|item| {
+                            let event = item?;
+                            let decoded = if committed.is_some_and(|c| event.sequence_number <= c) {
+                                Vec::new()
+                            } else {
+                                decoder.decode(&event)
+                            };
+                            Ok((event, decoded))
+                        })
+                        .collect::<Vec<_>>()
+                });
+                decoding
+                    .await
+                    .unwrap_or_else(|e| vec![Err(StreamError::Decode(e.to_string()))])
+            }
+        })
+        .flat_map(futures::stream::iter)
+        .boxed()
 }
 
 /// The partition's events, each evaluated by the rules as it is read (events at or below
@@ -511,12 +580,11 @@ impl Drop for EvaluateAhead {
 /// event never reaches bronze before its alerts are on their way to `silver/alerts` (alerts of
 /// later events may go with it, which is harmless: they were sent).
 fn evaluated(
-    events: futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>>,
+    events: BoxStream<'static, Result<Event, StreamError>>,
     alerting: Arc<Alerting>,
     committed: Option<i64>,
     alerts: Arc<std::sync::Mutex<Vec<Alert>>>,
-) -> futures::stream::BoxStream<'static, Result<crate::stream::Event, StreamError>> {
-    use futures::StreamExt;
+) -> BoxStream<'static, Result<Event, StreamError>> {
     events
         .then(move |item| {
             let (alerting, alerts) = (alerting.clone(), alerts.clone());
