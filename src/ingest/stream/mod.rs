@@ -436,7 +436,7 @@ async fn read_partition(
                 .map_err(|_| "the writer stopped".to_string())??;
             let mut ahead = Ahead::spawn(
                 evaluated(partition.events, alerting, committed, alerts.clone()),
-                Ahead::<Event>::RULES_BUFFER,
+                RULES_AHEAD,
             );
             (ahead.items(), Some(ahead))
         }
@@ -500,10 +500,10 @@ struct Ahead<T> {
     items: Option<mpsc::Receiver<Result<T, StreamError>>>,
 }
 
-impl<T: Send + 'static> Ahead<T> {
-    /// Events the rules may run ahead of the batches (not decoded yet: small).
-    const RULES_BUFFER: usize = 100_000;
+/// Events the rules may run ahead of the batches (not decoded yet: small).
+const RULES_AHEAD: usize = 100_000;
 
+impl<T: Send + 'static> Ahead<T> {
     fn spawn(mut stage: BoxStream<'static, Result<T, StreamError>>, buffer: usize) -> Ahead<T> {
         let (tx, rx) = mpsc::channel(buffer.max(1));
         let task = tokio::spawn(async move {
