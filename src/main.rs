@@ -10,8 +10,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc gives freed memory back to the OS after 10 ms. A stream landing frees its batch's
 /// parsed resources (hundreds of MB) and the next one, a second later, faulted every page in
-/// again: that cost the stream a quarter of its throughput (BENCHMARKS.md, issue 5). Freed memory
-/// is kept 3 s, longer than a landing. `MIMALLOC_PURGE_DELAY` in the environment still decides.
+/// again: that cost the stream a quarter of its throughput (BENCHMARKS.md, issue 5). For the
+/// stream, freed memory is kept 3 s, longer than a landing; the other commands keep mimalloc's
+/// default, which their peak-memory figures were measured with. `MIMALLOC_PURGE_DELAY` in the
+/// environment still decides.
 fn keep_freed_memory() {
     use std::ffi::{c_int, c_long};
     // `mi_option_purge_delay` in mimalloc v3's include/mimalloc.h (libmimalloc-sys 0.1.49), which
@@ -51,7 +53,6 @@ use vitalake::serve::ServeError;
 use vitalake::views::View;
 
 fn main() -> ExitCode {
-    keep_freed_memory();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -188,7 +189,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Views(ViewsCommand::Run(args)) => views_run(&config, args).await,
-        Command::Stream(args) => stream(&config, args).await,
+        Command::Stream(args) => {
+            keep_freed_memory();
+            stream(&config, args).await
+        }
         Command::Rules(command) => rules(&config, command).await,
         Command::Demo(args) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
