@@ -11,7 +11,7 @@ use rust_decimal::Decimal;
 use serde_json::Value as Json;
 
 use super::parse::{BinaryOp, Expr, Literal};
-use super::value::{self, Collection, Item, choice_type};
+use super::value::{self, Collection, Item, choice_type, resource_type};
 
 /// A run-time error, with a message naming the operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -203,10 +203,6 @@ pub fn children<'a>(item: &Item<'a>, name: &str, out: &mut Collection<'a>) {
             return;
         }
     }
-}
-
-fn resource_type(json: &Json) -> Option<&str> {
-    value::field(json.as_object()?, "resourceType")?.as_str()
 }
 
 /// The single item of a collection, `None` when empty, an error when there are several.

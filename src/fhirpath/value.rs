@@ -36,6 +36,11 @@ pub fn field<'a>(map: &'a serde_json::Map<String, Json>, key: &str) -> Option<&'
     entry(map, key).map(|(_, value)| value)
 }
 
+/// The `resourceType` of a JSON object, if it is a resource.
+pub fn resource_type(json: &Json) -> Option<&str> {
+    field(json.as_object()?, "resourceType")?.as_str()
+}
+
 /// One item of a collection.
 #[derive(Debug, Clone)]
 pub enum Item<'a> {
@@ -193,7 +198,7 @@ impl<'a> Item<'a> {
         match self {
             Item::Node(_, Some(t)) => Some(t),
             Item::Node(json, None) => match json {
-                Json::Object(map) => field(map, "resourceType").and_then(Json::as_str),
+                Json::Object(_) => resource_type(json),
                 Json::String(_) => Some("string"),
                 Json::Bool(_) => Some("boolean"),
                 Json::Number(n) if n.as_i64().is_some() => Some("integer"),

@@ -193,10 +193,7 @@ impl View {
 
     /// The rows of one resource (none when it is of another type or a `where` rejects it).
     pub fn rows(&self, resource: &Json) -> Result<Vec<Vec<Cell>>, RunError> {
-        let resource_type = resource
-            .as_object()
-            .and_then(|object| crate::fhirpath::field(object, "resourceType"));
-        if resource_type.and_then(Json::as_str) != Some(self.resource.as_str()) {
+        if crate::fhirpath::resource_type(resource) != Some(self.resource.as_str()) {
             return Ok(Vec::new());
         }
         run::rows(self, resource)
