@@ -95,11 +95,14 @@ impl Alerting {
             warmed_at.replace(versions).is_none()
         };
         let window = *self.longest_window.lock().expect("lock") + self.lateness;
-        let Some(newest) = reading::newest_time(lake).await? else {
-            // No reading in silver yet, but a batch that never reached it may have recorded the
-            // alerts of its events (and of events read ahead of it) before a crash.
-            let recorded = table::recorded_ids(lake, 0).await?;
-            self.recorded.lock().expect("lock").extend(recorded);
+        let newest = reading::newest_time(lake).await?;
+        // Alerts on record are never sent again. With no reading in silver yet, every one: a batch
+        // that never reached silver may have recorded the alerts of its events (and of events read
+        // ahead of it) before a crash.
+        let recorded = table::recorded_ids(lake, newest.map_or(0, |n| n - 2 * window)).await?;
+        let recorded_alerts = recorded.len();
+        self.recorded.lock().expect("lock").extend(recorded);
+        let Some(newest) = newest else {
             return Ok(());
         };
         let since = newest - window;
@@ -109,7 +112,6 @@ impl Alerting {
             Some(events::partition_patients(lake, bronze, partition_id, since - window).await?)
         };
         let readings = reading::from_silver(lake, since).await?;
-        let recorded = table::recorded_ids(lake, since - window).await?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut evaluator = self.evaluator.lock().expect("lock");
         if let Some(patients) = &patients {
@@ -131,10 +133,9 @@ impl Alerting {
             partition_id,
             readings = fed,
             patients = patients.as_ref().map_or(evaluator.patients(), |p| p.len()),
-            recorded_alerts = recorded.len(),
+            recorded_alerts,
             "rule state brought up to silver"
         );
-        self.recorded.lock().expect("lock").extend(recorded);
         Ok(())
     }
 
