@@ -22,12 +22,17 @@ const MAX_BUNDLE_DEPTH: usize = 8;
 pub struct DecodeOptions {
     /// Resources (or whole texts) larger than this are rejected with rule `size`.
     pub max_resource_bytes: usize,
+    /// Keep each resource's parse ([`ResourceRecord::json`]) from the structural check, for the
+    /// checks and views that read it next. Off for file drops: a Bundle's entries would all hold
+    /// their parse at once, and a file without profile checks never needs it.
+    pub keep_parse: bool,
 }
 
 impl Default for DecodeOptions {
     fn default() -> Self {
         DecodeOptions {
             max_resource_bytes: 16 << 20,
+            keep_parse: false,
         }
     }
 }
@@ -94,7 +99,8 @@ pub struct ResourceRecord {
     pub location: Location,
     /// Warnings found by checks (profile validation): kept with the resource in bronze.
     pub warnings: Vec<Issue>,
-    /// `raw` parsed, when checks parsed it: the stream hands it on to the silver views.
+    /// `raw` parsed, when the structural check kept it (`keep_parse`) or checks parsed it: the
+    /// stream hands it on to the silver views.
     pub json: Option<std::sync::Arc<serde_json::Value>>,
 }
 
@@ -256,6 +262,7 @@ fn decode_at_depth(
         return;
     }
     let mut issues = Vec::new();
+    let mut json = None;
     // The limit applies to resources, not to the Bundles that carry them.
     if text.len() > options.max_resource_bytes {
         issues.push(Issue::error(
@@ -267,6 +274,11 @@ fn decode_at_depth(
                 options.max_resource_bytes
             ),
         ));
+    } else if options.keep_parse {
+        match structure::check_and_parse(text, &resource_type) {
+            Ok(parsed) => json = Some(std::sync::Arc::new(parsed)),
+            Err(issue) => issues.push(issue),
+        }
     } else if let Err(issue) = structure::check(text, &resource_type) {
         issues.push(issue);
     }
@@ -296,7 +308,7 @@ fn decode_at_depth(
             raw: text.to_string(),
             location,
             warnings: Vec::new(),
-            json: None,
+            json,
         }));
     } else {
         out.push(Decoded::Rejected(Rejected {
@@ -432,6 +444,7 @@ mod tests {
             Location::default(),
             &DecodeOptions {
                 max_resource_bytes: 50,
+                ..DecodeOptions::default()
             },
             &mut out,
         );

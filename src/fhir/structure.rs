@@ -26,6 +26,17 @@ use super::location::path_at;
 /// valid; otherwise the verdict from the enum, and the message and location from the typed path
 /// when its error is not that decimal artefact.
 pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
+    check_reading::<NoDuplicateKeys>(raw, resource_type).map(|_| ())
+}
+
+/// [`check`], keeping the parse: the resource as a `serde_json` value, read in the same pass
+/// that looks for duplicate keys (so one pass fewer for callers that need the value anyway).
+pub fn check_and_parse(raw: &str, resource_type: &str) -> Result<serde_json::Value, Issue> {
+    check_reading::<StrictJson>(raw, resource_type).map(|StrictJson(json)| json)
+}
+
+/// The check, with the duplicate-key pass reading `raw` into a `T`.
+fn check_reading<T: de::DeserializeOwned>(raw: &str, resource_type: &str) -> Result<T, Issue> {
     if !is_resource_type(resource_type) {
         return Err(Issue::error(
             "resourceType",
@@ -33,17 +44,18 @@ pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
             format!("unknown resourceType {resource_type:?}: not a FHIR R4 resource type"),
         ));
     }
-    if let Err(err) = serde_json::from_str::<NoDuplicateKeys>(raw) {
-        return Err(located(raw, resource_type, &err));
-    }
+    let parsed = match serde_json::from_str::<T>(raw) {
+        Ok(parsed) => parsed,
+        Err(err) => return Err(located(raw, resource_type, &err)),
+    };
     let quoted = decimals::quote_decimals(raw, resource_type, |number, string| {
         is_decimal(number, string, resource_type)
     });
     if let Some(Ok(())) = check_typed(&quoted, resource_type) {
-        return Ok(());
+        return Ok(parsed);
     }
     let Err(verdict) = fhirbolt::json::from_str::<Resource>(raw, None) else {
-        return Ok(());
+        return Ok(parsed);
     };
     match check_typed(raw, resource_type) {
         Some(Err(err))
@@ -160,6 +172,83 @@ impl<'de> Visitor<'de> for NoDuplicateKeysVisitor {
     }
     fn visit_unit<E>(self) -> Result<NoDuplicateKeys, E> {
         Ok(NoDuplicateKeys)
+    }
+}
+
+/// Any JSON value as a `serde_json::Value`, failing on the first object with a repeated key (which
+/// `serde_json`'s own `Value` keeps the last of), at that key's position.
+struct StrictJson(serde_json::Value);
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(StrictJsonVisitor)
+            .map(StrictJson)
+    }
+}
+
+struct StrictJsonVisitor;
+
+/// The key `serde_json` wraps a number's text in under `arbitrary_precision`.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+impl<'de> Visitor<'de> for StrictJsonVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            // `serde_json`'s `arbitrary_precision` (on in this build) hands a number over as a map
+            // of one private key to its text, which `Number` keeps as written (`120.50`).
+            if key == NUMBER_TOKEN && object.is_empty() {
+                let text: String = map.next_value()?;
+                let number: serde_json::Number = text.parse().map_err(de::Error::custom)?;
+                return Ok(serde_json::Value::Number(number));
+            }
+            match object.entry(key) {
+                serde_json::map::Entry::Occupied(seen) => {
+                    return Err(de::Error::custom(format!("duplicate key `{}`", seen.key())));
+                }
+                serde_json::map::Entry::Vacant(slot) => {
+                    slot.insert(map.next_value::<StrictJson>()?.0);
+                }
+            }
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Bool(value))
+    }
+    fn visit_i64<E>(self, value: i64) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Number(value.into()))
+    }
+    fn visit_u64<E>(self, value: u64) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Number(value.into()))
+    }
+    fn visit_f64<E>(self, value: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(value).map_or(serde_json::Value::Null, Into::into))
+    }
+    fn visit_str<E>(self, value: &str) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(value.to_string()))
+    }
+    fn visit_string<E>(self, value: String) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(value))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
     }
 }
 
@@ -319,13 +408,31 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_rejected() {
-        let raw = r#"{"resourceType":"Patient","gender":"male","gender":"female"}"#;
+        let raw = r#"{"resourceType":"Patient","gender":"male","name":[{"given":["a"]}],"gender":"female"}"#;
+        let parsed = check_and_parse(raw, "Patient").unwrap_err();
         let issue = check(raw, "Patient").unwrap_err();
+        assert_eq!(parsed, issue, "both passes judge alike");
         assert!(
             issue.message.contains("duplicate key `gender`"),
             "{}",
             issue.message
         );
         assert_eq!(issue.location, "Patient.gender");
+    }
+
+    #[test]
+    fn the_kept_parse_is_serde_json_s() {
+        let raw = r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":120.50,"unit":"mmHg"},"component":[],"issued":"2024-01-01T00:00:00Z","extension":[{"url":"u","valueInteger":-3},{"url":"v","valueBoolean":true}]}"#;
+        let parsed = check_and_parse(raw, "Observation").unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::from_str::<serde_json::Value>(raw).unwrap()
+        );
+        let keys: Vec<&String> = parsed.as_object().unwrap().keys().collect();
+        assert_eq!(
+            keys[..3],
+            ["resourceType", "status", "code"],
+            "key order kept"
+        );
     }
 }

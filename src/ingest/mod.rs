@@ -84,6 +84,7 @@ impl IngestOptions {
         IngestOptions {
             decode: DecodeOptions {
                 max_resource_bytes: config.max_resource_bytes,
+                keep_parse: false,
             },
             chunk_records: config.chunk_records.max(1),
             chunk_bytes: config.chunk_bytes.max(1),

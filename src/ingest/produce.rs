@@ -313,16 +313,24 @@ fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mu
 }
 
 /// Runs `checks` on every decoded resource: error-level findings reject it (with all its findings),
-/// lesser ones stay with it as warnings. Shared by file ingest and the stream. With `keep_json`,
-/// a kept resource holds the parse the checks read, for the silver views.
+/// lesser ones stay with it as warnings. Shared by file ingest and the stream. The checks read the
+/// parse the structural check kept, if it did. With `keep_json`, a kept resource holds that parse,
+/// for the silver views; without, it is dropped.
 pub(crate) fn apply_checks(checks: &[Arc<dyn Check>], decoded: &mut [Decoded], keep_json: bool) {
-    if checks.is_empty() {
-        return;
-    }
     for decoded in decoded {
         if let Decoded::Resource(resource) = decoded {
-            let json = match serde_json::from_str(&resource.raw) {
-                Ok(json) => Arc::new(json),
+            if checks.is_empty() {
+                if !keep_json {
+                    resource.json = None;
+                }
+                continue;
+            }
+            let parsed = match resource.json.take() {
+                Some(json) => Ok(json),
+                None => serde_json::from_str(&resource.raw).map(Arc::new),
+            };
+            let json = match parsed {
+                Ok(json) => json,
                 Err(e) => {
                     // The structural check parsed it already: this cannot happen, but say so if it does.
                     let issue = Issue::error("json", "$", format!("not JSON: {e}"));

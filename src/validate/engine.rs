@@ -130,13 +130,7 @@ impl<'p, 'a> Walker<'p, 'a> {
         location: &Loc<'_>,
     ) {
         let element = self.element(index);
-        let primitive = type_name.or(match element.types.as_slice() {
-            [only] => PRIMITIVE_TYPES
-                .iter()
-                .find(|p| **p == only.as_str())
-                .copied(),
-            _ => None,
-        });
+        let primitive = type_name.or(element.primitive);
         if let Some(primitive) = primitive
             && let Some(problem) = primitive_problem(primitive, value)
         {

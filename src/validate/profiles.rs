@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value as Json};
 
 use super::terminology::{self, Expansion};
-use crate::fhirpath::{Expression, ParseError};
+use crate::fhirpath::{Expression, PRIMITIVE_TYPES, ParseError};
 
 /// Why the profiles folder could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +96,9 @@ pub struct Element {
     pub max: Option<u64>,
     /// Allowed type codes (`Quantity`, `dateTime`, ...).
     pub types: Vec<String>,
+    /// The FHIR primitive type, when that is the one allowed type: looked up once here, not at
+    /// every value the validator visits.
+    pub primitive: Option<&'static str>,
     /// `fixed[x]` or `pattern[x]`: (is_fixed, value).
     pub value_constraint: Option<(bool, Json)>,
     pub binding: Option<Binding>,
@@ -502,7 +505,7 @@ fn compile(snapshot: &[Json]) -> Vec<Element> {
             })
             .filter_map(|d| d.get("path").and_then(Json::as_str).map(str::to_string))
             .collect();
-        let types = json
+        let types: Vec<String> = json
             .get("type")
             .and_then(Json::as_array)
             .into_iter()
@@ -518,6 +521,13 @@ fn compile(snapshot: &[Json]) -> Vec<Element> {
             max: match json.get("max").and_then(Json::as_str) {
                 Some("*") | None => None,
                 Some(n) => n.parse().ok(),
+            },
+            primitive: match types.as_slice() {
+                [only] => PRIMITIVE_TYPES
+                    .iter()
+                    .find(|p| **p == only.as_str())
+                    .copied(),
+                _ => None,
             },
             types,
             value_constraint,

@@ -207,6 +207,22 @@ mod tests {
     }
 
     #[test]
+    fn a_write_replaces_only_the_keys_silver_had() {
+        let keys: Vec<String> = ["Observation/a", "Observation/b", "Observation/c"]
+            .map(String::from)
+            .into();
+        let keys: Vec<&String> = keys.iter().collect();
+        let mut known = HashMap::new();
+        assert!(matches!(replace_known(&keys, &known), Replace::Nothing));
+        known.insert("Observation/b".to_string(), key(None, None, "1"));
+        known.insert("Observation/z".to_string(), key(None, None, "2"));
+        match replace_known(&keys, &known) {
+            Replace::Matching(predicate) => assert_eq!(predicate, "_key IN ('Observation/b')"),
+            _ => panic!("a known key must be replaced"),
+        }
+    }
+
+    #[test]
     fn entries_from_json_path() {
         assert_eq!(
             entries_of("$.entry[3].resource.entry[12].resource"),

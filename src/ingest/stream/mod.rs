@@ -132,7 +132,11 @@ pub async fn run_stream(
         None => None,
     };
     let decoder = Arc::new(EventDecoder {
-        options: options.decode.clone(),
+        // The checks and the silver views read the parse the structural check makes.
+        options: DecodeOptions {
+            keep_parse: true,
+            ..options.decode.clone()
+        },
         checks: options.checks.clone(),
     });
     let new_lander = |stream_id| {
