@@ -667,12 +667,13 @@ fn init_tracing(verbose: u8) {
         // The Delta kernel logs an ERROR for every table it is asked to open before its first commit,
         // which is how new tables start here: not an error for our users. Its writer warns on every
         // commit to a table with a binary column (bronze event bodies) that it keeps no statistics
-        // for it, which is what we want.
+        // for it, which is what we want. It also warns on every replacing write whose key list it
+        // does not use to skip files: `lake::in_list` asks for that.
         0 => {
-            "vitalake=info,warn,buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error"
+            "vitalake=info,warn,buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error,deltalake_core::operations::write=error"
         }
         1 => {
-            "vitalake=debug,info,buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error"
+            "vitalake=debug,info,buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error,deltalake_core::operations::write=error"
         }
         _ => "trace",
     };

@@ -280,7 +280,7 @@ pub fn replaced_rows(
                 .join(", '\u{1f}', ")
         ),
     };
-    Ok(format!("{key} IN ({})", values.join(", ")))
+    Ok(crate::lake::in_list(&key, values))
 }
 
 #[cfg(test)]

@@ -74,6 +74,26 @@ pub async fn app_version(
         .map_err(err)
 }
 
+/// `expr IN (values)` for a predicate on a Delta table (a read's `WHERE`, a replacing write), the
+/// values already SQL literals.
+///
+/// The list starts with a `NULL`. deltalake 1.1 turns an `IN` list of plain literals into a chain
+/// of `OR`s and walks it recursively, one stack frame per value, to test every file's statistics:
+/// a few thousand keys overflowed the stack (a stream landing aborted on it), and the test cost
+/// more than the write. A list holding a `NULL` it leaves alone, and DataFusion filters the rows.
+/// `x IN (NULL, 'a')` is true for `'a'` and NULL, never false, for anything else, which a filter
+/// and Delta's replace and delete (they keep the rows where it `IS NOT TRUE`) treat as no match:
+/// the selection is unchanged. Resource keys are spread over every file, so the statistics skipped
+/// no file anyway.
+pub fn in_list(expr: &str, values: impl IntoIterator<Item = String>) -> String {
+    let mut list = String::from("NULL");
+    for value in values {
+        list.push_str(", ");
+        list.push_str(&value);
+    }
+    format!("{expr} IN ({list})")
+}
+
 /// The Arrow schema of a loaded table.
 pub fn arrow_schema(
     table: &DeltaTable,
@@ -218,4 +238,66 @@ impl Lake {
 fn register_cloud_handlers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| deltalake::azure::register_handlers(None));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
+    use deltalake::arrow::datatypes::Int64Type;
+
+    fn rows(keys: &[String], version: i64) -> RecordBatch {
+        RecordBatch::try_from_iter([
+            (
+                "_key",
+                Arc::new(StringArray::from(keys.to_vec())) as ArrayRef,
+            ),
+            (
+                "version",
+                Arc::new(Int64Array::from(vec![version; keys.len()])) as ArrayRef,
+            ),
+        ])
+        .unwrap()
+    }
+
+    /// A stream landing replaces up to a batch's worth of keys at once. The predicate must not
+    /// overflow a stack (a test thread has 2 MiB) and must replace exactly the listed keys.
+    #[tokio::test]
+    async fn a_replacing_write_takes_thousands_of_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let keys: Vec<String> = (0..5000).map(|i| format!("Observation/o-{i}")).collect();
+        let others = vec!["Observation/other".to_string()];
+        let table = lake.table("t").await.unwrap();
+        let (table, _) = AppendBuilder::new(table, "t", vec![rows(&keys, 1), rows(&others, 1)])
+            .execute()
+            .await
+            .unwrap();
+        let predicate = in_list("_key", keys.iter().map(|k| format!("'{k}'")));
+        let (table, _) = AppendBuilder::new(table, "t", vec![rows(&keys, 2)])
+            .replacing(predicate)
+            .execute()
+            .await
+            .unwrap();
+        let counts = read::query(
+            &table,
+            "t",
+            "SELECT version, count(*) AS n FROM t GROUP BY version ORDER BY version",
+        )
+        .await
+        .unwrap();
+        let counts: Vec<(i64, i64)> = counts
+            .iter()
+            .flat_map(|b| {
+                let version = b.column(0).as_primitive::<Int64Type>().clone();
+                let n = b.column(1).as_primitive::<Int64Type>().clone();
+                (0..b.num_rows()).map(move |i| (version.value(i), n.value(i)))
+            })
+            .collect();
+        assert_eq!(
+            counts,
+            [(1, 1), (2, 5000)],
+            "the other key kept, the listed ones replaced"
+        );
+    }
 }

@@ -150,19 +150,13 @@ pub(super) enum Replace {
     All,
 }
 
-/// Replace the rows of those `keys` that were known before: the others have no rows yet.
+/// Replace the rows of `keys` if any of them was known before; otherwise nothing can be there.
 ///
-/// Only the known keys go into the predicate. Delta tests every literal of it against every file's
-/// statistics, so a predicate of a whole chunk's keys (10,000) made each landing of a stream with a
-/// few duplicate readings spend more on that test than on the write.
+/// The predicate names every key written, not only the known ones: Delta checks that each row a
+/// replacing write adds matches its predicate.
 pub(super) fn replace_known(keys: &[&String], known: &HashMap<String, VersionKey>) -> Replace {
-    let mut known_keys = keys
-        .iter()
-        .copied()
-        .filter(|k| known.contains_key(*k))
-        .peekable();
-    if known_keys.peek().is_some() {
-        Replace::Matching(key_predicate("_key", known_keys))
+    if keys.iter().any(|k| known.contains_key(*k)) {
+        Replace::Matching(key_predicate("_key", keys.iter().copied()))
     } else {
         Replace::Nothing
     }

@@ -179,8 +179,7 @@ pub(super) fn key_predicate<'k>(
     column: &str,
     keys: impl IntoIterator<Item = &'k String>,
 ) -> String {
-    let list: Vec<String> = keys.into_iter().map(|k| quote(k)).collect();
-    format!("{column} IN ({})", list.join(", "))
+    crate::lake::in_list(column, keys.into_iter().map(|k| quote(k)))
 }
 
 #[cfg(test)]
@@ -204,22 +203,6 @@ mod tests {
         assert!(key(Some("2"), Some(1), "a") > key(None, Some(9), "b"));
         assert!(key(Some("2"), Some(2), "a") > key(Some("2"), Some(1), "b"));
         assert!(key(None, None, "b") > key(None, None, "a"));
-    }
-
-    #[test]
-    fn a_write_replaces_only_the_keys_silver_had() {
-        let keys: Vec<String> = ["Observation/a", "Observation/b", "Observation/c"]
-            .map(String::from)
-            .into();
-        let keys: Vec<&String> = keys.iter().collect();
-        let mut known = HashMap::new();
-        assert!(matches!(replace_known(&keys, &known), Replace::Nothing));
-        known.insert("Observation/b".to_string(), key(None, None, "1"));
-        known.insert("Observation/z".to_string(), key(None, None, "2"));
-        match replace_known(&keys, &known) {
-            Replace::Matching(predicate) => assert_eq!(predicate, "_key IN ('Observation/b')"),
-            _ => panic!("a known key must be replaced"),
-        }
     }
 
     #[test]

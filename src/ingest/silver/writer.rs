@@ -178,6 +178,7 @@ impl<'l> SilverWriter<'l> {
             }
         }
         let candidates: Vec<&String> = maybe_known.iter().collect();
+        let looked_up = candidates.len();
         let known = if candidates.is_empty() {
             HashMap::new()
         } else {
@@ -288,6 +289,8 @@ impl<'l> SilverWriter<'l> {
         tracing::debug!(
             resource_type,
             winners = winners.len(),
+            looked_up,
+            replaced = known.len(),
             rows = metrics.rows,
             "silver merged"
         );

@@ -268,7 +268,12 @@ pub fn decode_event(
         }
     };
     let mut decoded = Vec::with_capacity(1);
-    decode(&text, location, options, &mut decoded);
+    // The checks and the silver views read the parse the structural check makes.
+    let options = DecodeOptions {
+        keep_parse: true,
+        ..options.clone()
+    };
+    decode(&text, location, &options, &mut decoded);
     for record in &mut decoded {
         if let Decoded::Resource(resource) = record
             && !STREAM_TYPES.contains(&resource.resource_type.as_str())

@@ -132,11 +132,7 @@ pub async fn run_stream(
         None => None,
     };
     let decoder = Arc::new(EventDecoder {
-        // The checks and the silver views read the parse the structural check makes.
-        options: DecodeOptions {
-            keep_parse: true,
-            ..options.decode.clone()
-        },
+        options: options.decode.clone(),
         checks: options.checks.clone(),
     });
     let new_lander = |stream_id| {
