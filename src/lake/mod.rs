@@ -83,8 +83,8 @@ pub async fn app_version(
 /// more than the write. A list holding a `NULL` it leaves alone, and DataFusion filters the rows.
 /// `x IN (NULL, 'a')` is true for `'a'` and NULL, never false, for anything else, which a filter
 /// and Delta's replace and delete (they keep the rows where it `IS NOT TRUE`) treat as no match:
-/// the selection is unchanged. Resource keys are spread over every file, so the statistics skipped
-/// no file anyway.
+/// the selection is unchanged. The keys listed (resource keys, gold keys) are spread over every
+/// file, so the statistics skipped no file anyway.
 pub fn in_list(expr: &str, values: impl IntoIterator<Item = String>) -> String {
     let mut list = String::from("NULL");
     for value in values {
