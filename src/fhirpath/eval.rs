@@ -71,12 +71,7 @@ pub fn eval<'a>(
             let mut out = Vec::new();
             for item in frame.this {
                 // `Patient.name`: a leading type name selects the focus itself when it is that resource.
-                if item
-                    .json()
-                    .and_then(|j| j.get("resourceType"))
-                    .and_then(Json::as_str)
-                    == Some(name)
-                {
+                if item.json().and_then(resource_type) == Some(name) {
                     out.push(item.clone());
                 } else {
                     children(item, name, &mut out);
