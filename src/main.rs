@@ -663,22 +663,19 @@ fn progress_bar() -> Option<ProgressBar> {
 }
 
 fn init_tracing(verbose: u8) {
+    // The Delta kernel logs an ERROR for every table it is asked to open before its first commit,
+    // which is how new tables start here: not an error for our users. Its writer warns on every
+    // commit to a table with a binary column (bronze event bodies) that it keeps no statistics
+    // for it, which is what we want. It also warns on every replacing write whose key list it
+    // does not use to skip files: `lake::in_list` asks for that.
+    const DELTA_NOISE: &str = "buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error,deltalake_core::operations::write=error";
     let default = match verbose {
-        // The Delta kernel logs an ERROR for every table it is asked to open before its first commit,
-        // which is how new tables start here: not an error for our users. Its writer warns on every
-        // commit to a table with a binary column (bronze event bodies) that it keeps no statistics
-        // for it, which is what we want. It also warns on every replacing write whose key list it
-        // does not use to skip files: `lake::in_list` asks for that.
-        0 => {
-            "vitalake=info,warn,buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error,deltalake_core::operations::write=error"
-        }
-        1 => {
-            "vitalake=debug,info,buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error,deltalake_core::operations::write=error"
-        }
-        _ => "trace",
+        0 => format!("vitalake=info,warn,{DELTA_NOISE}"),
+        1 => format!("vitalake=debug,info,{DELTA_NOISE}"),
+        _ => "trace".to_string(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VITALAKE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
