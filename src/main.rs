@@ -8,32 +8,6 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc gives freed memory back to the OS after 10 ms. A stream landing frees its batch's
-/// parsed resources (hundreds of MB) and the next one, a second later, faulted every page in
-/// again: that cost the stream a quarter of its throughput (BENCHMARKS.md, issue 5). For the
-/// stream, freed memory is kept 3 s, longer than a landing; the other commands keep mimalloc's
-/// default, which their peak-memory figures were measured with. `MIMALLOC_PURGE_DELAY` in the
-/// environment still decides.
-fn keep_freed_memory() {
-    use std::ffi::{c_int, c_long};
-    // `mi_option_purge_delay` in mimalloc v3's include/mimalloc.h (libmimalloc-sys 0.1.49), which
-    // the `mimalloc` crate links; the call is skipped unless it reads the documented default, 10.
-    const MI_OPTION_PURGE_DELAY: c_int = 15;
-    unsafe extern "C" {
-        fn mi_option_get(option: c_int) -> c_long;
-        fn mi_option_set(option: c_int, value: c_long);
-    }
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: both only read or write mimalloc's option table; any value is valid.
-    unsafe {
-        if mi_option_get(MI_OPTION_PURGE_DELAY) == 10 {
-            mi_option_set(MI_OPTION_PURGE_DELAY, 3000);
-        }
-    }
-}
-
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -660,6 +634,32 @@ fn progress_bar() -> Option<ProgressBar> {
         .expect("valid template"),
     );
     Some(bar)
+}
+
+/// mimalloc gives freed memory back to the OS after 10 ms. A stream landing frees its batch's
+/// parsed resources (hundreds of MB) and the next one, a second later, faulted every page in
+/// again: that cost the stream a quarter of its throughput (BENCHMARKS.md, issue 5). For the
+/// stream, freed memory is kept 3 s, longer than a landing; the other commands keep mimalloc's
+/// default, which their peak-memory figures were measured with. `MIMALLOC_PURGE_DELAY` in the
+/// environment still decides.
+fn keep_freed_memory() {
+    use std::ffi::{c_int, c_long};
+    // `mi_option_purge_delay` in mimalloc v3's include/mimalloc.h (libmimalloc-sys 0.1.49), which
+    // the `mimalloc` crate links; the call is skipped unless it reads the documented default, 10.
+    const MI_OPTION_PURGE_DELAY: c_int = 15;
+    unsafe extern "C" {
+        fn mi_option_get(option: c_int) -> c_long;
+        fn mi_option_set(option: c_int, value: c_long);
+    }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: both only read or write mimalloc's option table; any value is valid.
+    unsafe {
+        if mi_option_get(MI_OPTION_PURGE_DELAY) == 10 {
+            mi_option_set(MI_OPTION_PURGE_DELAY, 3000);
+        }
+    }
 }
 
 fn init_tracing(verbose: u8) {
