@@ -96,6 +96,10 @@ fn start_stream(
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
                 let _ = tx.send((Instant::now(), events));
+            } else if !line.contains(" INFO ") {
+                // Warnings, errors, and what the runtime prints when the process dies (a panic, a
+                // stack overflow): a run that lost its stream says why.
+                eprintln!("stream: {line}");
             }
         }
     });
