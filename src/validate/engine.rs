@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value as Json};
 
-use super::profiles::{Element, Profile, ProfileSet, Strength};
+use super::profiles::{Element, Profile, Strength};
 use crate::fhirpath::{Collection, Item, PRIMITIVE_TYPES, Variables};
 use crate::issue::{Issue, Severity};
 
@@ -29,7 +29,6 @@ impl<'a> Variables<'a> for InvariantVariables<'a> {
 }
 
 pub struct Walker<'p, 'a> {
-    set: &'p ProfileSet,
     profile: &'p Profile,
     resource: &'a Json,
     pub issues: Vec<Issue>,
@@ -92,7 +91,10 @@ fn at_path<'a>(value: &'a Json, path: &str) -> Vec<&'a Json> {
     for step in path.split('.') {
         let mut next = Vec::new();
         for node in nodes {
-            match node.get(step) {
+            match node
+                .as_object()
+                .and_then(|o| crate::fhirpath::field(o, step))
+            {
                 Some(Json::Array(items)) => next.extend(items),
                 Some(child) => next.push(child),
                 None => {}
@@ -104,9 +106,8 @@ fn at_path<'a>(value: &'a Json, path: &str) -> Vec<&'a Json> {
 }
 
 impl<'p, 'a> Walker<'p, 'a> {
-    pub fn new(set: &'p ProfileSet, profile: &'p Profile, resource: &'a Json) -> Self {
+    pub fn new(profile: &'p Profile, resource: &'a Json) -> Self {
         Walker {
-            set,
             profile,
             resource,
             issues: Vec::new(),
@@ -205,8 +206,8 @@ impl<'p, 'a> Walker<'p, 'a> {
                 invariant.human.clone(),
             )
         };
-        if let Some(native) = invariant.native {
-            if !native(value) {
+        if let Some(holds) = invariant.native.and_then(|native| native(value)) {
+            if !holds {
                 self.issues.push(failed(location));
             }
             return;
@@ -237,7 +238,7 @@ impl<'p, 'a> Walker<'p, 'a> {
         let Some(binding) = &element.binding else {
             return;
         };
-        let Some(expansion) = self.set.value_sets.get(&binding.value_set) else {
+        let Some(expansion) = &binding.expansion else {
             return;
         };
         let codes: Vec<(Option<&str>, &str)> = match value {
@@ -408,7 +409,7 @@ impl<'p, 'a> Walker<'p, 'a> {
             let slice = element
                 .slices
                 .iter()
-                .position(|&s| self.in_slice(sliced, s, value.value));
+                .position(|&s| self.in_slice(s, value.value));
             match slice {
                 Some(position) => {
                     counts[position] += 1;
@@ -440,46 +441,15 @@ impl<'p, 'a> Walker<'p, 'a> {
     }
 
     /// Whether `value` belongs to `slice`: at every discriminator path the slice fixes a value or
-    /// pattern (possibly inside a nested slice, as `code.coding:SBPCode.code`), the value has it.
-    fn in_slice(&self, sliced: usize, slice: usize, value: &Json) -> bool {
-        let mut constrained = false;
-        for path in &self.element(sliced).discriminators {
-            let mut candidates = vec![slice];
-            if path != "$this" {
-                for step in path.split('.') {
-                    let mut next = Vec::new();
-                    for &candidate in &candidates {
-                        for &child in &self.element(candidate).children {
-                            if self.element(child).name == step {
-                                next.push(child);
-                                next.extend(&self.element(child).slices);
-                            }
-                        }
-                    }
-                    candidates = next;
-                }
-            }
-            let expected: Vec<&Json> = candidates
-                .iter()
-                .filter_map(|&c| self.element(c).value_constraint.as_ref().map(|(_, v)| v))
-                .collect();
-            if expected.is_empty() {
-                continue;
-            }
-            constrained = true;
-            let nodes = if path == "$this" {
-                vec![value]
-            } else {
+    /// pattern (worked out when the profile was loaded), the value has it.
+    fn in_slice(&self, slice: usize, value: &Json) -> bool {
+        let constraints = &self.element(slice).slice_values;
+        !constraints.is_empty()
+            && constraints.iter().all(|(path, expected)| {
                 at_path(value, path)
-            };
-            if !nodes
-                .iter()
-                .any(|node| expected.iter().any(|e| matches_pattern(node, e)))
-            {
-                return false;
-            }
-        }
-        constrained
+                    .iter()
+                    .any(|node| expected.iter().any(|e| matches_pattern(node, e)))
+            })
     }
 }
 

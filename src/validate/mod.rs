@@ -12,6 +12,7 @@
 //! - `terminology.rs`: ValueSet expansion from the shipped ValueSets and CodeSystems.
 
 mod engine;
+mod natives;
 pub mod profiles;
 pub mod terminology;
 
@@ -158,7 +159,7 @@ impl ProfileValidator {
     pub fn validate(&self, resource: &Json) -> Vec<Issue> {
         let (profiles, mut issues) = self.applicable(resource);
         for profile in profiles {
-            let mut walker = engine::Walker::new(&self.set, &profile, resource);
+            let mut walker = engine::Walker::new(&profile, resource);
             walker.run();
             issues.extend(walker.issues);
         }

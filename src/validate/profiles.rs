@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
 
+use super::natives::{self, Native};
 use super::terminology::{self, Expansion};
 use crate::fhirpath::{Expression, PRIMITIVE_TYPES, ParseError};
 
@@ -41,34 +42,8 @@ pub struct Invariant {
     /// The parsed expression, or why it did not parse (reported, never treated as passed).
     pub expression: Result<Expression, ParseError>,
     pub text: String,
-    /// A native evaluation with the same result, for the invariants that hold on every element.
-    pub native: Option<fn(&Json) -> bool>,
-}
-
-/// `ele-1` as FHIR writes it; it holds on every element of every resource.
-pub const ELE_1: &str = "hasValue() or (children().count() > id.count())";
-
-/// `ele-1` evaluated natively, exactly as the engine evaluates [`ELE_1`] on one node (a unit test
-/// compares both): a primitive has a value; an object needs a child other than its `id`. It runs on
-/// every element of every resource, so this is the validator's hottest path.
-pub fn ele_1(value: &Json) -> bool {
-    let Json::Object(object) = value else {
-        return !value.is_null();
-    };
-    let children: usize = object
-        .iter()
-        .filter(|(k, _)| k.as_str() != "resourceType")
-        .map(|(_, v)| match v {
-            Json::Array(items) => items.len(),
-            _ => 1,
-        })
-        .sum();
-    let ids = match object.get("id") {
-        Some(Json::Array(items)) => items.len(),
-        Some(Json::Null) | None => 0,
-        Some(_) => 1,
-    };
-    children > ids
+    /// A native evaluation with the engine's result, for the invariants walks meet all the time.
+    pub native: Option<Native>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +58,8 @@ pub enum Strength {
 pub struct Binding {
     pub strength: Strength,
     pub value_set: String,
+    /// The ValueSet's codes, when it is shipped: looked up once here, not at every value bound.
+    pub expansion: Option<Arc<Expansion>>,
 }
 
 /// One element of a snapshot, with what the validator checks.
@@ -109,6 +86,10 @@ pub struct Element {
     pub slice_name: Option<String>,
     pub children: Vec<usize>,
     pub slices: Vec<usize>,
+    /// For a slice: per discriminator path of the sliced element, the values or patterns this
+    /// slice fixes there (a BP component's LOINC code). Worked out once here from the element
+    /// tree; a value belongs to the slice when it has one of them at every path listed.
+    pub slice_values: Vec<(String, Vec<Json>)>,
 }
 
 /// A compiled profile: its elements in an arena, element 0 the root.
@@ -128,7 +109,6 @@ pub struct Profile {
 #[derive(Debug, Default)]
 pub struct ProfileSet {
     pub profiles: HashMap<String, Arc<Profile>>,
-    pub value_sets: HashMap<String, Expansion>,
 }
 
 fn read_json_files(dir: &Path, out: &mut Vec<(String, Json)>) -> Result<(), ProfileError> {
@@ -184,6 +164,11 @@ impl ProfileSet {
                 _ => None,
             };
         }
+        let expansions: HashMap<String, Arc<Expansion>> =
+            terminology::expand_all(&value_sets, &code_systems)
+                .into_iter()
+                .map(|(url, expansion)| (url, Arc::new(expansion)))
+                .collect();
         let mut snapshots: HashMap<String, Vec<Json>> = HashMap::new();
         let urls: Vec<String> = definitions.keys().cloned().collect();
         for url in &urls {
@@ -202,7 +187,7 @@ impl ProfileSet {
                 .and_then(Json::as_str)
                 .unwrap_or(&url)
                 .to_string();
-            let elements = compile(&snapshots[&url]);
+            let elements = compile(&snapshots[&url], &expansions);
             let bases = bases_of(&url, &definitions);
             profiles.insert(
                 url.clone(),
@@ -215,10 +200,7 @@ impl ProfileSet {
                 }),
             );
         }
-        Ok(ProfileSet {
-            profiles,
-            value_sets: terminology::expand_all(&value_sets, &code_systems),
-        })
+        Ok(ProfileSet { profiles })
     }
 }
 
@@ -437,7 +419,7 @@ fn parent_index(by_id: &HashMap<String, usize>, id: &str) -> Option<usize> {
 }
 
 /// The element arena of a snapshot, children and slices linked by id.
-fn compile(snapshot: &[Json]) -> Vec<Element> {
+fn compile(snapshot: &[Json], expansions: &HashMap<String, Arc<Expansion>>) -> Vec<Element> {
     let mut elements: Vec<Element> = Vec::with_capacity(snapshot.len());
     let mut by_id: HashMap<String, usize> = HashMap::new();
     for json in snapshot {
@@ -465,9 +447,11 @@ fn compile(snapshot: &[Json]) -> Vec<Element> {
                 "preferred" => Strength::Preferred,
                 _ => Strength::Example,
             };
+            let value_set = terminology::canonical(b.get("valueSet")?.as_str()?).to_string();
             Some(Binding {
                 strength,
-                value_set: terminology::canonical(b.get("valueSet")?.as_str()?).to_string(),
+                expansion: expansions.get(&value_set).cloned(),
+                value_set,
             })
         });
         let invariants = json
@@ -486,7 +470,7 @@ fn compile(snapshot: &[Json]) -> Vec<Element> {
                         .unwrap_or_default()
                         .to_string(),
                     expression: Expression::parse(&text),
-                    native: (text == ELE_1).then_some(ele_1 as fn(&Json) -> bool),
+                    native: natives::native(&text),
                     text,
                 })
             })
@@ -538,6 +522,7 @@ fn compile(snapshot: &[Json]) -> Vec<Element> {
             slice_name: slice_name.clone(),
             children: Vec::new(),
             slices: Vec::new(),
+            slice_values: Vec::new(),
         });
         if index > 0 {
             let parent_id = id
@@ -558,28 +543,54 @@ fn compile(snapshot: &[Json]) -> Vec<Element> {
         }
         by_id.insert(id, index);
     }
+    for sliced in 0..elements.len() {
+        for position in 0..elements[sliced].slices.len() {
+            let slice = elements[sliced].slices[position];
+            elements[slice].slice_values = slice_values(&elements, sliced, slice);
+        }
+    }
     elements
+}
+
+/// What `slice` fixes at each discriminator path of `sliced` (possibly inside a nested slice, as
+/// `code.coding:SBPCode.code`); paths where it fixes nothing are left out.
+fn slice_values(elements: &[Element], sliced: usize, slice: usize) -> Vec<(String, Vec<Json>)> {
+    let mut out = Vec::new();
+    for path in &elements[sliced].discriminators {
+        let mut candidates = vec![slice];
+        if path != "$this" {
+            for step in path.split('.') {
+                let mut next = Vec::new();
+                for &candidate in &candidates {
+                    for &child in &elements[candidate].children {
+                        if elements[child].name == step {
+                            next.push(child);
+                            next.extend(&elements[child].slices);
+                        }
+                    }
+                }
+                candidates = next;
+            }
+        }
+        let expected: Vec<Json> = candidates
+            .iter()
+            .filter_map(|&c| {
+                elements[c]
+                    .value_constraint
+                    .as_ref()
+                    .map(|(_, v)| v.clone())
+            })
+            .collect();
+        if !expected.is_empty() {
+            out.push((path.clone(), expected));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn native_ele_1_agrees_with_the_engine() {
-        let expression = Expression::parse(ELE_1).unwrap();
-        let samples = serde_json::json!([
-            "text", 1, true, {}, {"id": "a"}, {"id": "a", "value": 1}, {"extension": [{"url": "x"}]},
-            {"coding": []}, {"resourceType": "Patient"}, {"resourceType": "Patient", "id": "p"}, {"a": [1, 2], "id": "x"}
-        ]);
-        for sample in samples.as_array().unwrap() {
-            let result = expression
-                .evaluate(&[crate::fhirpath::Item::Node(sample, None)], &())
-                .unwrap();
-            let engine = matches!(result.as_slice(), [item] if matches!(item.primitive(), crate::fhirpath::Item::Boolean(true)));
-            assert_eq!(ele_1(sample), engine, "{sample}");
-        }
-    }
 
     #[test]
     fn us_core_blood_pressure_snapshot_is_built_from_its_bases() {

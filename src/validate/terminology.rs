@@ -12,7 +12,8 @@ use serde_json::Value as Json;
 /// The codes of one ValueSet.
 #[derive(Debug, Clone, Default)]
 pub struct Expansion {
-    codes: HashSet<(String, String)>,
+    /// The codes by system: looked up by `&str`, without building a key per binding checked.
+    codes: HashMap<String, HashSet<String>>,
     /// Whether every code of the ValueSet is in `codes`.
     pub complete: bool,
 }
@@ -21,9 +22,16 @@ impl Expansion {
     /// Whether `code` (with its `system`, when known) is in the ValueSet.
     pub fn contains(&self, system: Option<&str>, code: &str) -> bool {
         match system {
-            Some(system) => self.codes.contains(&(system.to_string(), code.to_string())),
-            None => self.codes.iter().any(|(_, c)| c == code),
+            Some(system) => self.codes.get(system).is_some_and(|c| c.contains(code)),
+            None => self.codes.values().any(|c| c.contains(code)),
         }
+    }
+
+    fn insert(&mut self, system: &str, code: &str) {
+        self.codes
+            .entry(system.to_string())
+            .or_default()
+            .insert(code.to_string());
     }
 }
 
@@ -52,7 +60,7 @@ fn expand(
     stack: &mut Vec<String>,
 ) -> Expansion {
     let mut expansion = Expansion {
-        codes: HashSet::new(),
+        codes: HashMap::new(),
         complete: true,
     };
     let Some(value_set) = value_sets.get(url) else {
@@ -64,7 +72,7 @@ fn expand(
     }
     stack.push(url.to_string());
     if let Some(Json::Array(contains)) = value_set.pointer("/expansion/contains") {
-        collect_contains(contains, &mut expansion.codes);
+        collect_contains(contains, &mut expansion);
         stack.pop();
         return expansion;
     }
@@ -87,22 +95,22 @@ fn expand(
         {
             let inner = expand(canonical(imported), value_sets, code_systems, stack);
             expansion.complete &= inner.complete;
-            expansion.codes.extend(inner.codes);
+            for (system, codes) in inner.codes {
+                expansion.codes.entry(system).or_default().extend(codes);
+            }
         }
         let Some(system) = system else { continue };
         match include.get("concept").and_then(Json::as_array) {
             Some(concepts) => {
                 for concept in concepts {
                     if let Some(code) = concept.get("code").and_then(Json::as_str) {
-                        expansion
-                            .codes
-                            .insert((system.to_string(), code.to_string()));
+                        expansion.insert(system, code);
                     }
                 }
             }
             None => match code_systems.get(system) {
                 Some(code_system) => {
-                    collect_concepts(system, code_system.get("concept"), &mut expansion.codes)
+                    collect_concepts(system, code_system.get("concept"), &mut expansion)
                 }
                 None => expansion.complete = false,
             },
@@ -112,13 +120,13 @@ fn expand(
     expansion
 }
 
-fn collect_contains(contains: &[Json], out: &mut HashSet<(String, String)>) {
+fn collect_contains(contains: &[Json], out: &mut Expansion) {
     for entry in contains {
         if let (Some(system), Some(code)) = (
             entry.get("system").and_then(Json::as_str),
             entry.get("code").and_then(Json::as_str),
         ) {
-            out.insert((system.to_string(), code.to_string()));
+            out.insert(system, code);
         }
         if let Some(Json::Array(nested)) = entry.get("contains") {
             collect_contains(nested, out);
@@ -126,10 +134,10 @@ fn collect_contains(contains: &[Json], out: &mut HashSet<(String, String)>) {
     }
 }
 
-fn collect_concepts(system: &str, concepts: Option<&Json>, out: &mut HashSet<(String, String)>) {
+fn collect_concepts(system: &str, concepts: Option<&Json>, out: &mut Expansion) {
     for concept in concepts.and_then(Json::as_array).into_iter().flatten() {
         if let Some(code) = concept.get("code").and_then(Json::as_str) {
-            out.insert((system.to_string(), code.to_string()));
+            out.insert(system, code);
         }
         collect_concepts(system, concept.get("concept"), out);
     }
