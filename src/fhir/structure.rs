@@ -86,11 +86,6 @@ fn is_decimal(number_probe: &str, string_probe: &str, resource_type: &str) -> bo
         && fits(check_typed(string_probe, resource_type).and_then(Result::err))
 }
 
-/// Whether `name` is a FHIR R4 resource type.
-pub fn is_resource_type(name: &str) -> bool {
-    check_typed("", name).is_some()
-}
-
 fn located(raw: &str, resource_type: &str, err: &serde_json::Error) -> Issue {
     let location = path_at(raw, err.line(), err.column(), resource_type);
     Issue::error("structure", location, describe(err))
@@ -254,6 +249,11 @@ impl<'de> Visitor<'de> for StrictJsonVisitor {
 
 macro_rules! typed_check {
     ($($name:ident)*;) => {
+        /// Whether `name` is a FHIR R4 resource type.
+        pub fn is_resource_type(name: &str) -> bool {
+            matches!(name, $(stringify!($name))|*)
+        }
+
         /// `None` for an unknown type; otherwise the strict typed deserialization's outcome.
         fn check_typed(raw: &str, resource_type: &str) -> Option<Result<(), serde_json::Error>> {
             match resource_type {

@@ -4,6 +4,8 @@
 //! `repeat`): its own columns make one partial row, and its nested selects and `unionAll` branches
 //! multiply it (a cross join per focus), exactly as the specification's reference algorithm does.
 
+use std::borrow::Cow;
+
 use serde_json::Value as Json;
 
 use super::columns::{Cell, ColumnType};
@@ -208,17 +210,19 @@ struct ViewVariables<'v, 'a> {
     row_index: usize,
 }
 
-impl<'a> Variables<'a> for ViewVariables<'_, 'a> {
+impl<'v: 'a, 'a> Variables<'a> for ViewVariables<'v, 'a> {
     fn get(&self, name: &str) -> Option<Collection<'a>> {
         match name {
             "rowIndex" => Some(vec![Item::Integer(self.row_index as i64)]),
             "resource" => Some(vec![Item::Node(self.resource, None)]),
-            _ => self
-                .view
-                .constants
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| vec![v.clone()]),
+            _ => {
+                let (_, value) = self.view.constants.iter().find(|(n, _)| n == name)?;
+                // A string constant is lent, not copied: views read `%loinc` on every resource.
+                Some(vec![match value {
+                    Item::String(text) => Item::String(Cow::Borrowed(text.as_ref())),
+                    other => other.clone(),
+                }])
+            }
         }
     }
 }
@@ -230,7 +234,7 @@ struct Runner<'v, 'a> {
     resource: &'a Json,
 }
 
-impl<'a> Runner<'_, 'a> {
+impl<'v: 'a, 'a> Runner<'v, 'a> {
     fn evaluate(
         &self,
         expression: &Expression,

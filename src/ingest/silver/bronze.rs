@@ -74,10 +74,9 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
     (0..batch.num_rows())
         .map(|i| {
             let text = |a: &StringArray| (!a.is_null(i)).then(|| a.value(i).to_string());
-            let json_path = paths.value(i);
             let location = Location {
                 line: (!lines.is_null(i)).then(|| lines.value(i) as u64),
-                entries: entries_of(json_path),
+                entries: entries_of(paths.value(i)),
             };
             let provenance = provenances
                 .entry((sources.value(i), batch_ids.value(i)))
@@ -90,42 +89,78 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
                     })
                 })
                 .clone();
-            let id = text(&ids);
-            let key = id
-                .clone()
-                .or_else(|| text(&full_urls))
-                .unwrap_or_else(|| format!("{}:{}", hashes.value(i), location));
-            let entries: Vec<String> = location
-                .entries
-                .iter()
-                .map(|e| format!("{e:010}"))
-                .collect();
-            let ingest_order = format!(
-                "{:020}|{}|{}|{:012}|{}",
-                ingested_at.value(i),
-                batch_ids.value(i),
-                sources.value(i),
-                location.line.unwrap_or(0),
-                entries.join(".")
-            );
-            let last_updated = (!last_updated.is_null(i)).then(|| last_updated.value(i));
-            BronzeResource {
-                resource_type: resource_type.to_string(),
-                key,
-                id,
-                valid_from: last_updated.unwrap_or(ingested_at.value(i)),
-                version: VersionKey {
+            bronze_resource(
+                resource_type,
+                ResourceRecord {
+                    resource_type: resource_type.to_string(),
+                    id: text(&ids),
                     version_id: text(&versions),
-                    last_updated,
-                    ingest_order,
+                    last_updated: (!last_updated.is_null(i)).then(|| last_updated.value(i)),
+                    full_url: text(&full_urls),
+                    raw: raws.value(i).to_string(),
+                    location,
+                    warnings: Vec::new(),
+                    json: None,
                 },
-                raw: raws.value(i).to_string(),
-                json: None,
-                location,
                 provenance,
-            }
+            )
         })
         .collect()
+}
+
+/// The resources of one type just decoded (the stream's), as [`from_bronze`] would read them back
+/// from their bronze rows: moved, with their parse, rather than copied through an Arrow batch.
+pub fn from_records(
+    resource_type: &str,
+    records: Vec<(ResourceRecord, Arc<Provenance>)>,
+) -> Vec<BronzeResource> {
+    records
+        .into_iter()
+        .map(|(record, provenance)| bronze_resource(resource_type, record, provenance))
+        .collect()
+}
+
+/// A resource with its silver key and version order: the key is its id, else its `fullUrl`, else
+/// its place in its source; ties in version go to the later ingest.
+fn bronze_resource(
+    resource_type: &str,
+    record: ResourceRecord,
+    provenance: Arc<Provenance>,
+) -> BronzeResource {
+    let location = record.location;
+    let key = record
+        .id
+        .clone()
+        .or(record.full_url)
+        .unwrap_or_else(|| format!("{}:{}", provenance.source_sha256, location));
+    let entries: Vec<String> = location
+        .entries
+        .iter()
+        .map(|e| format!("{e:010}"))
+        .collect();
+    let ingest_order = format!(
+        "{:020}|{}|{}|{:012}|{}",
+        provenance.ingested_at,
+        provenance.batch_id,
+        provenance.source_uri,
+        location.line.unwrap_or(0),
+        entries.join(".")
+    );
+    BronzeResource {
+        resource_type: resource_type.to_string(),
+        key,
+        id: record.id,
+        valid_from: record.last_updated.unwrap_or(provenance.ingested_at),
+        version: VersionKey {
+            version_id: record.version_id,
+            last_updated: record.last_updated,
+            ingest_order,
+        },
+        raw: record.raw,
+        json: record.json,
+        location,
+        provenance,
+    }
 }
 
 pub(super) const BRONZE_COLUMNS: &str = "resource_id, version_id, last_updated, full_url, source_uri, source_sha256, line, json_path, raw, ingested_at, batch_id";

@@ -47,13 +47,13 @@ use bronze::*;
 use flatten::*;
 use history::*;
 
-pub use bronze::{BronzeResource, from_bronze};
+pub use bronze::{BronzeResource, from_bronze, from_records};
 pub use refresh::{RefreshReport, refresh};
 pub use writer::SilverWriter;
 
 use super::IngestError;
 use super::tables::{Provenance, QUARANTINE_TABLE, bronze_fhir_table, quarantine_batch};
-use crate::fhir::{Location, Rejected};
+use crate::fhir::{Location, Rejected, ResourceRecord};
 use crate::issue::{Issue, Severity};
 use crate::lake::stream_append::append_columns;
 use crate::lake::{AppendBuilder, Lake, delete, read};
@@ -212,6 +212,50 @@ mod tests {
             vec![3, 12]
         );
         assert!(entries_of("$").is_empty());
+    }
+
+    #[test]
+    fn decoded_records_become_the_resources_their_bronze_rows_give() {
+        let provenance = Arc::new(Provenance {
+            source_uri: "eventhubs://ns/hub/$Default/0".into(),
+            source_sha256: "ab12".into(),
+            batch_id: "b1".into(),
+            ingested_at: 1_700_000_000_000_000,
+        });
+        let record = |id: Option<&str>, full_url: Option<&str>, line: u64, entries: Vec<u32>| {
+            ResourceRecord {
+                resource_type: "Observation".into(),
+                id: id.map(str::to_string),
+                version_id: id.map(|_| "2".to_string()),
+                last_updated: id.map(|_| 1_690_000_000_000_000),
+                full_url: full_url.map(str::to_string),
+                raw: format!(r#"{{"resourceType":"Observation","n":{line}}}"#),
+                location: Location {
+                    line: Some(line),
+                    entries,
+                },
+                warnings: vec![Issue::error("rule", "Observation", "kept in bronze only")],
+                json: None,
+            }
+        };
+        let records: Vec<(ResourceRecord, Arc<Provenance>)> = [
+            record(Some("o1"), None, 7, Vec::new()),
+            record(None, Some("urn:uuid:1"), 8, vec![2]),
+            record(None, None, 9, vec![1, 3]),
+        ]
+        .into_iter()
+        .map(|r| (r, provenance.clone()))
+        .collect();
+        let through_bronze = from_bronze(
+            "Observation",
+            &crate::ingest::tables::bronze_batch(&records),
+        );
+        let moved = from_records("Observation", records);
+        assert_eq!(format!("{moved:?}"), format!("{through_bronze:?}"));
+        assert_eq!(
+            moved[2].key,
+            "ab12:line 9 $.entry[1].resource.entry[3].resource"
+        );
     }
 
     #[test]

@@ -25,8 +25,8 @@ use super::events::{
 use crate::alerts;
 use crate::fhir::{Decoded, Rejected, ResourceRecord};
 use crate::ingest::IngestError;
-use crate::ingest::silver::{SilverViews, SilverWriter, from_bronze, quote};
-use crate::ingest::tables::{self, Provenance, QUARANTINE_TABLE, quarantine_batch};
+use crate::ingest::silver::{SilverViews, SilverWriter, from_records, quote};
+use crate::ingest::tables::{Provenance, QUARANTINE_TABLE, quarantine_batch};
 use crate::lake::delete::delete_where;
 use crate::lake::{AppendBuilder, Lake, app_version, read};
 use crate::stream::checkpoints::Checkpoints;
@@ -501,11 +501,8 @@ impl<'l> Lander<'l> {
         }
         for (resource_type, records) in by_type {
             landed.resources += records.len() as u64;
-            let mut resources = from_bronze(&resource_type, &tables::bronze_batch(&records));
-            // The views read the parse the checks made (row i is record i).
-            for (resource, (record, _)) in resources.iter_mut().zip(records) {
-                resource.json = record.json;
-            }
+            // Moved as they are, with the parse the checks made, for the views to read.
+            let resources = from_records(&resource_type, records);
             let merged = self.silver.merge_chunk(&resource_type, resources).await?;
             landed.silver_rows += merged.rows;
             landed.quarantined += merged.quarantined;
