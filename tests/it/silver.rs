@@ -342,6 +342,45 @@ async fn newest_version_wins_in_any_arrival_order_and_history_follows_demographi
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_version_delivered_again_leaves_silver_as_it_is() {
+    let (dir, lake) = temp_lake();
+    let reading = |status: &str| blood_pressure("bp1", "1", "2026-01-05T09:00:00Z", status);
+    let first = write_ndjson(dir.path(), "first.ndjson", &[reading("final")]);
+    crate::common::ingest(&lake, &[first.to_str().unwrap()]).await;
+    let state = || async {
+        (
+            rows(
+                &lake,
+                "silver/fhir/blood_pressure",
+                "SELECT id, status FROM t",
+            )
+            .await,
+            rows(
+                &lake,
+                "silver/versions/Observation",
+                "SELECT _key, _ingest_order FROM t",
+            )
+            .await,
+        )
+    };
+    let before = state().await;
+    assert_eq!(before.0, [["bp1", "final"]]);
+
+    // The same versionId and lastUpdated again, as a re-sent event brings them (the status differs
+    // only so that the test can tell the copies apart): the same version, so silver keeps its own.
+    let again = write_ndjson(dir.path(), "again.ndjson", &[reading("amended")]);
+    crate::common::ingest(&lake, &[again.to_str().unwrap()]).await;
+    assert_eq!(state().await, before);
+
+    // A new lastUpdated is a new version, and it wins.
+    let mut newer = reading("amended");
+    newer["meta"]["lastUpdated"] = json!("2026-01-05T10:00:00Z");
+    let newer = write_ndjson(dir.path(), "newer.ndjson", &[newer]);
+    crate::common::ingest(&lake, &[newer.to_str().unwrap()]).await;
+    assert_eq!(state().await.0, [["bp1", "amended"]]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_resource_a_view_cannot_evaluate_goes_to_quarantine_and_the_rest_lands() {
     let (dir, lake) = temp_lake();
     let views = dir.path().join("views");

@@ -141,6 +141,19 @@ pub struct VersionKey {
     pub ingest_order: String,
 }
 
+impl VersionKey {
+    /// Whether both name one version: the same `meta.versionId` and `meta.lastUpdated`, both
+    /// given. FHIR gives every change of a resource a new version, so such a record is the same
+    /// version delivered again (Event Hubs delivers at least once; a device re-sends), and silver
+    /// keeps what it has rather than rewriting it with the same rows.
+    pub fn same_version(&self, other: &Self) -> bool {
+        self.version_id.is_some()
+            && self.last_updated.is_some()
+            && self.version_id == other.version_id
+            && self.last_updated == other.last_updated
+    }
+}
+
 impl Ord for VersionKey {
     fn cmp(&self, other: &Self) -> Ordering {
         let by_version = match (&self.version_id, &other.version_id) {

@@ -187,9 +187,13 @@ impl<'l> SilverWriter<'l> {
         let mut winners: Vec<&BronzeResource> = newest
             .values()
             .filter(|r| {
-                known
-                    .get(&r.key)
-                    .is_none_or(|old| r.version > *old || (self.redo && r.version == *old))
+                known.get(&r.key).is_none_or(|old| {
+                    if self.redo {
+                        r.version >= *old
+                    } else {
+                        r.version > *old && !r.version.same_version(old)
+                    }
+                })
             })
             .collect();
         winners.sort_by(|a, b| a.key.cmp(&b.key));
@@ -289,6 +293,7 @@ impl<'l> SilverWriter<'l> {
         tracing::debug!(
             resource_type,
             winners = winners.len(),
+            kept = newest.len() - winners.len(),
             looked_up,
             replaced = known.len(),
             rows = metrics.rows,
