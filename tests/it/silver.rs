@@ -371,6 +371,10 @@ async fn a_version_delivered_again_leaves_silver_as_it_is() {
     let again = write_ndjson(dir.path(), "again.ndjson", &[reading("amended")]);
     crate::common::ingest(&lake, &[again.to_str().unwrap()]).await;
     assert_eq!(state().await, before);
+    // A rebuild from bronze, which holds both copies, keeps the same one.
+    let views = silver::SilverViews::load(Path::new("profiles/views")).unwrap();
+    silver::refresh(&lake, &views, None).await.unwrap();
+    assert_eq!(state().await, before);
 
     // A new lastUpdated is a new version, and it wins.
     let mut newer = reading("amended");

@@ -144,9 +144,8 @@ pub struct VersionKey {
 impl VersionKey {
     /// Whether both name one version: the same `meta.versionId` and `meta.lastUpdated`, both
     /// given. FHIR gives every change of a resource a new version, so such a record is the same
-    /// version delivered again (Event Hubs delivers at least once; a device re-sends), and silver
-    /// keeps what it has rather than rewriting it with the same rows.
-    pub fn same_version(&self, other: &Self) -> bool {
+    /// version delivered again (Event Hubs delivers at least once; a device re-sends).
+    fn same_version(&self, other: &Self) -> bool {
         self.version_id.is_some()
             && self.last_updated.is_some()
             && self.version_id == other.version_id
@@ -154,6 +153,9 @@ impl VersionKey {
     }
 }
 
+/// Newer is a higher `versionId`, then a later `lastUpdated`, then a later ingest. A version
+/// delivered again is the exception: its first ingest stays the newest, so silver keeps what it
+/// has rather than rewriting it, and a rebuild from bronze picks the same copy.
 impl Ord for VersionKey {
     fn cmp(&self, other: &Self) -> Ordering {
         let by_version = match (&self.version_id, &other.version_id) {
@@ -165,7 +167,14 @@ impl Ord for VersionKey {
         };
         by_version
             .then(self.last_updated.cmp(&other.last_updated))
-            .then_with(|| self.ingest_order.cmp(&other.ingest_order))
+            .then_with(|| {
+                let by_ingest = self.ingest_order.cmp(&other.ingest_order);
+                if self.same_version(other) {
+                    by_ingest.reverse()
+                } else {
+                    by_ingest
+                }
+            })
     }
 }
 
@@ -216,6 +225,11 @@ mod tests {
         assert!(key(Some("2"), Some(1), "a") > key(None, Some(9), "b"));
         assert!(key(Some("2"), Some(2), "a") > key(Some("2"), Some(1), "b"));
         assert!(key(None, None, "b") > key(None, None, "a"));
+        assert!(
+            key(Some("2"), Some(1), "a") > key(Some("2"), Some(1), "b"),
+            "one version delivered twice: the first ingest stays"
+        );
+        assert!(key(Some("2"), None, "b") > key(Some("2"), None, "a"));
     }
 
     #[test]

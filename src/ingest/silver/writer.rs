@@ -187,13 +187,9 @@ impl<'l> SilverWriter<'l> {
         let mut winners: Vec<&BronzeResource> = newest
             .values()
             .filter(|r| {
-                known.get(&r.key).is_none_or(|old| {
-                    if self.redo {
-                        r.version >= *old
-                    } else {
-                        r.version > *old && !r.version.same_version(old)
-                    }
-                })
+                known
+                    .get(&r.key)
+                    .is_none_or(|old| r.version > *old || (self.redo && r.version == *old))
             })
             .collect();
         winners.sort_by(|a, b| a.key.cmp(&b.key));
