@@ -90,7 +90,6 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
                 })
                 .clone();
             bronze_resource(
-                resource_type,
                 ResourceRecord {
                     resource_type: resource_type.to_string(),
                     id: text(&ids),
@@ -110,23 +109,16 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
 
 /// The resources of one type just decoded (the stream's), as [`from_bronze`] would read them back
 /// from their bronze rows: moved, with their parse, rather than copied through an Arrow batch.
-pub fn from_records(
-    resource_type: &str,
-    records: Vec<(ResourceRecord, Arc<Provenance>)>,
-) -> Vec<BronzeResource> {
+pub fn from_records(records: Vec<(ResourceRecord, Arc<Provenance>)>) -> Vec<BronzeResource> {
     records
         .into_iter()
-        .map(|(record, provenance)| bronze_resource(resource_type, record, provenance))
+        .map(|(record, provenance)| bronze_resource(record, provenance))
         .collect()
 }
 
-/// A resource with its silver key and version order: the key is its id, else its `fullUrl`, else
-/// its place in its source; ties in version go to the later ingest.
-fn bronze_resource(
-    resource_type: &str,
-    record: ResourceRecord,
-    provenance: Arc<Provenance>,
-) -> BronzeResource {
+/// A resource with its silver key and version order ([`VersionKey`]): the key is its id, else its
+/// `fullUrl`, else its place in its source.
+fn bronze_resource(record: ResourceRecord, provenance: Arc<Provenance>) -> BronzeResource {
     let location = record.location;
     let key = record
         .id
@@ -147,7 +139,7 @@ fn bronze_resource(
         entries.join(".")
     );
     BronzeResource {
-        resource_type: resource_type.to_string(),
+        resource_type: record.resource_type,
         key,
         id: record.id,
         valid_from: record.last_updated.unwrap_or(provenance.ingested_at),

@@ -277,7 +277,7 @@ mod tests {
             "Observation",
             &crate::ingest::tables::bronze_batch(&records),
         );
-        let moved = from_records("Observation", records);
+        let moved = from_records(records);
         assert_eq!(format!("{moved:?}"), format!("{through_bronze:?}"));
         assert_eq!(
             moved[2].key,

@@ -502,7 +502,7 @@ impl<'l> Lander<'l> {
         for (resource_type, records) in by_type {
             landed.resources += records.len() as u64;
             // Moved as they are, with the parse the checks made, for the views to read.
-            let resources = from_records(&resource_type, records);
+            let resources = from_records(records);
             let merged = self.silver.merge_chunk(&resource_type, resources).await?;
             landed.silver_rows += merged.rows;
             landed.quarantined += merged.quarantined;
