@@ -44,10 +44,11 @@ pub fn check_and_parse(raw: &str, resource_type: &str) -> Result<serde_json::Val
     .map(|StrictJson(json)| json)
 }
 
-/// Shapes the typed path accepted, per thread, so no lock is shared. Past this many bytes of
-/// shapes, new ones are checked without being remembered (extensions can vary without end).
+/// Past this many bytes of shapes on a thread, new ones are checked without being remembered
+/// (extensions can vary without end).
 const MAX_ACCEPTED_SHAPE_BYTES: usize = 8 << 20;
 
+/// Shapes the typed path accepted, per thread, so no lock is shared.
 #[derive(Default)]
 struct AcceptedShapes {
     shapes: HashSet<Vec<u8>>,
