@@ -34,12 +34,12 @@ pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
 /// [`check`], keeping the parse: the resource as a `serde_json` value, read in the same pass
 /// that looks for duplicate keys (so one pass fewer for callers that need the value anyway).
 ///
-/// A resource of a shape the typed path accepted before on this thread (see [`push_shape`]) is
-/// not read again: a stream's readings come in a handful of shapes, and the typed read was most of
-/// the check's time.
+/// A resource of a shape the typed path accepted before on this thread (see
+/// [`push_resource_shape`]) is not read again: a stream's readings come in a handful of shapes, and
+/// the typed read was most of the check's time.
 pub fn check_and_parse(raw: &str, resource_type: &str) -> Result<serde_json::Value, Issue> {
     check_reading::<StrictJson>(raw, resource_type, |StrictJson(json), shape| {
-        push_shape(json, shape)
+        push_resource_shape(json, shape)
     })
     .map(|StrictJson(json)| json)
 }
@@ -125,7 +125,7 @@ fn check_reading<T: de::DeserializeOwned>(
 /// read as an `i32` or `u32`, so its class is what those reads and the quoting see: a fraction or
 /// exponent (finite), a non-negative or a negative integer within `i32`. `None` for any other
 /// number (`-0`, integers beyond `i32`), whose resource is then checked in full every time.
-fn push_shape(value: &serde_json::Value, out: &mut Vec<u8>) -> Option<()> {
+fn push_resource_shape(value: &serde_json::Value, out: &mut Vec<u8>) -> Option<()> {
     use serde_json::Value;
     let push_text = |out: &mut Vec<u8>, text: &str| {
         out.extend_from_slice(&(text.len() as u32).to_le_bytes());
@@ -139,7 +139,7 @@ fn push_shape(value: &serde_json::Value, out: &mut Vec<u8>) -> Option<()> {
         Value::Array(items) => {
             out.push(b'[');
             for item in items {
-                push_shape(item, out)?;
+                push_resource_shape(item, out)?;
             }
             out.push(b']');
         }
@@ -152,7 +152,7 @@ fn push_shape(value: &serde_json::Value, out: &mut Vec<u8>) -> Option<()> {
                         out.push(b'r');
                         push_text(out, name);
                     }
-                    _ => push_shape(value, out)?,
+                    _ => push_resource_shape(value, out)?,
                 }
             }
             out.push(b'}');
@@ -161,13 +161,11 @@ fn push_shape(value: &serde_json::Value, out: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-/// A JSON number's class for [`push_shape`]: `f`, `p` (0 to `i32::MAX`), `m` (negative `i32`).
+/// A JSON number's class for [`push_resource_shape`]: `f` (quoted in a decimal), `p` (0 to
+/// `i32::MAX`), `m` (negative `i32`).
 fn number_class(text: &str) -> Option<u8> {
     if text.contains(['.', 'e', 'E']) {
-        return text
-            .parse::<f64>()
-            .is_ok_and(f64::is_finite)
-            .then_some(b'f');
+        return decimals::is_quotable(text).then_some(b'f');
     }
     match text.parse::<i32>().ok()? {
         value if value < 0 => Some(b'm'),
