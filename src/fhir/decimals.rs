@@ -38,7 +38,8 @@ pub(super) fn quote_decimals<'a>(
     let mut shape = String::new();
     for number in numbers(raw) {
         let text = &raw[number.start..number.end];
-        if !is_quotable(text) {
+        // The catch-all path refuses what does not fit an f64: such a number stays as it is.
+        if !text.parse::<f64>().is_ok_and(f64::is_finite) {
             continue;
         }
         shape.clear();
@@ -72,12 +73,6 @@ pub(super) fn quote_decimals<'a>(
             Cow::Owned(out)
         }
     }
-}
-
-/// Whether a number in a decimal element gets quoted: the catch-all path refuses what does not fit
-/// an f64, so such a number stays as it is.
-pub(super) fn is_quotable(number: &str) -> bool {
-    number.parse::<f64>().is_ok_and(f64::is_finite)
 }
 
 /// One step from the resource down to a value: an object key (a byte range of the text) or an
