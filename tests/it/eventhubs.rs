@@ -16,8 +16,9 @@ use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 
 use crate::common::{count, rows, run_ok, temp_lake, vitalake};
-use crate::eventhubs_peer::Peer;
+use crate::eventhubs_peer::{NAMESPACE, Peer};
 use crate::stream::{assert_every_event_once_in, expected, generate_stream};
+use vitalake::stream::checkpoints::Checkpoints;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_official_client_sends_and_receives_through_the_peer() {
@@ -302,7 +303,11 @@ async fn a_consumer_killed_at_random_moments_ends_with_every_event_once() {
     let expected = expected(&file);
     send(&peer, &lake_path, &file);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
-    for _ in 0..4 {
+    for run in 0..4 {
+        // Each run's log goes beside the lake, for a failing wait to show.
+        let log =
+            std::fs::File::create(lake_path.with_extension(format!("stream-killed-{run}.log")))
+                .unwrap();
         let mut stream = against(&peer, &lake_path)
             .args([
                 "stream",
@@ -312,7 +317,7 @@ async fn a_consumer_killed_at_random_moments_ends_with_every_event_once() {
                 "300",
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..4000))).await;
@@ -321,6 +326,9 @@ async fn a_consumer_killed_at_random_moments_ends_with_every_event_once() {
     }
     let stream = start_stream(&peer, &lake_path);
     wait_for_bronze(&lake, expected.events).await;
+    // Bronze may be whole while a batch a killed run left between bronze and silver waits for
+    // this process to claim its partition (once the dead run's ownership expires) and finish it.
+    wait_for_checkpoints(&peer, &lake, 4).await;
     assert!(stop(stream).success());
     assert_every_event_once_in(&lake, BRONZE, &expected).await;
 }
@@ -345,6 +353,35 @@ fn first_half_sent(
     let (first, second) = (write("first.ndjson", a), write("second.ndjson", b));
     send(peer, &dir.join("lake"), &first);
     (expected(&file), second, expected(&first).events)
+}
+
+/// Waits until each of the first hub's `partitions` is checkpointed at its last event: every event
+/// of the hub is in silver (a checkpoint is written once silver has its batch).
+async fn wait_for_checkpoints(peer: &Peer, lake: &vitalake::lake::Lake, partitions: usize) {
+    let checkpoints = Checkpoints::beside_lake(lake.root()).unwrap();
+    let last: Vec<Option<i64>> = (0..partitions)
+        .map(|p| peer.events(p).last().map(|e| e.sequence_number))
+        .collect();
+    let started = Instant::now();
+    loop {
+        let mut at = Vec::with_capacity(partitions);
+        for p in 0..partitions {
+            let checkpoint = checkpoints
+                .checkpoint(NAMESPACE, "observations", "$Default", &p.to_string())
+                .await
+                .unwrap();
+            at.push(checkpoint.and_then(|c| c.sequence_number));
+        }
+        if at == last {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "checkpoints at {at:?}, not the partitions' last events {last:?}, after 120 s; stream logs:\n{}",
+            stream_logs(lake)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Waits until bronze holds at least `n` events.
@@ -448,6 +485,7 @@ async fn two_consumers_split_the_partitions_and_one_takes_over_when_the_other_di
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    wait_for_checkpoints(&peer, &lake, 4).await;
     assert!(stop(b).success());
     assert_every_event_once_in(&lake, BRONZE, &expected).await;
 
@@ -586,7 +624,7 @@ async fn entra_id_a_managed_identity_signs_in_with_its_token() {
         cmd.env_remove("EVENTHUBS_CONNECTION_STRING")
             .env_remove("AZURE_CLIENT_SECRET")
             .env_remove("AZURE_FEDERATED_TOKEN_FILE")
-            .env("EVENTHUBS_NAMESPACE", "peer.servicebus.windows.net")
+            .env("EVENTHUBS_NAMESPACE", NAMESPACE)
             .env("IDENTITY_ENDPOINT", &identity)
             .env("IDENTITY_HEADER", "header-from-app-service");
         cmd

@@ -42,6 +42,9 @@ const MAX_MESSAGE_SIZE: u64 = 1024 * 1024;
 /// be descheduled for longer than that, so the peer gives it a comfortable margin.
 const SETTLE_DELAY: std::time::Duration = std::time::Duration::from_millis(25);
 
+/// The namespace the connection string names: part of every checkpoint's and transaction's id.
+pub const NAMESPACE: &str = "peer.servicebus.windows.net";
+
 /// One event as the peer stores it.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -170,7 +173,7 @@ impl Peer {
     /// A namespace connection string (the hub is named by each command); the key is never
     /// checked (SASL ANONYMOUS, any token).
     pub fn connection_string(&self) -> String {
-        "Endpoint=sb://peer.servicebus.windows.net/;SharedAccessKeyName=test;SharedAccessKey=dGVzdA==".into()
+        format!("Endpoint=sb://{NAMESPACE}/;SharedAccessKeyName=test;SharedAccessKey=dGVzdA==")
     }
 
     /// Every event of a partition of the first hub, in order.
