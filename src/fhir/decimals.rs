@@ -38,8 +38,7 @@ pub(super) fn quote_decimals<'a>(
     let mut shape = String::new();
     for number in numbers(raw) {
         let text = &raw[number.start..number.end];
-        // The catch-all path refuses what does not fit an f64: such a number stays as it is.
-        if !text.parse::<f64>().is_ok_and(f64::is_finite) {
+        if !is_quotable(text) {
             continue;
         }
         shape.clear();
@@ -73,6 +72,12 @@ pub(super) fn quote_decimals<'a>(
             Cow::Owned(out)
         }
     }
+}
+
+/// Whether a number in a decimal element gets quoted: the catch-all path refuses what does not fit
+/// an f64, so such a number stays as it is.
+pub(super) fn is_quotable(number: &str) -> bool {
+    number.parse::<f64>().is_ok_and(f64::is_finite)
 }
 
 /// One step from the resource down to a value: an object key (a byte range of the text) or an

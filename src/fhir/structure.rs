@@ -6,6 +6,8 @@
 //! profile validation's job.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashSet;
 
 use fhirbolt::model::r4::{Resource, resources};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -26,17 +28,44 @@ use super::location::path_at;
 /// valid; otherwise the verdict from the enum, and the message and location from the typed path
 /// when its error is not that decimal artefact.
 pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
-    check_reading::<NoDuplicateKeys>(raw, resource_type).map(|_| ())
+    check_reading::<NoDuplicateKeys>(raw, resource_type, |_, _| None).map(|_| ())
 }
 
 /// [`check`], keeping the parse: the resource as a `serde_json` value, read in the same pass
 /// that looks for duplicate keys (so one pass fewer for callers that need the value anyway).
+///
+/// A resource of a shape the typed path accepted before on this thread (see
+/// [`push_resource_shape`]) is not read again: a stream's readings come in a handful of shapes, and
+/// the typed read was most of the check's time.
 pub fn check_and_parse(raw: &str, resource_type: &str) -> Result<serde_json::Value, Issue> {
-    check_reading::<StrictJson>(raw, resource_type).map(|StrictJson(json)| json)
+    check_reading::<StrictJson>(raw, resource_type, |StrictJson(json), shape| {
+        push_resource_shape(json, shape)
+    })
+    .map(|StrictJson(json)| json)
 }
 
-/// The check, with the duplicate-key pass reading `raw` into a `T`.
-fn check_reading<T: de::DeserializeOwned>(raw: &str, resource_type: &str) -> Result<T, Issue> {
+/// Past this many bytes of shapes on a thread, new ones are checked without being remembered
+/// (extensions can vary without end).
+const MAX_ACCEPTED_SHAPE_BYTES: usize = 8 << 20;
+
+/// Shapes the typed path accepted, per thread, so no lock is shared.
+#[derive(Default)]
+struct AcceptedShapes {
+    shapes: HashSet<Vec<u8>>,
+    bytes: usize,
+}
+
+thread_local! {
+    static ACCEPTED_SHAPES: RefCell<AcceptedShapes> = RefCell::default();
+}
+
+/// The check, with the duplicate-key pass reading `raw` into a `T`; `shape` writes the shape of
+/// that `T`, or gives `None` when it has none worth remembering.
+fn check_reading<T: de::DeserializeOwned>(
+    raw: &str,
+    resource_type: &str,
+    shape: impl FnOnce(&T, &mut Vec<u8>) -> Option<()>,
+) -> Result<T, Issue> {
     if !is_resource_type(resource_type) {
         return Err(Issue::error(
             "resourceType",
@@ -48,10 +77,26 @@ fn check_reading<T: de::DeserializeOwned>(raw: &str, resource_type: &str) -> Res
         Ok(parsed) => parsed,
         Err(err) => return Err(located(raw, resource_type, &err)),
     };
+    let mut key = Vec::new();
+    let key = shape(&parsed, &mut key).map(|()| key);
+    if let Some(key) = &key
+        && ACCEPTED_SHAPES.with(|accepted| accepted.borrow().shapes.contains(key))
+    {
+        return Ok(parsed);
+    }
     let quoted = decimals::quote_decimals(raw, resource_type, |number, string| {
         is_decimal(number, string, resource_type)
     });
     if let Some(Ok(())) = check_typed(&quoted, resource_type) {
+        if let Some(key) = key {
+            ACCEPTED_SHAPES.with(|accepted| {
+                let mut accepted = accepted.borrow_mut();
+                if accepted.bytes + key.len() <= MAX_ACCEPTED_SHAPE_BYTES {
+                    accepted.bytes += key.len();
+                    accepted.shapes.insert(key);
+                }
+            });
+        }
         return Ok(parsed);
     }
     let Err(verdict) = fhirbolt::json::from_str::<Resource>(raw, None) else {
@@ -69,6 +114,63 @@ fn check_reading<T: de::DeserializeOwned>(raw: &str, resource_type: &str) -> Res
             unknown_field_location(raw, resource_type, &verdict),
             strip_position(&verdict.to_string()),
         )),
+    }
+}
+
+/// Writes what the typed path's verdict on the decimals-quoted text depends on, and nothing else,
+/// so two resources of one shape get one verdict: each object's keys in order, the JSON kind of
+/// each value, the text of each `resourceType` (it picks the struct a contained resource is read
+/// into), and a class per number. Strings are one kind whatever they hold: `fhirbolt` keeps dates,
+/// codes and decimals as text. A number is quoted when it sits in a decimal element and otherwise
+/// read as an `i32` or `u32`, so its class is what those reads and the quoting see: a fraction or
+/// exponent (finite), a non-negative or a negative integer within `i32`. `None` for any other
+/// number (`-0`, integers beyond `i32`), whose resource is then checked in full every time.
+fn push_resource_shape(value: &serde_json::Value, out: &mut Vec<u8>) -> Option<()> {
+    use serde_json::Value;
+    let push_text = |out: &mut Vec<u8>, text: &str| {
+        out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    };
+    match value {
+        Value::Null => out.push(b'n'),
+        Value::Bool(_) => out.push(b'b'),
+        Value::String(_) => out.push(b's'),
+        Value::Number(number) => out.push(number_class(number.as_str())?),
+        Value::Array(items) => {
+            out.push(b'[');
+            for item in items {
+                push_resource_shape(item, out)?;
+            }
+            out.push(b']');
+        }
+        Value::Object(object) => {
+            out.push(b'{');
+            for (key, value) in object {
+                push_text(out, key);
+                match value {
+                    Value::String(name) if key == "resourceType" => {
+                        out.push(b'r');
+                        push_text(out, name);
+                    }
+                    _ => push_resource_shape(value, out)?,
+                }
+            }
+            out.push(b'}');
+        }
+    }
+    Some(())
+}
+
+/// A JSON number's class for [`push_resource_shape`]: `f` (quoted in a decimal), `p` (0 to
+/// `i32::MAX`), `m` (negative `i32`).
+fn number_class(text: &str) -> Option<u8> {
+    if text.contains(['.', 'e', 'E']) {
+        return decimals::is_quotable(text).then_some(b'f');
+    }
+    match text.parse::<i32>().ok()? {
+        value if value < 0 => Some(b'm'),
+        _ if text.starts_with('-') => None,
+        _ => Some(b'p'),
     }
 }
 
@@ -418,6 +520,45 @@ mod tests {
             issue.message
         );
         assert_eq!(issue.location, "Patient.gender");
+    }
+
+    #[test]
+    fn a_remembered_shape_does_not_let_a_wrong_value_through() {
+        let accepted = |raw: &str, resource_type: &str| {
+            let first = check_and_parse(raw, resource_type).is_ok();
+            let again = check_and_parse(raw, resource_type).is_ok();
+            assert_eq!(first, again, "{raw}");
+            assert_eq!(first, check(raw, resource_type).is_ok(), "{raw}");
+            first
+        };
+        // `photo.size` is an unsignedInt, `multipleBirthInteger` an integer.
+        let patient = |size: &str, birth: &str| {
+            format!(
+                r#"{{"resourceType":"Patient","photo":[{{"size":{size}}}],"multipleBirthInteger":{birth}}}"#
+            )
+        };
+        assert!(accepted(&patient("5", "2"), "Patient"));
+        assert!(accepted(&patient("7", "-2"), "Patient"));
+        assert!(!accepted(&patient("-5", "2"), "Patient"));
+        assert!(!accepted(&patient("1.5", "2"), "Patient"));
+        assert!(!accepted(&patient("5", "2.5"), "Patient"));
+        accepted(&patient("5", "-0"), "Patient"); // never remembered: the same verdict each time
+        assert!(!accepted(&patient("5", "3000000000"), "Patient"));
+        // A decimal takes any number; the contained resource's type decides what it may hold.
+        let reading = |value: &str, contained: &str| {
+            format!(
+                r#"{{"resourceType":"Observation","status":"final","code":{{"text":"x"}},"valueQuantity":{{"value":{value}}},"contained":[{{"resourceType":"{contained}","id":"c","status":"active"}}]}}"#
+            )
+        };
+        assert!(accepted(&reading("120", "Device"), "Observation"));
+        assert!(accepted(&reading("1.5e2", "Device"), "Observation"));
+        assert!(!accepted(&reading("120", "Patient"), "Observation"));
+        // An unknown key is not taken for a known one of the same length.
+        let named = |given: &str| {
+            format!(r#"{{"resourceType":"Patient","name":[{{"given":["a"],{given}:"b"}}]}}"#)
+        };
+        assert!(accepted(&named(r#""family""#), "Patient"));
+        assert!(!accepted(&named(r#""familY""#), "Patient"));
     }
 
     #[test]
