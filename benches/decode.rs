@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 use vitalake::fhir::{DecodeOptions, Location, decode, structure};
-use vitalake::ingest::stream::events::decode_event;
+use vitalake::ingest::silver::SilverViews;
+use vitalake::ingest::stream::events::{EventDecoder, decode_event};
 use vitalake::stream::Event;
 use vitalake::validate::{Check, ProfileValidator, ValidateConfig};
 
@@ -108,6 +109,18 @@ fn main() {
         n,
         |i| {
             black_box(decode_event(&events[i], &DecodeOptions::default(), &checks));
+        },
+    );
+    let decoder = EventDecoder {
+        options: DecodeOptions::default(),
+        checks,
+        views: SilverViews::load(Path::new("profiles/views")).unwrap(),
+    };
+    time(
+        "the stream's decoder: decode_event, then the views ahead",
+        n,
+        |i| {
+            black_box(decoder.decode(&events[i]));
         },
     );
 }

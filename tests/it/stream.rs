@@ -237,6 +237,62 @@ async fn malformed_and_foreign_events_go_to_quarantine_with_their_sequence_numbe
     assert_eq!(count(&lake, "bronze/eventhubs/observations").await, 6);
 }
 
+/// The views run where each event is decoded, ahead of its batch: a resource a silver view cannot
+/// evaluate still goes to quarantine with the view's reason, and the rest of its batch lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_a_silver_view_cannot_evaluate_goes_to_quarantine_with_the_views_reason() {
+    let (dir, lake) = temp_lake();
+    let views = dir.path().join("views");
+    std::fs::create_dir(&views).unwrap();
+    // One code per row: an Observation coded twice gives the column two values.
+    std::fs::write(
+        views.join("codes.json"),
+        r#"{"resourceType":"ViewDefinition","name":"codes","status":"active","resource":"Observation",
+            "select":[{"column":[{"name":"id","path":"getResourceKey()","type":"id"},
+                                 {"name":"code","path":"code.coding.code","type":"code"}]}]}"#,
+    )
+    .unwrap();
+    let heart_rate = |id: &str, extra_coding: &str| {
+        format!(
+            r#"{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"8867-4"}}{extra_coding}]}},"subject":{{"reference":"Patient/p1"}},"effectiveDateTime":"2026-11-02T08:00:00Z","valueQuantity":{{"value":72,"unit":"/min","system":"http://unitsofmeasure.org","code":"/min"}}}}"#
+        )
+    };
+    let file = dir.path().join("events.ndjson");
+    let lines = [
+        heart_rate("hr-1", ""),
+        heart_rate(
+            "hr-2",
+            r#",{"system":"http://snomed.info/sct","code":"364075005"}"#,
+        ),
+    ];
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let report =
+        report(stream(&dir.path().join("lake"), &file, &[]).env("VITALAKE_INGEST_VIEWS", &views));
+    assert_eq!(report["events"], 2);
+    assert_eq!(report["quarantined"], 1);
+    assert_eq!(
+        rows(&lake, "silver/fhir/codes", "SELECT id, code FROM t").await,
+        vec![vec!["hr-1".to_string(), "8867-4".to_string()]]
+    );
+    let quarantined = rows(
+        &lake,
+        "silver/quarantine",
+        "SELECT resource_id, stage, errors[1]['rule'], errors[1]['location'], errors[1]['message'] FROM t",
+    )
+    .await;
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(
+        quarantined[0][..4],
+        [
+            "hr-2",
+            vitalake::ingest::silver::VIEW_STAGE,
+            "view",
+            "codes"
+        ]
+    );
+    assert!(quarantined[0][4].contains("2 values"), "{quarantined:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_killed_at_random_moments_ends_with_every_event_once() {
     let (dir, lake) = temp_lake();

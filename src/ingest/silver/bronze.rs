@@ -14,6 +14,8 @@ pub struct BronzeResource {
     pub raw: String,
     /// `raw` parsed, when the caller already holds it (the stream, straight from its checks).
     pub json: Option<Arc<Json>>,
+    /// The rows of the views, when they ran where the resource was decoded ([`flatten_ahead`]).
+    pub flattened: Option<Flattened>,
     pub location: Location,
     pub provenance: Arc<Provenance>,
 }
@@ -108,11 +110,17 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
 }
 
 /// The resources of one type just decoded (the stream's), as [`from_bronze`] would read them back
-/// from their bronze rows: moved, with their parse, rather than copied through an Arrow batch.
-pub fn from_records(records: Vec<(ResourceRecord, Arc<Provenance>)>) -> Vec<BronzeResource> {
+/// from their bronze rows: moved, with their parse or their rows flattened ahead, rather than
+/// copied through an Arrow batch.
+pub fn from_records(
+    records: Vec<(ResourceRecord, Arc<Provenance>, Option<Flattened>)>,
+) -> Vec<BronzeResource> {
     records
         .into_iter()
-        .map(|(record, provenance)| bronze_resource(record, provenance))
+        .map(|(record, provenance, flattened)| BronzeResource {
+            flattened,
+            ..bronze_resource(record, provenance)
+        })
         .collect()
 }
 
@@ -150,6 +158,7 @@ fn bronze_resource(record: ResourceRecord, provenance: Arc<Provenance>) -> Bronz
         },
         raw: record.raw,
         json: record.json,
+        flattened: None,
         location,
         provenance,
     }

@@ -4,16 +4,13 @@ use super::*;
 
 /// One resource flattened by every view of its type: rows per view (by index in [`SilverViews`]),
 /// or why a view could not evaluate it.
-pub(super) struct Flattened {
+#[derive(Debug, Clone)]
+pub struct Flattened {
     pub(super) rows: Vec<(usize, Vec<Vec<Cell>>)>,
     pub(super) rejected: Option<Rejected>,
 }
 
 pub(super) fn flatten(views: &SilverViews, resource: &BronzeResource) -> Flattened {
-    let mut flattened = Flattened {
-        rows: Vec::new(),
-        rejected: None,
-    };
     let parsed: Json;
     let json = match &resource.json {
         Some(json) => json.as_ref(),
@@ -24,19 +21,77 @@ pub(super) fn flatten(views: &SilverViews, resource: &BronzeResource) -> Flatten
             }
             Err(e) => {
                 // Bronze only holds JSON that parsed; this is damage, not input.
-                flattened.rejected = Some(reject(
-                    resource,
-                    "bronze",
-                    format!("bronze row is not JSON: {e}"),
-                ));
-                return flattened;
+                return Flattened {
+                    rows: Vec::new(),
+                    rejected: Some(reject(
+                        resource,
+                        "bronze",
+                        format!("bronze row is not JSON: {e}"),
+                    )),
+                };
             }
         },
     };
+    let (rows, issues) = run_views(views, &resource.resource_type, json);
+    let rejected = rejected_by_views(
+        &resource.resource_type,
+        &resource.id,
+        &resource.raw,
+        &resource.location,
+        issues,
+    );
+    Flattened { rows, rejected }
+}
+
+/// A just-decoded resource's silver rows, computed where it was decoded (a stream partition's
+/// reader, ahead of its batch's landing) while its parse is still in cache; the parse is then
+/// freed there, on the thread that built it. `None` when the record holds no parse or no view
+/// reads its type: the landing flattens it then, or has nothing to flatten.
+pub fn flatten_ahead(views: &SilverViews, record: &mut ResourceRecord) -> Option<Flattened> {
+    let json = record.json.take()?;
+    if !views.has_type(&record.resource_type) {
+        return None;
+    }
+    let (rows, issues) = run_views(views, &record.resource_type, &json);
+    let rejected = rejected_by_views(
+        &record.resource_type,
+        &record.id,
+        &record.raw,
+        &record.location,
+        issues,
+    );
+    Some(Flattened { rows, rejected })
+}
+
+/// The quarantine record of a resource some views could not evaluate (`issues`), if any.
+fn rejected_by_views(
+    resource_type: &str,
+    id: &Option<String>,
+    raw: &str,
+    location: &Location,
+    issues: Vec<Issue>,
+) -> Option<Rejected> {
+    (!issues.is_empty()).then(|| Rejected {
+        resource_type: Some(resource_type.to_string()),
+        id: id.clone(),
+        raw: raw.to_string(),
+        location: location.clone(),
+        issues,
+    })
+}
+
+/// Every view of `resource_type` on `json`: the rows of those that evaluated it, and an issue for
+/// each that could not.
+fn run_views(
+    views: &SilverViews,
+    resource_type: &str,
+    json: &Json,
+) -> (Vec<(usize, Vec<Vec<Cell>>)>, Vec<Issue>) {
+    let mut rows = Vec::new();
     let mut issues = Vec::new();
-    for (index, view) in views.for_type(&resource.resource_type) {
+    for (index, view) in views.for_type(resource_type) {
         match view.rows(json) {
-            Ok(rows) => flattened.rows.push((index, rows)),
+            Ok(view_rows) => rows.push((index, view_rows)),
             Err(error) => issues.push(Issue {
                 severity: Severity::Error,
                 location: view.name().unwrap_or("?").to_string(),
@@ -48,12 +103,7 @@ pub(super) fn flatten(views: &SilverViews, resource: &BronzeResource) -> Flatten
             }),
         }
     }
-    if !issues.is_empty() {
-        let mut rejected = reject(resource, "view", String::new());
-        rejected.issues = issues;
-        flattened.rejected = Some(rejected);
-    }
-    flattened
+    (rows, issues)
 }
 
 pub(super) fn reject(resource: &BronzeResource, rule: &str, message: String) -> Rejected {

@@ -48,6 +48,7 @@ use flatten::*;
 use history::*;
 
 pub use bronze::{BronzeResource, from_bronze, from_records};
+pub use flatten::{Flattened, flatten_ahead};
 pub use refresh::{RefreshReport, refresh};
 pub use writer::SilverWriter;
 
@@ -277,7 +278,7 @@ mod tests {
             "Observation",
             &crate::ingest::tables::bronze_batch(&records),
         );
-        let moved = from_records(records);
+        let moved = from_records(records.into_iter().map(|(r, p)| (r, p, None)).collect());
         assert_eq!(format!("{moved:?}"), format!("{through_bronze:?}"));
         assert_eq!(
             moved[2].key,

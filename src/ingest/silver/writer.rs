@@ -184,19 +184,20 @@ impl<'l> SilverWriter<'l> {
         } else {
             known_versions(self.lake, resource_type, &candidates).await?
         };
-        let mut winners: Vec<&BronzeResource> = newest
-            .values()
-            .filter(|r| {
+        let candidates_count = newest.len();
+        let (mut winners, losers): (Vec<BronzeResource>, Vec<BronzeResource>) =
+            newest.into_values().partition(|r| {
                 known
                     .get(&r.key)
                     .is_none_or(|old| r.version > *old || (self.redo && r.version == *old))
-            })
-            .collect();
+            });
         winners.sort_by(|a, b| a.key.cmp(&b.key));
 
         if !winners.is_empty() {
-            let mut flattened: Vec<Flattened> =
-                winners.par_iter().map(|r| flatten(&views, r)).collect();
+            let mut flattened: Vec<Flattened> = winners
+                .par_iter_mut()
+                .map(|r| r.flattened.take().unwrap_or_else(|| flatten(&views, r)))
+                .collect();
             for (index, view) in views.for_type(resource_type) {
                 let mut rows = Vec::new();
                 let mut touched: Vec<&String> = Vec::new();
@@ -216,7 +217,7 @@ impl<'l> SilverWriter<'l> {
                         view_rows
                             .into_iter()
                             .enumerate()
-                            .map(|(n, row)| (*resource, n, row)),
+                            .map(|(n, row)| (resource, n, row)),
                     );
                 }
                 if touched.is_empty() {
@@ -231,7 +232,7 @@ impl<'l> SilverWriter<'l> {
             let replace = self.replace(&keys, &known);
             self.write(
                 &versions_table(resource_type),
-                versions_batch(&winners),
+                versions_batch(&winners.iter().collect::<Vec<_>>()),
                 replace,
             )
             .await?;
@@ -289,15 +290,16 @@ impl<'l> SilverWriter<'l> {
         tracing::debug!(
             resource_type,
             winners = winners.len(),
-            kept = newest.len() - winners.len(),
+            kept = candidates_count - winners.len(),
             looked_up,
             replaced = known.len(),
             rows = metrics.rows,
             "silver merged"
         );
-        // The resources may hold their parsed JSON (the stream's): freeing thousands of trees is
-        // real work, done on a worker rather than on the thread that lands the next batch.
-        rayon::spawn(move || drop(newest));
+        // The resources may hold their parsed JSON (a landing whose views did not run ahead):
+        // freeing thousands of trees is real work, done on a worker rather than on the thread that
+        // lands the next batch.
+        rayon::spawn(move || drop((winners, losers)));
         Ok(metrics)
     }
 }

@@ -19,13 +19,13 @@ use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::events::{
-    DATE_COLUMN, EventDecoder, LandedEvent, bronze_batch, bronze_events_table, events_from_bronze,
-    source_name, source_uri,
+    DATE_COLUMN, EventDecoder, LandedEvent, Prepared, bronze_batch, bronze_events_table,
+    events_from_bronze, source_name, source_uri,
 };
 use crate::alerts;
 use crate::fhir::{Decoded, Rejected, ResourceRecord};
 use crate::ingest::IngestError;
-use crate::ingest::silver::{SilverViews, SilverWriter, from_records, quote};
+use crate::ingest::silver::{Flattened, SilverViews, SilverWriter, from_records, quote};
 use crate::ingest::tables::{Provenance, QUARANTINE_TABLE, quarantine_batch};
 use crate::lake::delete::delete_where;
 use crate::lake::{AppendBuilder, Lake, app_version, read};
@@ -41,7 +41,7 @@ pub struct PartitionBatch {
     pub events: Vec<Event>,
     /// `decoded[i]` is `events[i]` decoded ahead by the reader, while earlier batches landed;
     /// empty when the batch was not decoded ahead (the landing decodes it then).
-    pub decoded: Vec<Vec<Decoded>>,
+    pub decoded: Vec<Vec<Prepared>>,
     /// The alerts the rules raised on these events (already sent), recorded before bronze.
     pub alerts: Vec<super::alerting::Alert>,
 }
@@ -435,7 +435,10 @@ impl<'l> Lander<'l> {
         redo: bool,
     ) -> Result<Landed, IngestError> {
         let mut landed = Landed::default();
-        let mut by_type: BTreeMap<String, Vec<(ResourceRecord, Arc<Provenance>)>> = BTreeMap::new();
+        let mut by_type: BTreeMap<
+            String,
+            Vec<(ResourceRecord, Arc<Provenance>, Option<Flattened>)>,
+        > = BTreeMap::new();
         let mut rejected: Vec<(Rejected, Arc<Provenance>)> = Vec::new();
         // In redo mode, what an interrupted attempt may have quarantined for these events goes.
         let mut redone = Vec::new();
@@ -453,9 +456,9 @@ impl<'l> Lander<'l> {
                 ));
             }
             let hash = hex::encode(Sha256::digest(uri.as_bytes()));
-            let ahead: Vec<Option<Vec<Decoded>>> =
+            let ahead: Vec<Option<Vec<Prepared>>> =
                 events.iter_mut().map(|e| e.decoded.take()).collect();
-            let decoded: Vec<Vec<Decoded>> = if ahead.iter().all(Option::is_some) {
+            let decoded: Vec<Vec<Prepared>> = if ahead.iter().all(Option::is_some) {
                 ahead.into_iter().flatten().collect()
             } else {
                 let decoder = &self.decoder;
@@ -477,12 +480,12 @@ impl<'l> Lander<'l> {
                         })
                     })
                     .clone();
-                for record in records {
+                for Prepared { record, flattened } in records {
                     match record {
                         Decoded::Resource(r) => by_type
                             .entry(r.resource_type.clone())
                             .or_default()
-                            .push((r, provenance.clone())),
+                            .push((r, provenance.clone(), flattened)),
                         Decoded::Rejected(r) => rejected.push((r, provenance.clone())),
                     }
                 }
@@ -501,7 +504,7 @@ impl<'l> Lander<'l> {
         }
         for (resource_type, records) in by_type {
             landed.resources += records.len() as u64;
-            // Moved as they are, with the parse the checks made, for the views to read.
+            // Moved as they are, with the rows their views gave where they were decoded.
             let resources = from_records(records);
             let merged = self.silver.merge_chunk(&resource_type, resources).await?;
             landed.silver_rows += merged.rows;
@@ -587,7 +590,10 @@ mod tests {
                 .map(|e| {
                     let location = Location::line(e.sequence_number as u64);
                     let issue = Issue::error("test", "$", "test");
-                    vec![Decoded::Rejected(Rejected::new("", location, issue))]
+                    vec![Prepared {
+                        record: Decoded::Rejected(Rejected::new("", location, issue)),
+                        flattened: None,
+                    }]
                 })
                 .collect()
         } else {
@@ -604,7 +610,7 @@ mod tests {
     fn aligned(batch: &PartitionBatch) -> bool {
         batch.decoded.len() == batch.events.len()
             && batch.events.iter().zip(&batch.decoded).all(|(e, d)| {
-                matches!(d.as_slice(), [Decoded::Rejected(r)]
+                matches!(d.as_slice(), [Prepared { record: Decoded::Rejected(r), .. }]
                     if r.location == Location::line(e.sequence_number as u64))
             })
     }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::IngestError;
 use super::silver::SilverViews;
-use crate::fhir::{DecodeOptions, Decoded};
+use crate::fhir::DecodeOptions;
 use crate::lake::Lake;
 use crate::stream::checkpoints::Checkpoints;
 use crate::stream::event_hubs::{self, EventHubsOptions};
@@ -35,6 +35,7 @@ use crate::stream::{
     BatchBounds, Event, Partition, SourceSpec, StreamError, file, next_batch, stdin,
 };
 use crate::validate::Check;
+use events::Prepared;
 
 use alerting::{Alert, Alerting};
 use events::EventDecoder;
@@ -100,7 +101,8 @@ impl From<StreamError> for IngestError {
 /// One task per partition evaluates the rules on its events and decodes them as they arrive, and
 /// collects micro-batches; this task lands them, one at a time (batches of several partitions that
 /// are ready together go into one bronze commit), so the lake sees one writer per process. The
-/// landing only writes: the CPU-heavy decoding and validation of the next events overlap it.
+/// landing only writes: the CPU-heavy decoding, validation and silver views of the next events
+/// overlap it.
 pub async fn run_stream(
     lake: &Lake,
     source: SourceSpec,
@@ -134,6 +136,7 @@ pub async fn run_stream(
     let decoder = Arc::new(EventDecoder {
         options: options.decode.clone(),
         checks: options.checks.clone(),
+        views: views.clone(),
     });
     let new_lander = |stream_id| {
         Lander::new(
@@ -535,7 +538,7 @@ impl<T> Drop for Ahead<T> {
 }
 
 /// An event and its resources, decoded ahead of its batch.
-type DecodedEvent = (Event, Vec<Decoded>);
+type DecodedEvent = (Event, Vec<Prepared>);
 
 /// The partition's events decoded as they arrive, in chunks of what is ready, on the rayon pool.
 /// Events at or below `committed` are skipped by the reader, so they are not decoded.
