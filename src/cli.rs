@@ -211,6 +211,11 @@ pub struct StreamArgs {
     /// The Event Hubs consumer group; processes on one group share the partitions.
     #[arg(long, value_name = "GROUP", default_value = "$Default")]
     pub consumer_group: String,
+    /// With an Event Hubs source, where a partition that has no checkpoint yet starts: `earliest`
+    /// (every event the hub still holds; the default), `latest` (only events sent from now on), or
+    /// an enqueued time (RFC 3339, e.g. 2026-11-30T08:00:00Z). A checkpoint always wins.
+    #[arg(long, value_name = "WHERE")]
+    pub start: Option<vitalake::stream::event_hubs::StartFrom>,
     /// With a file source: wait for more lines at the end of the file, like `tail -f`.
     #[arg(long)]
     pub follow: bool,

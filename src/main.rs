@@ -421,14 +421,21 @@ fn print_report(
 /// `vitalake stream`: runs until the source ends, or until Ctrl-C / SIGTERM, then prints a report.
 async fn stream(config: &Config, args: cli::StreamArgs) -> anyhow::Result<ExitCode> {
     use vitalake::ingest::stream::{StreamOptions, run_stream};
-    let source = vitalake::stream::SourceSpec::parse(&args.source, args.follow)
+    let mut source = vitalake::stream::SourceSpec::parse(&args.source, args.follow)
         .map_err(|e| vitalake::Error::from(IngestError::from(e)))?;
+    if let Some(start) = args.start {
+        let Some(starting) = source.starting(start) else {
+            eprintln!("error: --start applies to an Event Hubs source (--source eventhubs:HUB)");
+            return Ok(ExitCode::from(2));
+        };
+        source = starting;
+    }
     let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(stop.clone()));
     let ingest = IngestOptions::from_config(&config.ingest);
     let hub = match &source {
-        vitalake::stream::SourceSpec::EventHubs { hub } => hub.clone(),
+        vitalake::stream::SourceSpec::EventHubs { hub, .. } => hub.clone(),
         _ => args.hub,
     };
     let options = StreamOptions {

@@ -53,6 +53,54 @@ pub struct EventHubsOptions {
     pub update_interval: Duration,
     /// A partition whose owner has not renewed for this long is taken over.
     pub partition_expiration: Duration,
+    /// Where a partition that has no checkpoint yet starts.
+    pub start: StartFrom,
+}
+
+/// Where a partition that has no checkpoint yet starts reading (`vitalake stream --start`); a
+/// partition with a checkpoint always goes on from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// Every event the hub still holds (its retention period).
+    #[default]
+    Earliest,
+    /// Only events sent after the partition is claimed.
+    Latest,
+    /// Events enqueued at or after this time.
+    EnqueuedAt(std::time::SystemTime),
+}
+
+impl std::str::FromStr for StartFrom {
+    type Err = String;
+
+    /// `earliest`, `latest`, or an RFC 3339 time such as `2026-11-30T08:00:00Z`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "earliest" => Ok(StartFrom::Earliest),
+            "latest" => Ok(StartFrom::Latest),
+            time => chrono::DateTime::parse_from_rfc3339(time)
+                .map(|t| StartFrom::EnqueuedAt(t.into()))
+                .map_err(|_| {
+                    format!(
+                        "'{time}' is not earliest, latest or an RFC 3339 time such as 2026-11-30T08:00:00Z"
+                    )
+                }),
+        }
+    }
+}
+
+impl StartFrom {
+    fn position(self) -> StartPosition {
+        let (location, inclusive) = match self {
+            StartFrom::Earliest => (StartLocation::Earliest, false),
+            StartFrom::Latest => (StartLocation::Latest, false),
+            StartFrom::EnqueuedAt(time) => (StartLocation::EnqueuedTime(time), true),
+        };
+        StartPosition {
+            location,
+            inclusive,
+        }
+    }
 }
 
 impl EventHubsOptions {
@@ -72,6 +120,7 @@ impl EventHubsOptions {
             endpoint: std::env::var(ENDPOINT_VAR).ok().filter(|e| !e.is_empty()),
             update_interval: seconds(OWNERSHIP_INTERVAL_VAR, 10),
             partition_expiration: seconds(OWNERSHIP_EXPIRY_VAR, 30),
+            start: StartFrom::default(),
         })
     }
 }
@@ -365,10 +414,7 @@ impl Consumer {
             .with_update_interval(to_azure(options.update_interval))
             .with_partition_expiration_duration(to_azure(options.partition_expiration))
             .with_start_positions(StartPositions {
-                default: StartPosition {
-                    location: StartLocation::Earliest,
-                    inclusive: false,
-                },
+                default: options.start.position(),
                 ..Default::default()
             })
             .build(client().await?, checkpoints.clone())

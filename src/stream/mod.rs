@@ -164,13 +164,20 @@ where
 /// Which source `vitalake stream --source` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
-    File { path: String, follow: bool },
+    File {
+        path: String,
+        follow: bool,
+    },
     Stdin,
-    EventHubs { hub: String },
+    EventHubs {
+        hub: String,
+        start: event_hubs::StartFrom,
+    },
 }
 
 impl SourceSpec {
-    /// `file:PATH`, `stdin` (or `-`), `eventhubs:HUB`.
+    /// `file:PATH`, `stdin` (or `-`), `eventhubs:HUB`; an Event Hubs source starts new partitions
+    /// at the earliest event ([`SourceSpec::starting`] changes that).
     pub fn parse(text: &str, follow: bool) -> Result<Self, StreamError> {
         if text == "stdin" || text == "-" {
             return Ok(SourceSpec::Stdin);
@@ -188,9 +195,19 @@ impl SourceSpec {
         {
             return Ok(SourceSpec::EventHubs {
                 hub: hub.to_string(),
+                start: event_hubs::StartFrom::Earliest,
             });
         }
         Err(StreamError::BadSource(text.to_string()))
+    }
+
+    /// Where the partitions of an Event Hubs source that have no checkpoint start; `None` for a
+    /// file or stdin, which are always read from their beginning.
+    pub fn starting(self, start: event_hubs::StartFrom) -> Option<Self> {
+        match self {
+            SourceSpec::EventHubs { hub, .. } => Some(SourceSpec::EventHubs { hub, start }),
+            _ => None,
+        }
     }
 }
 
@@ -286,7 +303,10 @@ mod tests {
         assert_eq!(SourceSpec::parse("-", false).unwrap(), SourceSpec::Stdin);
         assert_eq!(
             SourceSpec::parse("eventhubs:bp", false).unwrap(),
-            SourceSpec::EventHubs { hub: "bp".into() }
+            SourceSpec::EventHubs {
+                hub: "bp".into(),
+                start: event_hubs::StartFrom::Earliest
+            }
         );
         assert!(SourceSpec::parse("kafka:x", false).is_err());
     }

@@ -342,7 +342,14 @@ fn first_half_sent(
     seed: u64,
 ) -> (crate::stream::Expected, std::path::PathBuf, u64) {
     let file = generate_stream(&dir.join("stream"), patients, 12, seed);
-    let text = std::fs::read_to_string(&file).unwrap();
+    let (first, second) = split_in_two(&file, ["first.ndjson", "second.ndjson"]);
+    send(peer, &dir.join("lake"), &first);
+    (expected(&file), second, expected(&first).events)
+}
+
+/// The first and second half of an NDJSON file's lines, written beside it under `names`.
+fn split_in_two(file: &Path, names: [&str; 2]) -> (std::path::PathBuf, std::path::PathBuf) {
+    let text = std::fs::read_to_string(file).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let (a, b) = lines.split_at(lines.len() / 2);
     let write = |name: &str, lines: &[&str]| {
@@ -350,9 +357,7 @@ fn first_half_sent(
         std::fs::write(&path, lines.join("\n") + "\n").unwrap();
         path
     };
-    let (first, second) = (write("first.ndjson", a), write("second.ndjson", b));
-    send(peer, &dir.join("lake"), &first);
-    (expected(&file), second, expected(&first).events)
+    (write(names[0], a), write(names[1], b))
 }
 
 /// Waits until each of the first hub's `partitions` is checkpointed at its last event: every event
@@ -414,6 +419,57 @@ async fn the_consumer_reconnects_after_the_connection_drops_and_loses_nothing() 
     wait_for_bronze(&lake, expected.events).await;
     assert!(stop(stream).success());
     assert_every_event_once_in(&lake, BRONZE, &expected).await;
+}
+
+/// `--start TIME`: a consumer group with no checkpoints lands only the events enqueued from then on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_consumer_group_started_at_an_enqueued_time_lands_only_what_came_after() {
+    let peer = Peer::start("observations", 2).await;
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let (_, second, _) = first_half_sent(&peer, dir.path(), 10, 13);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let between = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    send(&peer, &lake_path, &second);
+    let expected = expected(&second);
+
+    let stream = start_stream_with(&peer, &lake_path, &["--start", &between]);
+    wait_for_bronze(&lake, expected.events).await;
+    assert!(stop(stream).success());
+    assert_every_event_once_in(&lake, BRONZE, &expected).await;
+}
+
+/// `--start latest`: a consumer group with no checkpoints lands only the events sent once it reads;
+/// after a restart its checkpoints win, and it goes on where it stopped rather than at the latest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_consumer_group_started_at_the_latest_event_lands_only_new_ones_and_then_keeps_its_place()
+ {
+    let peer = Peer::start("observations", 2).await;
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let (_, second, _) = first_half_sent(&peer, dir.path(), 10, 17);
+    let stream = start_stream_with(&peer, &lake_path, &["--start", "latest"]);
+    let started = Instant::now();
+    while peer.readers().len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the stream never read both partitions; stream logs:\n{}",
+            stream_logs(&lake)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Half of the second half while it reads, the rest while it is stopped.
+    let (now, later) = split_in_two(&second, ["now.ndjson", "later.ndjson"]);
+    send(&peer, &lake_path, &now);
+    wait_for_bronze(&lake, expected(&now).events).await;
+    assert!(stop(stream).success());
+    send(&peer, &lake_path, &later);
+
+    let stream = start_stream_with(&peer, &lake_path, &["--start", "latest"]);
+    wait_for_bronze(&lake, expected(&second).events).await;
+    assert!(stop(stream).success());
+    assert_every_event_once_in(&lake, BRONZE, &expected(&second)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

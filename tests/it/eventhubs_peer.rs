@@ -633,13 +633,15 @@ async fn serve_outgoing(
             previous.cancel();
         }
     }
+    let mut appended = state.appended.subscribe();
+    // Where it starts is settled before the reader shows: an event sent once a test sees the
+    // reader is after a `@latest` start.
+    let mut next = start_index(selector.as_deref(), &log.lock().unwrap());
     state
         .readers
         .lock()
         .unwrap()
         .insert(format!("{}/{group}/{}", parts[0], parts[4]), client);
-    let mut appended = state.appended.subscribe();
-    let mut next = start_index(selector.as_deref(), &log.lock().unwrap());
     loop {
         let pending: Vec<StoredEvent> = log.lock().unwrap()[next..].to_vec();
         for event in pending {

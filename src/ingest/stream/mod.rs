@@ -148,8 +148,11 @@ pub async fn run_stream(
         )
     };
     match source {
-        SourceSpec::EventHubs { hub } => {
-            let hub_options = EventHubsOptions::from_env(&hub, &options.consumer_group)?;
+        SourceSpec::EventHubs { hub, start } => {
+            let hub_options = EventHubsOptions {
+                start,
+                ..EventHubsOptions::from_env(&hub, &options.consumer_group)?
+            };
             let mut source =
                 event_hubs::open(&hub_options, checkpoints.clone(), options.stop.clone()).await?;
             let mut lander = new_lander(source.stream.clone());
