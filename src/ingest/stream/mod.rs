@@ -35,10 +35,9 @@ use crate::stream::{
     BatchBounds, Event, Partition, SourceSpec, StreamError, file, next_batch, stdin,
 };
 use crate::validate::Check;
-use events::Prepared;
 
 use alerting::{Alert, Alerting};
-use events::EventDecoder;
+use events::{EventDecoder, Prepared};
 use land::{Lander, PartitionBatch};
 use metrics::Metrics;
 
