@@ -12,8 +12,6 @@ pub struct BronzeResource {
     /// When this version became valid: `meta.lastUpdated`, else when it was ingested.
     pub valid_from: i64,
     pub raw: String,
-    /// `raw` parsed, when the caller already holds it (the stream, straight from its checks).
-    pub json: Option<Arc<Json>>,
     /// The rows of the views, when they ran where the resource was decoded ([`flatten_ahead`]).
     pub flattened: Option<Flattened>,
     pub location: Location,
@@ -110,8 +108,8 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
 }
 
 /// The resources of one type just decoded (the stream's), as [`from_bronze`] would read them back
-/// from their bronze rows: moved, with their parse or their rows flattened ahead, rather than
-/// copied through an Arrow batch.
+/// from their bronze rows: moved, with their rows flattened ahead, rather than copied through an
+/// Arrow batch.
 pub fn from_records(
     records: Vec<(ResourceRecord, Arc<Provenance>, Option<Flattened>)>,
 ) -> Vec<BronzeResource> {
@@ -157,7 +155,6 @@ fn bronze_resource(record: ResourceRecord, provenance: Arc<Provenance>) -> Bronz
             ingest_order,
         },
         raw: record.raw,
-        json: record.json,
         flattened: None,
         location,
         provenance,

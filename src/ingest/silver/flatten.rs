@@ -11,28 +11,21 @@ pub struct Flattened {
 }
 
 pub(super) fn flatten(views: &SilverViews, resource: &BronzeResource) -> Flattened {
-    let parsed: Json;
-    let json = match &resource.json {
-        Some(json) => json.as_ref(),
-        None => match serde_json::from_str(&resource.raw) {
-            Ok(json) => {
-                parsed = json;
-                &parsed
-            }
-            Err(e) => {
-                // Bronze only holds JSON that parsed; this is damage, not input.
-                return Flattened {
-                    rows: Vec::new(),
-                    rejected: Some(reject(
-                        resource,
-                        "bronze",
-                        format!("bronze row is not JSON: {e}"),
-                    )),
-                };
-            }
-        },
+    let json: Json = match serde_json::from_str(&resource.raw) {
+        Ok(json) => json,
+        Err(e) => {
+            // Bronze only holds JSON that parsed; this is damage, not input.
+            return Flattened {
+                rows: Vec::new(),
+                rejected: Some(reject(
+                    resource,
+                    "bronze",
+                    format!("bronze row is not JSON: {e}"),
+                )),
+            };
+        }
     };
-    let (rows, issues) = run_views(views, &resource.resource_type, json);
+    let (rows, issues) = run_views(views, &resource.resource_type, &json);
     let rejected = rejected_by_views(
         &resource.resource_type,
         &resource.id,

@@ -184,7 +184,6 @@ impl<'l> SilverWriter<'l> {
         } else {
             known_versions(self.lake, resource_type, &candidates).await?
         };
-        let candidates_count = newest.len();
         let (mut winners, losers): (Vec<BronzeResource>, Vec<BronzeResource>) =
             newest.into_values().partition(|r| {
                 known
@@ -290,15 +289,14 @@ impl<'l> SilverWriter<'l> {
         tracing::debug!(
             resource_type,
             winners = winners.len(),
-            kept = candidates_count - winners.len(),
+            kept = losers.len(),
             looked_up,
             replaced = known.len(),
             rows = metrics.rows,
             "silver merged"
         );
-        // The resources may hold their parsed JSON (a landing whose views did not run ahead):
-        // freeing thousands of trees is real work, done on a worker rather than on the thread that
-        // lands the next batch.
+        // Freeing thousands of resources (texts, rows) is real work, done on a worker rather than
+        // on the thread that lands the next batch.
         rayon::spawn(move || drop((winners, losers)));
         Ok(metrics)
     }
