@@ -11,29 +11,24 @@ pub struct Flattened {
 }
 
 pub(super) fn flatten(views: &SilverViews, resource: &BronzeResource) -> Flattened {
-    let json: Json = match serde_json::from_str(&resource.raw) {
-        Ok(json) => json,
-        Err(e) => {
-            // Bronze only holds JSON that parsed; this is damage, not input.
-            return Flattened {
-                rows: Vec::new(),
-                rejected: Some(reject(
-                    resource,
-                    "bronze",
-                    format!("bronze row is not JSON: {e}"),
-                )),
-            };
-        }
+    let whose = Whose {
+        resource_type: &resource.resource_type,
+        id: &resource.id,
+        raw: &resource.raw,
+        location: &resource.location,
     };
-    let (rows, issues) = run_views(views, &resource.resource_type, &json);
-    let rejected = rejected_by_views(
-        &resource.resource_type,
-        &resource.id,
-        &resource.raw,
-        &resource.location,
-        issues,
-    );
-    Flattened { rows, rejected }
+    match serde_json::from_str(&resource.raw) {
+        Ok(json) => whose.flatten(views, &json),
+        // Bronze only holds JSON that parsed; this is damage, not input.
+        Err(e) => Flattened {
+            rows: Vec::new(),
+            rejected: Some(whose.rejected(vec![Issue::error(
+                "bronze",
+                resource.resource_type.as_str(),
+                format!("bronze row is not JSON: {e}"),
+            )])),
+        },
+    }
 }
 
 /// A just-decoded resource's silver rows, computed where it was decoded (a stream partition's
@@ -45,72 +40,55 @@ pub fn flatten_ahead(views: &SilverViews, record: &mut ResourceRecord) -> Option
     if !views.has_type(&record.resource_type) {
         return None;
     }
-    let (rows, issues) = run_views(views, &record.resource_type, &json);
-    let rejected = rejected_by_views(
-        &record.resource_type,
-        &record.id,
-        &record.raw,
-        &record.location,
-        issues,
-    );
-    Some(Flattened { rows, rejected })
+    let whose = Whose {
+        resource_type: &record.resource_type,
+        id: &record.id,
+        raw: &record.raw,
+        location: &record.location,
+    };
+    Some(whose.flatten(views, &json))
 }
 
-/// The quarantine record of a resource some views could not evaluate (`issues`), if any.
-fn rejected_by_views(
-    resource_type: &str,
-    id: &Option<String>,
-    raw: &str,
-    location: &Location,
-    issues: Vec<Issue>,
-) -> Option<Rejected> {
-    (!issues.is_empty()).then(|| Rejected {
-        resource_type: Some(resource_type.to_string()),
-        id: id.clone(),
-        raw: raw.to_string(),
-        location: location.clone(),
-        issues,
-    })
+/// What a quarantine record says of the resource it holds, whether read back from bronze or just
+/// decoded.
+struct Whose<'r> {
+    resource_type: &'r str,
+    id: &'r Option<String>,
+    raw: &'r str,
+    location: &'r Location,
 }
 
-/// Every view of `resource_type` on `json`: the rows of those that evaluated it, and an issue for
-/// each that could not.
-fn run_views(
-    views: &SilverViews,
-    resource_type: &str,
-    json: &Json,
-) -> (Vec<(usize, Vec<Vec<Cell>>)>, Vec<Issue>) {
-    let mut rows = Vec::new();
-    let mut issues = Vec::new();
-    for (index, view) in views.for_type(resource_type) {
-        match view.rows(json) {
-            Ok(view_rows) => rows.push((index, view_rows)),
-            Err(error) => issues.push(Issue {
-                severity: Severity::Error,
-                location: view.name().unwrap_or("?").to_string(),
-                rule: "view".into(),
-                message: format!(
-                    "view '{}' could not evaluate {error}",
-                    view.name().unwrap_or("?")
-                ),
-            }),
+impl Whose<'_> {
+    /// `json`, this resource parsed, through every view of its type: the rows of the views that
+    /// evaluated it, and a quarantine record with an issue for each view that could not.
+    fn flatten(&self, views: &SilverViews, json: &Json) -> Flattened {
+        let mut rows = Vec::new();
+        let mut issues = Vec::new();
+        for (index, view) in views.for_type(self.resource_type) {
+            match view.rows(json) {
+                Ok(view_rows) => rows.push((index, view_rows)),
+                Err(error) => issues.push(Issue {
+                    severity: Severity::Error,
+                    location: view.name().unwrap_or("?").to_string(),
+                    rule: "view".into(),
+                    message: format!(
+                        "view '{}' could not evaluate {error}",
+                        view.name().unwrap_or("?")
+                    ),
+                }),
+            }
+        }
+        let rejected = (!issues.is_empty()).then(|| self.rejected(issues));
+        Flattened { rows, rejected }
+    }
+
+    fn rejected(&self, issues: Vec<Issue>) -> Rejected {
+        Rejected {
+            resource_type: Some(self.resource_type.to_string()),
+            id: self.id.clone(),
+            raw: self.raw.to_string(),
+            location: self.location.clone(),
+            issues,
         }
     }
-    (rows, issues)
-}
-
-pub(super) fn reject(resource: &BronzeResource, rule: &str, message: String) -> Rejected {
-    let mut rejected = Rejected::new(
-        resource.raw.clone(),
-        resource.location.clone(),
-        Issue {
-            severity: Severity::Error,
-            location: resource.resource_type.clone(),
-            rule: rule.into(),
-            message,
-        },
-    );
-    rejected.resource_type = Some(resource.resource_type.clone());
-    rejected.id = resource.id.clone();
-    rejected
 }
