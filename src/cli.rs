@@ -378,6 +378,102 @@ pub enum IngestCommand {
         after_help = "Example:\n  MYSQL_PWD=... vitalake ingest db --source mysql://vitalake@127.0.0.1:3306/ikhospital\n  PGPASSWORD=... vitalake ingest db --source postgres://vitalake@127.0.0.1:5432/ikhospital \\\n      --expectations samples/ikhospital/expectations.toml --full --json"
     )]
     Db(IngestDbArgs),
+    /// Export from a FHIR server (FHIR Bulk Data `$export`) into bronze and silver, incrementally.
+    ///
+    /// Kicks off the export, polls it, downloads every file, lands them as `ingest fhir` lands a
+    /// drop (same checks, quarantine, exactly once by file hash) and deletes the job. The next run
+    /// asks only for what changed since this export (`_since` its transactionTime, kept in
+    /// bronze/fhir_exports). A run that is stopped resumes the same job. Sign-in: `--auth smart`
+    /// (SMART Backend Services: VITALAKE_FHIR_CLIENT_ID, VITALAKE_FHIR_KEY_ID and
+    /// VITALAKE_FHIR_PRIVATE_KEY_FILE, an RSA or P-384 PEM key) or `--auth entra` (Azure Health
+    /// Data Services, with the Azure identity of the environment).
+    #[command(
+        after_help = "Example:\n  vitalake ingest fhir-server https://hapi.example.org/fhir --type Patient,Encounter,Observation\n  VITALAKE_FHIR_CLIENT_ID=lake VITALAKE_FHIR_KEY_ID=k1 VITALAKE_FHIR_PRIVATE_KEY_FILE=/etc/vitalake/key.pem \\\n      vitalake ingest fhir-server https://ehr.example.org/fhir/r4 --group icu-cohort --auth smart --json\n  vitalake ingest fhir-server https://ws-fhir.fhir.azurehealthcareapis.com --auth entra --full"
+    )]
+    FhirServer(IngestFhirServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestFhirServerArgs {
+    /// The server's FHIR base URL.
+    #[arg(value_name = "URL")]
+    pub url: url::Url,
+    /// Export every patient's compartment (`[base]/Patient/$export`) rather than every resource.
+    #[arg(long, conflicts_with = "group")]
+    pub patient: bool,
+    /// Export the compartments of this Group's members (`[base]/Group/ID/$export`).
+    #[arg(long, value_name = "ID")]
+    pub group: Option<String>,
+    /// Only these resource types (`_type`): comma-separated or repeated.
+    #[arg(long = "type", value_name = "TYPE", value_delimiter = ',')]
+    pub types: Vec<String>,
+    /// Ask for what changed since this instant (RFC 3339) instead of since the last export.
+    #[arg(long, value_name = "INSTANT", conflicts_with = "full")]
+    pub since: Option<String>,
+    /// Ask for everything, not only what changed since the last complete export.
+    #[arg(long)]
+    pub full: bool,
+    /// How to sign in: none, smart or entra.
+    #[arg(long, value_name = "HOW", default_value = "none")]
+    pub auth: vitalake::ingest::fhir_server::AuthKind,
+    /// The SMART scope asked for with `--auth smart`.
+    #[arg(long, value_name = "SCOPE", default_value = "system/*.read")]
+    pub scope: String,
+    /// Files downloaded at once.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub parallel: usize,
+    /// Where files wait between download and landing (default: the system's temporary folder).
+    /// It needs room for the whole export.
+    #[arg(long, value_name = "DIR")]
+    pub staging: Option<PathBuf>,
+    /// Print the run report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl IngestFhirServerArgs {
+    /// The library's options; an `Err` is a usage problem, for exit code 2.
+    pub fn options(
+        &self,
+        ingest: vitalake::ingest::IngestOptions,
+    ) -> Result<vitalake::ingest::fhir_server::FhirServerOptions, String> {
+        use vitalake::ingest::fhir_server::{self as fhir_server, Auth, ExportLevel};
+        if !matches!(self.url.scheme(), "http" | "https") {
+            return Err(format!(
+                "{}: a FHIR base URL is http:// or https://",
+                self.url
+            ));
+        }
+        if let Some(since) = &self.since {
+            chrono::DateTime::parse_from_rfc3339(since).map_err(|_| {
+                format!("--since '{since}': an instant such as 2026-11-30T08:00:00Z")
+            })?;
+        }
+        let level = match (&self.group, self.patient) {
+            (Some(group), _) => ExportLevel::Group(group.clone()),
+            (None, true) => ExportLevel::Patient,
+            (None, false) => ExportLevel::System,
+        };
+        let auth = Auth::from_env(self.auth, &self.url, &self.scope).map_err(|e| e.to_string())?;
+        Ok(fhir_server::FhirServerOptions {
+            base: self.url.clone(),
+            level,
+            types: self
+                .types
+                .iter()
+                .filter(|t| !t.is_empty())
+                .cloned()
+                .collect(),
+            since: self.since.clone(),
+            full: self.full,
+            auth: std::sync::Arc::new(auth),
+            retry: fhir_server::retry_policy_from_env(),
+            parallel_downloads: self.parallel.max(1),
+            staging: self.staging.clone(),
+            ingest,
+            progress: std::sync::Arc::new(|_| {}),
+        })
+    }
 }
 
 #[derive(Debug, Args)]

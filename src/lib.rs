@@ -3,6 +3,7 @@
 //! The crate is a map of small modules, each with one job (see `DESIGN.md` in the shared folder):
 //!
 //! - [`config`]: `vitalake.toml` plus environment overrides; secrets only from the environment.
+//! - [`entra`]: Microsoft Entra ID sign-in from the environment (Event Hubs, FHIR services).
 //! - [`issue`]: one finding about a record (severity, location, rule, message), shared by every checker.
 //! - [`lake`]: Delta tables: paths, open/create, append, delete; knows nothing about FHIR.
 //! - [`fhir`]: decoding FHIR JSON (single resources, Bundles of any type, NDJSON) and structural checks.
@@ -21,6 +22,7 @@
 pub mod alerts;
 pub mod config;
 pub mod demo;
+pub mod entra;
 pub mod fhir;
 pub mod fhirpath;
 pub mod generate;

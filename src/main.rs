@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use cli::{Cli, Command, GenerateCommand, IngestCommand, RefreshCommand, ViewsCommand};
 use vitalake::config::Config;
 use vitalake::ingest::db::DbError;
+use vitalake::ingest::fhir_server::FhirServerError;
 use vitalake::ingest::silver::SilverViews;
 use vitalake::ingest::{IngestError, IngestOptions};
 use vitalake::lake::Lake;
@@ -54,7 +55,8 @@ fn main() -> ExitCode {
                                 | ServeError::UnknownMaskColumn { .. }
                                 | ServeError::Tls(_)
                         )
-                )
+                ) || matches!(e, vitalake::Error::Ingest(IngestError::FhirServer(f))
+                        if matches!(**f, FhirServerError::Setup(_)))
             });
             ExitCode::from(if bad_input { 2 } else { 1 })
         }
@@ -70,6 +72,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(IngestCommand::Db(args)) => ingest_db(&config, args).await,
         Command::Serve(args) => serve(&config, args).await,
         Command::Maintain(args) => maintain(&config, args).await,
+        Command::Ingest(IngestCommand::FhirServer(args)) => ingest_fhir_server(&config, args).await,
         Command::Ingest(IngestCommand::Fhir(args)) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
             let mut options = IngestOptions::from_config(&config.ingest);
@@ -398,6 +401,50 @@ async fn ingest_db(config: &Config, args: cli::IngestDbArgs) -> anyhow::Result<E
         bar.finish_and_clear();
     }
     print_report(&report, args.json, report.is_ok())
+}
+
+/// `vitalake ingest fhir-server`: one export, a line per file on a terminal, then the report.
+async fn ingest_fhir_server(
+    config: &Config,
+    args: cli::IngestFhirServerArgs,
+) -> anyhow::Result<ExitCode> {
+    use vitalake::ingest::fhir_server::ExportProgress;
+    let mut options = match args.options(IngestOptions::from_config(&config.ingest)) {
+        Ok(options) => options,
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    options.ingest.checks = profile_checks(config)?;
+    if std::io::stderr().is_terminal() {
+        options.progress = Arc::new(|progress| match progress {
+            ExportProgress::Accepted {
+                status_url,
+                resumed,
+            } => eprintln!(
+                "{} export job {status_url}",
+                if resumed { "resuming" } else { "started" }
+            ),
+            ExportProgress::Waiting { progress } => {
+                eprintln!("  in progress {}", progress.unwrap_or_default())
+            }
+            ExportProgress::Downloaded {
+                done,
+                total,
+                resource_type,
+                bytes,
+            } => eprintln!(
+                "  [{done}/{total}] {resource_type:<24} {:>10.1} MB",
+                bytes as f64 / 1e6
+            ),
+        });
+    }
+    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let report = vitalake::ingest::fhir_server::ingest_fhir_server(&lake, options)
+        .await
+        .map_err(vitalake::Error::from)?;
+    print_report(&report, args.json, report.success())
 }
 
 /// A run report as JSON or as text; exit code 1 unless the run went `ok`.

@@ -5,6 +5,7 @@
 //! - [`tables`]: the Arrow shapes of bronze, quarantine and the ingest log.
 //! - [`runs`]: run bookkeeping: skipping known files, rolling back interrupted runs.
 //! - [`silver`]: bronze flattened by the ViewDefinitions into silver, latest version wins.
+//! - [`fhir_server`]: FHIR Bulk Data `$export` from a FHIR server, landed like a drop.
 //! - [`report`]: the run report.
 //!
 //! [`ingest_fhir`] ties them together: roll back what an interrupted run left, list the drop,
@@ -12,6 +13,7 @@
 
 pub mod check;
 pub mod db;
+pub mod fhir_server;
 pub mod produce;
 pub mod report;
 pub mod runs;
@@ -56,6 +58,9 @@ pub enum IngestError {
     Views(#[from] crate::views::ViewError),
     #[error("silver: {0}")]
     Silver(String),
+    /// Boxed like `Lake`: a FHIR server's errors carry URLs and messages.
+    #[error("FHIR server export: {0}")]
+    FhirServer(Box<fhir_server::FhirServerError>),
 }
 
 impl From<LakeError> for IngestError {
@@ -102,6 +107,16 @@ pub async fn ingest_fhir(
     paths: &[String],
     options: IngestOptions,
 ) -> Result<IngestReport, IngestError> {
+    let files = source::list(paths).await?;
+    ingest_files(lake, files, options).await
+}
+
+/// Ingests `files` into `lake`: the one landing path of file drops and FHIR server exports.
+pub async fn ingest_files(
+    lake: &Lake,
+    files: Vec<source::SourceFile>,
+    options: IngestOptions,
+) -> Result<IngestReport, IngestError> {
     let started = Instant::now();
     let _lock = lock(lake, ".vitalake-ingest.lock")?;
     let views = silver::SilverViews::load(&options.views)?;
@@ -116,7 +131,6 @@ pub async fn ingest_fhir(
         runs::mark_rolled_back(lake, &rolled_back_runs).await?;
     }
     let known = runs::ingested_hashes(lake).await?;
-    let files = source::list(paths).await?;
     (options.on_total)(files.iter().map(|f| f.size).sum());
 
     let batch_id = uuid::Uuid::now_v7().to_string();

@@ -76,7 +76,7 @@ pub fn produce(
     let mut index = 0;
     while index < files.len() && !out.closed {
         let file = &files[index];
-        if Format::from_name(file.name()) == Format::Ndjson {
+        if file.format() == Format::Ndjson {
             stream_ndjson(file, &mut known, ctx, &mut out);
             index += 1;
             continue;
@@ -85,7 +85,7 @@ pub fn produce(
         while end < files.len()
             && end - index < GROUP_FILES
             && files[end].size <= SMALL_FILE_BYTES
-            && Format::from_name(files[end].name()) != Format::Ndjson
+            && files[end].format() != Format::Ndjson
         {
             end += 1;
         }
@@ -161,7 +161,7 @@ fn read_whole(
             return Ok((fetched, ("json", decoded)));
         }
     };
-    if Format::from_name(file.name()) == Format::Unknown && looks_like_ndjson(&text) {
+    if file.format() == Format::Unknown && looks_like_ndjson(&text) {
         let lines = NdjsonLines::new(text.as_bytes(), usize::MAX);
         let block: Vec<_> = lines.filter_map(Result::ok).collect();
         decoded = block

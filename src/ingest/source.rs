@@ -26,6 +26,8 @@ pub struct SourceFile {
     pub uri: String,
     pub size: u64,
     location: Where,
+    /// How the bytes are laid out: from the name, or known by whoever made the file.
+    format: Format,
 }
 
 #[derive(Clone)]
@@ -111,6 +113,7 @@ fn list_local(path: &Path, files: &mut Vec<SourceFile>) -> Result<(), IngestErro
             .map(|u| u.to_string())
             .unwrap_or_else(|_| absolute.display().to_string());
         files.push(SourceFile {
+            format: Format::from_name(&uri),
             uri,
             size: meta.len(),
             location: Where::Local(absolute),
@@ -148,6 +151,7 @@ async fn list_remote(uri: &str) -> Result<Vec<SourceFile>, IngestError> {
         .into_iter()
         .filter(|o| !o.location.filename().is_some_and(|n| n.starts_with('.')))
         .map(|o| SourceFile {
+            format: Format::from_name(o.location.as_ref()),
             uri: format!("{base}/{}", o.location),
             size: o.size,
             location: Where::Remote(store.clone(), o.location),
@@ -164,6 +168,21 @@ pub struct Fetched {
 }
 
 impl SourceFile {
+    /// A local file of `format` that stands for `uri`, where it was downloaded from (a FHIR
+    /// server's export).
+    pub fn downloaded(uri: String, path: PathBuf, size: u64, format: Format) -> SourceFile {
+        SourceFile {
+            uri,
+            size,
+            location: Where::Local(path),
+            format,
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
     pub fn name(&self) -> &str {
         self.uri.rsplit('/').next().unwrap_or(&self.uri)
     }

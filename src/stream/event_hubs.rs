@@ -8,11 +8,9 @@
 //!
 //! Sign-in, from the environment ([`Credentials`]): `EVENTHUBS_CONNECTION_STRING` (a namespace or
 //! hub connection string with a shared access key), or `EVENTHUBS_NAMESPACE`
-//! (`<name>.servicebus.windows.net`) with Microsoft Entra ID: a service principal
-//! (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`), workload identity on AKS
-//! (`AZURE_FEDERATED_TOKEN_FILE`), or the managed identity of the Azure compute it runs on
-//! (`AZURE_CLIENT_ID` picks a user-assigned one). The identity needs the "Azure Event Hubs Data
-//! Receiver" (stream) or "Data Sender" (send, alerts) role.
+//! (`<name>.servicebus.windows.net`) with Microsoft Entra ID ([`crate::entra`]: a service
+//! principal, workload identity or a managed identity). The identity needs the "Azure Event Hubs
+//! Data Receiver" (stream) or "Data Sender" (send, alerts) role.
 //! `EVENTHUBS_ENDPOINT` sends the AMQP connection elsewhere (a proxy, or the test peer:
 //! `amqp://127.0.0.1:PORT` for plain TCP). `EVENTHUBS_OWNERSHIP_INTERVAL` / `_EXPIRY` (seconds) set
 //! how often claims are renewed and how soon a silent process's partitions are taken over.
@@ -160,27 +158,8 @@ impl Credentials {
                 "set {CONNECTION_STRING_VAR} to the namespace's connection string, or {NAMESPACE_VAR} (<name>.servicebus.windows.net) to sign in with Microsoft Entra ID"
             )));
         };
-        let failed = |e: azure_core::Error| error("setting up the Entra ID credential", e);
-        let credential: Arc<dyn azure_core::credentials::TokenCredential> = match (
-            var("AZURE_TENANT_ID"),
-            var("AZURE_CLIENT_ID"),
-            var("AZURE_CLIENT_SECRET"),
-        ) {
-            (Some(tenant), Some(client), Some(secret)) => {
-                azure_identity::ClientSecretCredential::new(&tenant, client, secret.into(), None)
-                    .map_err(failed)?
-            }
-            _ if var("AZURE_FEDERATED_TOKEN_FILE").is_some() => {
-                azure_identity::WorkloadIdentityCredential::new(None).map_err(failed)?
-            }
-            (_, client, _) => {
-                let options = azure_identity::ManagedIdentityCredentialOptions {
-                    user_assigned_id: client.map(azure_identity::UserAssignedId::ClientId),
-                    ..Default::default()
-                };
-                azure_identity::ManagedIdentityCredential::new(Some(options)).map_err(failed)?
-            }
-        };
+        let credential = crate::entra::credential_from_env()
+            .map_err(|e| error("setting up the Entra ID credential", e))?;
         Ok(Credentials::EntraId {
             namespace,
             credential,

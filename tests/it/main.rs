@@ -3,11 +3,13 @@
 
 mod azure;
 mod bad_input;
+mod bulk_server;
 mod common;
 mod crash;
 mod db;
 mod eventhubs;
 mod eventhubs_peer;
+mod fhir_server;
 mod gold;
 mod ingest_fhir;
 mod maintain;
