@@ -14,12 +14,20 @@ use crate::lake::{Lake, LakeError};
 pub enum GoldError {
     #[error(transparent)]
     Lake(#[from] LakeError),
+    /// DataFusion's message already holds its causes: not a `source` too, or a report prints each
+    /// cause again under it (`{:#}` walks sources).
     #[error("{0}")]
-    Sql(#[from] deltalake::datafusion::error::DataFusionError),
+    Sql(deltalake::datafusion::error::DataFusionError),
     #[error("no gold table named {0:?}")]
     Unknown(String),
     #[error("gold table {table}: its `-- incremental:` line: {message}")]
     Declaration { table: String, message: String },
+}
+
+impl From<deltalake::datafusion::error::DataFusionError> for GoldError {
+    fn from(error: deltalake::datafusion::error::DataFusionError) -> Self {
+        GoldError::Sql(error)
+    }
 }
 
 /// Statements that only read: no DDL, no INSERT/UPDATE/DELETE, no SET.

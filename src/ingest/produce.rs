@@ -94,8 +94,11 @@ pub fn produce(
         for (file, result) in group.iter().zip(results) {
             match result {
                 Err(error) => out.file_failed(file, error),
-                Ok((fetched, _)) if known.contains(&fetched.sha256) => out.skipped(file),
-                Ok((fetched, (format, decoded))) => {
+                Ok((fetched, _, _)) if known.contains(&fetched.sha256) => out.skipped(file),
+                Ok((fetched, (format, decoded), byte_order_mark)) => {
+                    if byte_order_mark {
+                        out.byte_order_mark(file);
+                    }
                     known.insert(fetched.sha256.clone());
                     let provenance = out.provenance(file, &fetched.sha256);
                     let mut entry = log_entry(file, &fetched.sha256, format);
@@ -123,14 +126,16 @@ fn log_entry(file: &SourceFile, sha256: &str, format: &str) -> FileLogEntry {
     }
 }
 
-/// Reads a JSON (or unknown) file whole and decodes it.
+/// Reads a JSON (or unknown) file whole and decodes it; says whether it began with a byte order
+/// mark.
 fn read_whole(
     file: &SourceFile,
     ctx: &ProduceContext,
-) -> std::io::Result<(Fetched, (&'static str, Vec<Decoded>))> {
+) -> std::io::Result<(Fetched, (&'static str, Vec<Decoded>), bool)> {
     let fetched = file.fetch(&ctx.runtime)?;
     let mut bytes = Vec::new();
-    let read = fetched.open()?.read_to_end(&mut bytes);
+    let (mut reader, byte_order_mark) = fetched.open()?;
+    let read = reader.read_to_end(&mut bytes);
     let mut decoded = Vec::new();
     if let Err(e) = read {
         let raw = String::from_utf8_lossy(&bytes).into_owned();
@@ -143,7 +148,7 @@ fn read_whole(
                 format!("the file could not be read to its end: {e}"),
             ),
         )));
-        return Ok((fetched, ("json", decoded)));
+        return Ok((fetched, ("json", decoded), byte_order_mark));
     }
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
@@ -158,7 +163,7 @@ fn read_whole(
                     format!("not UTF-8 (FHIR JSON must be): {}", e.utf8_error()),
                 ),
             )));
-            return Ok((fetched, ("json", decoded)));
+            return Ok((fetched, ("json", decoded), byte_order_mark));
         }
     };
     if file.format() == Format::Unknown && looks_like_ndjson(&text) {
@@ -168,10 +173,10 @@ fn read_whole(
             .par_iter()
             .flat_map_iter(|line| decode_line(line, ctx))
             .collect();
-        return Ok((fetched, ("ndjson", decoded)));
+        return Ok((fetched, ("ndjson", decoded), byte_order_mark));
     }
     decode_checked(&text, Location::default(), ctx, &mut decoded);
-    Ok((fetched, ("json", decoded)))
+    Ok((fetched, ("json", decoded), byte_order_mark))
 }
 
 /// A file of unknown name holds NDJSON if its first line is a JSON object on its own and more follows.
@@ -198,7 +203,12 @@ fn stream_ndjson(
         return out.skipped(file);
     }
     let reader: Box<dyn BufRead + Send> = match fetched.open() {
-        Ok(reader) => reader,
+        Ok((reader, byte_order_mark)) => {
+            if byte_order_mark {
+                out.byte_order_mark(file);
+            }
+            reader
+        }
         Err(error) => return out.file_failed(file, error),
     };
     let provenance = out.provenance(file, &fetched.sha256);
@@ -461,6 +471,15 @@ impl<'a> ChunkBuffer<'a> {
             "file decoded"
         );
         self.files.push(entry);
+    }
+
+    /// The file began with a UTF-8 byte order mark, which was passed over.
+    fn byte_order_mark(&mut self, file: &SourceFile) {
+        tracing::warn!(
+            file = file.uri.as_str(),
+            "a UTF-8 byte order mark at the start of the file was ignored"
+        );
+        self.stats.files_with_byte_order_mark.push(file.uri.clone());
     }
 
     fn skipped(&mut self, file: &SourceFile) {

@@ -19,6 +19,9 @@ pub struct ProduceStats {
     pub files_skipped: Vec<String>,
     /// Files that could not be read, with the reason; they are retried on the next run.
     pub files_failed: Vec<(String, String)>,
+    /// Files that began with a UTF-8 byte order mark: ignored (RFC 8259 allows it), but worth
+    /// telling the exporting system.
+    pub files_with_byte_order_mark: Vec<String>,
     /// The first quarantined records, so the report itself says what was wrong and where.
     pub quarantine_examples: Vec<QuarantineNote>,
 }
@@ -123,6 +126,12 @@ impl fmt::Display for IngestReport {
         }
         for uri in &s.files_skipped {
             writeln!(f, "  skipped {uri}")?;
+        }
+        for uri in &s.files_with_byte_order_mark {
+            writeln!(
+                f,
+                "  warning: {uri} starts with a UTF-8 byte order mark (ignored; FHIR JSON should not carry one)"
+            )?;
         }
         for (uri, error) in &s.files_failed {
             writeln!(

@@ -226,21 +226,28 @@ impl SourceFile {
 }
 
 impl Fetched {
-    /// The decompressed bytes: gzip is recognised by its magic number, whatever the name says.
-    pub fn open(&self) -> io::Result<Box<dyn BufRead + Send>> {
+    /// The decompressed bytes (gzip is recognised by its magic number, whatever the name says),
+    /// without a leading UTF-8 byte order mark, and whether there was one. RFC 8259 (section 8.1)
+    /// lets a parser ignore the mark, and Windows tools write it; the report says it was there.
+    pub fn open(&self) -> io::Result<(Box<dyn BufRead + Send>, bool)> {
         let mut file = File::open(&self.path)?;
         let mut magic = [0u8; 2];
         let n = file.read(&mut magic)?;
         file.rewind()?;
         const CAPACITY: usize = 1 << 20;
-        if n == 2 && magic == [0x1f, 0x8b] {
-            Ok(Box::new(BufReader::with_capacity(
+        let mut reader: Box<dyn BufRead + Send> = if n == 2 && magic == [0x1f, 0x8b] {
+            Box::new(BufReader::with_capacity(
                 CAPACITY,
                 MultiGzDecoder::new(BufReader::new(file)),
-            )))
+            ))
         } else {
-            Ok(Box::new(BufReader::with_capacity(CAPACITY, file)))
+            Box::new(BufReader::with_capacity(CAPACITY, file))
+        };
+        let byte_order_mark = reader.fill_buf()?.starts_with(b"\xEF\xBB\xBF");
+        if byte_order_mark {
+            reader.consume(3);
         }
+        Ok((reader, byte_order_mark))
     }
 }
 

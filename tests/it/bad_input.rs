@@ -279,3 +279,60 @@ async fn a_corrupt_gzip_file() {
         "a corrupt file is quarantined, not retried forever"
     );
 }
+
+/// A UTF-8 byte order mark, which Windows exports carry and RFC 8259 lets a parser ignore: the
+/// resources land, and `ingest fhir` as a user runs it names the files in its report.
+#[tokio::test]
+async fn a_byte_order_mark_is_ignored_with_a_warning() {
+    let (dir, _lake) = temp_lake();
+    let drop = dir.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let bom = "\u{feff}";
+    std::fs::write(drop.join("one.json"), format!("{bom}{GOOD_PATIENT}")).unwrap();
+    let second = GOOD_PATIENT.replace("good-1", "good-2");
+    let third = GOOD_PATIENT.replace("good-1", "good-3");
+    std::fs::write(
+        drop.join("more.ndjson"),
+        format!("{bom}{second}\n{third}\n"),
+    )
+    .unwrap();
+    let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gzip.write_all(format!("{bom}{}", GOOD_PATIENT.replace("good-1", "good-4")).as_bytes())
+        .unwrap();
+    std::fs::write(drop.join("zipped.json.gz"), gzip.finish().unwrap()).unwrap();
+    std::fs::write(
+        drop.join("plain.json"),
+        GOOD_PATIENT.replace("good-1", "good-5"),
+    )
+    .unwrap();
+
+    let lake_path = dir.path().join("lake");
+    let out = crate::common::on_lake(
+        &lake_path,
+        &["ingest", "fhir", drop.to_str().unwrap(), "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bronze_rows"], 5);
+    assert_eq!(report["quarantine_rows"], 0);
+    let mut marked: Vec<String> = report["files_with_byte_order_mark"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().rsplit('/').next().unwrap().to_string())
+        .collect();
+    marked.sort();
+    assert_eq!(marked, ["more.ndjson", "one.json", "zipped.json.gz"]);
+    // The text report says it too.
+    let again = dir.path().join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    let sixth = GOOD_PATIENT.replace("good-1", "good-6");
+    std::fs::write(again.join("x.json"), format!("{bom}{sixth}")).unwrap();
+    let text_report =
+        crate::common::on_lake(&lake_path, &["ingest", "fhir", again.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&text_report.stdout)
+            .contains("starts with a UTF-8 byte order mark"),
+        "{}",
+        String::from_utf8_lossy(&text_report.stdout)
+    );
+}

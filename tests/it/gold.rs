@@ -115,6 +115,14 @@ async fn query_reads_every_layer_and_refuses_writes() {
         );
     }
     assert_eq!(count(&lake, "silver/alerts").await, before);
+
+    // A query that fails says what is wrong once (DataFusion's message already holds its causes).
+    let out = query(&lake_path, "SELECT nope FROM silver.patient")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("No field named nope").count(), 1, "{stderr}");
 }
 
 fn bp(patient: &str, id: &str, time: &str, systolic: f64, diastolic: f64) -> String {

@@ -305,6 +305,62 @@ async fn a_stream_killed_at_random_moments_records_each_alert_once() {
 }
 
 /// One event per id, as a receiver keeps them.
+/// An alert comes only from a reading that passed the checks silver holds readings to: the second
+/// reading of a crisis that fails the profile (a status outside its required value set) or the
+/// structure (an element FHIR does not have) lands in quarantine and raises nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reading_that_lands_in_quarantine_raises_no_alert() {
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let alerts = dir.path().join("alerts.ndjson");
+    let source = dir.path().join("observations.ndjson");
+    std::fs::write(&source, "").unwrap();
+    let spoil = |mut pair: Vec<String>, field: &str, value: Value| {
+        let mut second: Value = serde_json::from_str(&pair[1]).unwrap();
+        second[field] = value;
+        pair[1] = second.to_string();
+        pair
+    };
+    append(&source, &crisis_pair("checked", 0));
+    append(
+        &source,
+        &spoil(crisis_pair("bad-status", 0), "status", json!("provisional")),
+    );
+    append(
+        &source,
+        &spoil(
+            crisis_pair("unknown-element", 0),
+            "systolicValue",
+            json!(198),
+        ),
+    );
+    run_ok(&mut stream_with_rules(
+        &lake_path,
+        &source,
+        Path::new(RULES),
+        &alerts,
+        &[],
+    ));
+    let subjects: BTreeSet<String> = sent(&alerts)
+        .iter()
+        .map(|e| e["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(subjects, BTreeSet::from(["Patient/checked".to_string()]));
+    let patients: BTreeSet<String> = recorded(&lake)
+        .await
+        .into_iter()
+        .map(|r| r[2].clone())
+        .collect();
+    assert_eq!(patients, BTreeSet::from(["checked".to_string()]));
+    let quarantined = rows(&lake, "silver/quarantine", "SELECT raw FROM t").await;
+    assert_eq!(quarantined.len(), 2);
+    assert!(
+        quarantined
+            .iter()
+            .all(|r| r[0].contains("-b\"") && !r[0].contains("checked"))
+    );
+}
+
 fn dedup(events: &[Value]) -> Vec<Value> {
     let mut seen = BTreeMap::new();
     for event in events {

@@ -10,6 +10,13 @@ pub struct Flattened {
     pub(super) rejected: Option<Rejected>,
 }
 
+impl Flattened {
+    /// A view could not evaluate the resource: it goes to quarantine, not silver.
+    pub fn quarantines(&self) -> bool {
+        self.rejected.is_some()
+    }
+}
+
 pub(super) fn flatten(views: &SilverViews, resource: &BronzeResource) -> Flattened {
     let whose = Whose {
         resource_type: &resource.resource_type,

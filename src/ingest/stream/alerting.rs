@@ -1,5 +1,7 @@
-//! The anomaly rules on the stream: every reading is evaluated as it arrives, before its batch
-//! lands, and alerts are sent at once; the lake's commit never delays an alert.
+//! The anomaly rules on the stream: every reading is evaluated as soon as its event is decoded and
+//! checked, before its batch lands, and alerts are sent at once; the lake's commit never delays an
+//! alert. Only readings of resources that passed the same checks as silver are evaluated: one that
+//! lands in quarantine raises nothing.
 //!
 //! Exactly-once bookkeeping, with the lake as the memory:
 //! - an alert is sent, then recorded in `silver/alerts` *before* the bronze commit of its batch;
@@ -25,10 +27,6 @@ use crate::rules::evaluate::{AlertEvent, Delivery, Evaluator, Options};
 use crate::rules::reading::{self, Reading};
 use crate::rules::{RuleSet, fingerprint};
 use crate::stream::{Event, StreamError};
-
-/// A gzipped event body larger than this once unzipped is not read for readings (the landing
-/// quarantines it by the configured resource size limit).
-const MAX_EVENT_BYTES: u64 = 64 << 20;
 
 /// An alert and its CloudEvent.
 pub type Alert = (AlertEvent, Value);
@@ -139,12 +137,22 @@ impl Alerting {
         Ok(())
     }
 
-    /// Evaluates the readings of one event and sends its new alerts. Returns every new alert (sent
-    /// or only to be recorded).
-    pub async fn offer(&self, event: &Event) -> Result<Vec<Alert>, StreamError> {
-        let readings = readings_of(event);
+    /// Evaluates the readings of one decoded event (those of its resources that passed every
+    /// check) and sends its new alerts. Returns every new alert (sent or only to be recorded).
+    pub async fn offer(
+        &self,
+        event: &Event,
+        mut readings: Vec<Reading>,
+    ) -> Result<Vec<Alert>, StreamError> {
         if readings.is_empty() {
             return Ok(Vec::new());
+        }
+        let received_at = event.enqueued_time.map_or_else(
+            || chrono::Utc::now().timestamp_millis(),
+            |micros| micros / 1000,
+        );
+        for reading in &mut readings {
+            reading.received_at = Some(received_at);
         }
         let now = chrono::Utc::now().timestamp_millis();
         let mut alerts = Vec::new();
@@ -234,37 +242,6 @@ impl Alerting {
             alerting.sink.close().await;
         }
     }
-}
-
-/// The readings an event carries (a resource or a Bundle of them; gzip per its content encoding).
-/// Anything else gives none: decoding errors are the landing's business (quarantine).
-fn readings_of(event: &Event) -> Vec<Reading> {
-    let Ok(body) = super::events::plain_body(event, MAX_EVENT_BYTES) else {
-        return Vec::new();
-    };
-    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
-        return Vec::new();
-    };
-    let received_at = event.enqueued_time.map_or_else(
-        || chrono::Utc::now().timestamp_millis(),
-        |micros| micros / 1000,
-    );
-    let resources: Vec<&Value> = match value.get("resourceType").and_then(Value::as_str) {
-        Some("Bundle") => value
-            .get("entry")
-            .and_then(Value::as_array)
-            .map(|entries| entries.iter().filter_map(|e| e.get("resource")).collect())
-            .unwrap_or_default(),
-        _ => vec![&value],
-    };
-    resources
-        .into_iter()
-        .filter_map(reading::from_observation)
-        .map(|mut r| {
-            r.received_at = Some(received_at);
-            r
-        })
-        .collect()
 }
 
 /// The versions of the silver tables the state is rebuilt from.

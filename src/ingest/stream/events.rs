@@ -20,6 +20,7 @@ use deltalake::arrow::datatypes::{
 use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, decode};
 use crate::ingest::silver::{Flattened, SilverViews, flatten_ahead};
 use crate::issue::Issue;
+use crate::rules::reading::{self, Reading};
 use crate::stream::{Event, StreamId};
 use crate::validate::Check;
 
@@ -39,6 +40,9 @@ pub struct EventDecoder {
 pub struct Prepared {
     pub record: Decoded,
     pub flattened: Option<Flattened>,
+    /// The vital-sign readings of a resource that passed every check and view, for the anomaly
+    /// rules: a reading that lands in quarantine never raises an alert.
+    pub readings: Vec<Reading>,
 }
 
 impl EventDecoder {
@@ -50,11 +54,20 @@ impl EventDecoder {
         decode_event(event, &self.options, &self.checks)
             .into_iter()
             .map(|mut record| {
-                let flattened = match &mut record {
-                    Decoded::Resource(resource) => flatten_ahead(&self.views, resource),
-                    Decoded::Rejected(_) => None,
+                let (flattened, readings) = match &mut record {
+                    Decoded::Resource(resource) => {
+                        let reading = resource.json.as_deref().and_then(reading::from_observation);
+                        let flattened = flatten_ahead(&self.views, resource);
+                        let landed = flattened.as_ref().is_none_or(|f| !f.quarantines());
+                        (flattened, reading.filter(|_| landed).into_iter().collect())
+                    }
+                    Decoded::Rejected(_) => (None, Vec::new()),
                 };
-                Prepared { record, flattened }
+                Prepared {
+                    record,
+                    flattened,
+                    readings,
+                }
             })
             .collect()
     }

@@ -480,7 +480,10 @@ impl<'l> Lander<'l> {
                         })
                     })
                     .clone();
-                for Prepared { record, flattened } in records {
+                for Prepared {
+                    record, flattened, ..
+                } in records
+                {
                     match record {
                         Decoded::Resource(r) => by_type
                             .entry(r.resource_type.clone())
@@ -593,6 +596,7 @@ mod tests {
                     vec![Prepared {
                         record: Decoded::Rejected(Rejected::new("", location, issue)),
                         flattened: None,
+                        readings: Vec::new(),
                     }]
                 })
                 .collect()

@@ -425,8 +425,16 @@ async fn read_partition(
         .map_err(|_| "the writer stopped".to_string())??;
     // Alerts of the events read so far, handed to the writer with the next batch.
     let alerts: Arc<std::sync::Mutex<Vec<Alert>>> = Arc::default();
-    let (events, _evaluate_ahead) = match alerting {
-        None => (partition.events, None),
+    // Decoding runs ahead, as events arrive: a closed batch goes to the writer at once.
+    let mut decode_ahead = Ahead::spawn(
+        decoded(partition.events, decoder, committed),
+        bounds.max_events,
+    );
+    let mut events = decode_ahead.items();
+    // The rules read what decoding accepted, in a task of their own so that a landing never
+    // holds up an alert.
+    let _evaluate_ahead = match alerting {
+        None => None,
         Some(alerting) => {
             let (reply, answer) = oneshot::channel();
             writer
@@ -440,15 +448,13 @@ async fn read_partition(
                 .await
                 .map_err(|_| "the writer stopped".to_string())??;
             let mut ahead = Ahead::spawn(
-                evaluated(partition.events, alerting, committed, alerts.clone()),
-                RULES_AHEAD,
+                evaluated(events, alerting, committed, alerts.clone()),
+                bounds.max_events,
             );
-            (ahead.items(), Some(ahead))
+            events = ahead.items();
+            Some(ahead)
         }
     };
-    // Decoding runs ahead too, as events arrive: a closed batch goes to the writer at once.
-    let mut decode_ahead = Ahead::spawn(decoded(events, decoder, committed), bounds.max_events);
-    let mut events = decode_ahead.items();
     let mut pending_error = None;
     // The batch handed to the writer last: the next one is collected while it lands, so when the
     // writer is free every partition has a batch waiting and they share one landing.
@@ -504,9 +510,6 @@ struct Ahead<T> {
     task: tokio::task::JoinHandle<()>,
     items: Option<mpsc::Receiver<Result<T, StreamError>>>,
 }
-
-/// Events the rules may run ahead of the batches (not decoded yet: small).
-const RULES_AHEAD: usize = 100_000;
 
 impl<T: Send + 'static> Ahead<T> {
     fn spawn(mut stage: BoxStream<'static, Result<T, StreamError>>, buffer: usize) -> Ahead<T> {
@@ -579,27 +582,31 @@ fn decoded(
         .boxed()
 }
 
-/// The partition's events, each evaluated by the rules as it is read (events at or below
+/// The partition's decoded events, the readings of each evaluated by the rules (events at or below
 /// `committed` were evaluated before they landed, and are skipped). An event comes out only after
 /// its alerts were sent and put in `alerts`; a batch takes every alert there when it closes, so an
 /// event never reaches bronze before its alerts are on their way to `silver/alerts` (alerts of
 /// later events may go with it, which is harmless: they were sent).
 fn evaluated(
-    events: BoxStream<'static, Result<Event, StreamError>>,
+    events: BoxStream<'static, Result<DecodedEvent, StreamError>>,
     alerting: Arc<Alerting>,
     committed: Option<i64>,
     alerts: Arc<std::sync::Mutex<Vec<Alert>>>,
-) -> BoxStream<'static, Result<Event, StreamError>> {
+) -> BoxStream<'static, Result<DecodedEvent, StreamError>> {
     events
         .then(move |item| {
             let (alerting, alerts) = (alerting.clone(), alerts.clone());
             async move {
-                let event = item?;
+                let (event, mut decoded) = item?;
                 if committed.is_none_or(|c| event.sequence_number > c) {
-                    let raised = alerting.offer(&event).await?;
+                    let readings = decoded
+                        .iter_mut()
+                        .flat_map(|p| std::mem::take(&mut p.readings))
+                        .collect();
+                    let raised = alerting.offer(&event, readings).await?;
                     alerts.lock().expect("lock").extend(raised);
                 }
-                Ok(event)
+                Ok((event, decoded))
             }
         })
         .boxed()
