@@ -174,7 +174,44 @@ impl ErrorHandler for LogErrors {
             }
             _ => tracing::info!(%user, "statement failed"),
         }
+        let role = client.session_extensions().get::<SignedIn>().map(|s| s.0);
+        if role == Some(Role::BiReader)
+            && let Some(hint) = masked_year_hint(&message_of(error))
+        {
+            *error = PgWireError::UserError(Box::new(ErrorInfo::new(
+                "ERROR".into(),
+                // datatype_mismatch
+                "42804".into(),
+                hint,
+            )));
+        }
     }
+}
+
+/// The text of an error as the client would read it.
+fn message_of(error: &PgWireError) -> String {
+    match error {
+        PgWireError::UserError(info) => info.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A bi_reader sees birth and death dates as their year, an integer: comparing one with a date
+/// fails in DataFusion's cast of the date text to an integer, with a message about casts. What the
+/// user needs to know is why the column is an integer and how to filter it. A year is not turned
+/// back into a date silently: a cut-off inside a year would give a count that is quietly wrong.
+fn masked_year_hint(message: &str) -> Option<String> {
+    let cast = message.find("Cannot cast string")?;
+    if !message[cast..].contains("Int32") {
+        return None;
+    }
+    let detail = message[cast..].lines().next().unwrap_or_default();
+    Some(format!(
+        "a date compared with an integer column: for this role, dates masked to the year \
+         (such as silver.patient.birth_date) hold the year as an integer, so compare them with a \
+         year (for example birth_date >= 1981 or birth_date BETWEEN 1950 AND 1959); exact dates \
+         need an analyst account ({detail})"
+    ))
 }
 
 /// Sends each statement to the session of the connection's role.

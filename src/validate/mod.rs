@@ -66,7 +66,7 @@ impl Default for ValidateConfig {
     fn default() -> Self {
         ValidateConfig {
             enabled: true,
-            profiles: "profiles".into(),
+            profiles: DEFAULT_PROFILES.into(),
             bp_panels_to_bp_profile: true,
             patients_to_us_core: false,
             policy: BTreeMap::new(),
@@ -80,9 +80,19 @@ pub struct ProfileValidator {
     config: ValidateConfig,
 }
 
+/// The profiles folder a checkout has. Where it is missing (the binary run from another folder),
+/// the profiles built into the binary are used; a folder the configuration names must exist.
+pub const DEFAULT_PROFILES: &str = "profiles";
+
 impl ProfileValidator {
     pub fn load(config: &ValidateConfig) -> Result<Self, ProfileError> {
-        let set = ProfileSet::load(Path::new(&config.profiles))?;
+        let dir = Path::new(&config.profiles);
+        let set = if config.profiles == DEFAULT_PROFILES && !dir.exists() {
+            tracing::debug!("no profiles folder here; using the profiles built into vitalake");
+            ProfileSet::built_in()?
+        } else {
+            ProfileSet::load(dir)?
+        };
         Ok(ProfileValidator {
             set: Arc::new(set),
             config: config.clone(),

@@ -140,12 +140,59 @@ fn read_json_files(dir: &Path, out: &mut Vec<(String, Json)>) -> Result<(), Prof
     Ok(())
 }
 
+/// The profiles and terminology shipped in `profiles/`, built into the binary.
+const BUILT_IN: [(&str, &str); 16] = {
+    macro_rules! shipped {
+        ($($path:literal),* $(,)?) => {
+            [$(($path, include_str!(concat!("../../profiles/", $path)))),*]
+        };
+    }
+    shipped![
+        "r4/StructureDefinition-Bundle.json",
+        "r4/StructureDefinition-Observation.json",
+        "r4/StructureDefinition-Patient.json",
+        "r4/StructureDefinition-bp.json",
+        "r4/StructureDefinition-vitalsigns.json",
+        "terminology/CodeSystem-administrative-gender.json",
+        "terminology/CodeSystem-observation-category.json",
+        "terminology/CodeSystem-observation-status.json",
+        "terminology/ValueSet-administrative-gender.json",
+        "terminology/ValueSet-observation-category.json",
+        "terminology/ValueSet-observation-status.json",
+        "terminology/ValueSet-observation-vitalsignresult.json",
+        "terminology/ValueSet-ucum-vitals-common.json",
+        "us-core/StructureDefinition-us-core-blood-pressure.json",
+        "us-core/StructureDefinition-us-core-patient.json",
+        "us-core/StructureDefinition-us-core-vital-signs.json",
+    ]
+};
+
 impl ProfileSet {
     /// Loads every StructureDefinition, ValueSet and CodeSystem under `dir` (other JSON, such as
     /// ViewDefinitions, is left alone).
     pub fn load(dir: &Path) -> Result<ProfileSet, ProfileError> {
         let mut files = Vec::new();
         read_json_files(dir, &mut files)?;
+        Self::from_files(files)
+    }
+
+    /// The profiles shipped in `profiles/`, as built into the binary.
+    pub fn built_in() -> Result<ProfileSet, ProfileError> {
+        let files = BUILT_IN
+            .iter()
+            .map(|(path, text)| {
+                serde_json::from_str(text)
+                    .map(|json| (format!("(built in) profiles/{path}"), json))
+                    .map_err(|source| ProfileError::Json {
+                        path: path.to_string(),
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Self::from_files(files)
+    }
+
+    fn from_files(files: Vec<(String, Json)>) -> Result<ProfileSet, ProfileError> {
         let (mut definitions, mut value_sets, mut code_systems) =
             (HashMap::new(), HashMap::new(), HashMap::new());
         for (_, json) in files {
@@ -591,6 +638,40 @@ fn slice_values(elements: &[Element], sliced: usize, slice: usize) -> Vec<(Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_built_in_profiles_are_the_shipped_folder() {
+        let folder = ProfileSet::load(Path::new("profiles")).unwrap();
+        let built_in = ProfileSet::built_in().unwrap();
+        let mut urls: Vec<&String> = folder.profiles.keys().collect();
+        urls.sort();
+        let mut built_in_urls: Vec<&String> = built_in.profiles.keys().collect();
+        built_in_urls.sort();
+        assert_eq!(
+            built_in_urls, urls,
+            "a file in profiles/ is missing from BUILT_IN"
+        );
+        for (url, profile) in &folder.profiles {
+            let ids = |p: &Profile| p.elements.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+            assert_eq!(ids(&built_in.profiles[url]), ids(profile), "{url}");
+        }
+        let shipped = std::fs::read_dir("profiles")
+            .unwrap()
+            .flat_map(|d| std::fs::read_dir(d.unwrap().path()).into_iter().flatten())
+            .filter(|f| {
+                let path = f.as_ref().unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().to_string();
+                name.starts_with("StructureDefinition-")
+                    || name.starts_with("ValueSet-")
+                    || name.starts_with("CodeSystem-")
+            })
+            .count();
+        assert_eq!(
+            BUILT_IN.len(),
+            shipped,
+            "every shipped profile file is built in"
+        );
+    }
 
     #[test]
     fn us_core_blood_pressure_snapshot_is_built_from_its_bases() {

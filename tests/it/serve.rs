@@ -256,6 +256,31 @@ fn a_bi_reader_sees_phi_masked_and_no_bronze() {
     // Unmasked tables read the same for both roles.
     let sql = "SELECT count(*), sum(systolic) FROM silver.blood_pressure";
     assert_eq!(server.lines(BI, sql), server.lines(ANALYST, sql));
+
+    // A masked birth date filters by the year it keeps ...
+    let by_year = server.lines(
+        BI,
+        "SELECT count(*) FROM silver.patient WHERE birth_date >= 1981",
+    );
+    let by_date = "SELECT count(*) FROM silver.patient WHERE birth_date >= '1981-01-01'";
+    assert_eq!(by_year, server.lines(ANALYST, by_date));
+    assert_ne!(
+        by_year,
+        vec!["0"],
+        "the sample has patients born since 1981"
+    );
+    // ... and a full date is refused with what to do instead, not an optimizer failure.
+    let out = server.psql(
+        BI,
+        "SELECT count(*) FROM silver.patient WHERE birth_date > '1980-06-01'",
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("hold the year as an integer") && stderr.contains("birth_date >= 1981"),
+        "{stderr}"
+    );
 }
 
 #[test]

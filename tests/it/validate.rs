@@ -251,3 +251,47 @@ fn the_validate_command_prints_operation_outcomes_and_fails_on_errors() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 records: 1 valid, 0 with errors"));
 }
+
+/// Run from a folder with no `profiles/` (installed, say), the binary holds resources to the
+/// profiles built into it, and catches what it catches from a checkout; a profiles folder the
+/// configuration names must exist.
+#[test]
+fn outside_the_checkout_the_built_in_profiles_hold() {
+    use crate::common::vitalake;
+    let invalid = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/invalid/vs-2--heart-rate-without-value.json");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = vitalake()
+        .current_dir(elsewhere.path())
+        .args(["--lake", "lake", "ingest", "fhir", "--json"])
+        .arg(&invalid)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["quarantine_rows"], 1);
+    assert_eq!(report["quarantined_by_rule"]["vs-2"], 1);
+
+    let out = vitalake()
+        .current_dir(elsewhere.path())
+        .arg("validate")
+        .arg(&invalid)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[vs-2]"));
+
+    let out = vitalake()
+        .current_dir(elsewhere.path())
+        .env("VITALAKE_VALIDATE_PROFILES", "my-profiles")
+        .arg("validate")
+        .arg(&invalid)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("my-profiles"));
+}
