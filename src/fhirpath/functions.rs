@@ -604,10 +604,12 @@ pub fn reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
     {
         return Some((None, id));
     }
-    if reference.starts_with('#') {
+    // A contained resource (`#x`) has no key of its own, and a conditional reference
+    // (`Location?identifier=...`, as transaction Bundles carry) is a search, not an id.
+    if reference.starts_with('#') || reference.contains('?') {
         return None;
     }
-    let path = reference.split(['?', '#']).next()?;
+    let path = reference.split('#').next()?;
     let path = path.split("/_history/").next()?;
     let mut segments = path.rsplit('/');
     let id = segments.next().filter(|s| !s.is_empty())?;
@@ -675,5 +677,9 @@ mod tests {
         );
         assert_eq!(reference_parts("urn:uuid:abc"), Some((None, "abc")));
         assert_eq!(reference_parts("#contained"), None);
+        assert_eq!(
+            reference_parts("Practitioner?identifier=http://hl7.org/fhir/sid/us-npi|9999"),
+            None
+        );
     }
 }

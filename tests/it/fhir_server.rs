@@ -522,8 +522,13 @@ async fn smart_backend_services_with_es384_and_rs384_keys_and_an_expiring_token(
     );
     let lake = open(&lake_path);
     assert_eq!(bronze_counts(&lake, expected.keys()).await, expected);
-    // Signed in, then once more when the server revoked the token during the wait.
-    assert_eq!(server.tokens_issued(), 2);
+    // Signed in, then again when the server revoked the token during the wait (more than once
+    // if the run is slow enough to outlive the next token too).
+    assert!(
+        server.tokens_issued() >= 2,
+        "{} tokens",
+        server.tokens_issued()
+    );
     let downloads = server
         .seen()
         .into_iter()

@@ -50,6 +50,14 @@ fn push(value: Value, full_url: Option<String>, out: &mut Vec<(Value, Option<Str
     }
 }
 
+/// The LOINC codes of the FHIR R4 vital signs profile
+/// (http://hl7.org/fhir/R4/observation-vitalsigns.html), US Core's pulse oximetry 59408-5 and the
+/// older BP panel 55284-4.
+const VITAL_SIGN_LOINC: [&str; 14] = [
+    "85353-1", "9279-1", "8867-4", "2708-6", "59408-5", "8310-5", "8302-2", "9843-4", "29463-7",
+    "39156-5", "85354-9", "55284-4", "8480-6", "8462-4",
+];
+
 fn loinc_codes(resource: &Value) -> Vec<&str> {
     resource["code"]["coding"]
         .as_array()
@@ -89,6 +97,21 @@ async fn synthea_and_official_examples_flatten_into_every_silver_table() {
         walk(Path::new(input), &mut resources);
     }
     let not_in_error = |r: &Value| r["status"] != "entered-in-error";
+    let not_verified_in_error = |r: &Value| {
+        !r["verificationStatus"]["coding"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["code"] == "entered-in-error")
+    };
+    let has_category = |r: &Value, code: &str| {
+        r["category"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|c| c["coding"].as_array().into_iter().flatten())
+            .any(|c| c["code"] == code)
+    };
     let is = |t: &'static str| move |r: &Value| r["resourceType"] == t;
     let expected = [
         ("patient", distinct_keys(&resources, is("Patient"))),
@@ -114,6 +137,59 @@ async fn synthea_and_official_examples_flatten_into_every_silver_table() {
                 is("MedicationDispense")(r) && not_in_error(r)
             }),
         ),
+        (
+            "encounter",
+            distinct_keys(&resources, |r| is("Encounter")(r) && not_in_error(r)),
+        ),
+        (
+            "condition",
+            distinct_keys(&resources, |r| {
+                is("Condition")(r) && not_verified_in_error(r)
+            }),
+        ),
+        (
+            "procedure",
+            distinct_keys(&resources, |r| is("Procedure")(r) && not_in_error(r)),
+        ),
+        (
+            "medication_request",
+            distinct_keys(&resources, |r| {
+                is("MedicationRequest")(r) && not_in_error(r)
+            }),
+        ),
+        (
+            "immunization",
+            distinct_keys(&resources, |r| is("Immunization")(r) && not_in_error(r)),
+        ),
+        (
+            "allergy_intolerance",
+            distinct_keys(&resources, |r| {
+                is("AllergyIntolerance")(r) && not_verified_in_error(r)
+            }),
+        ),
+        (
+            "lab_result",
+            distinct_keys(&resources, |r| {
+                is("Observation")(r)
+                    && not_in_error(r)
+                    && (has_category(r, "laboratory")
+                        || (r["category"].is_null()
+                            && !loinc_codes(r).is_empty()
+                            && !loinc_codes(r).iter().any(|c| VITAL_SIGN_LOINC.contains(c))))
+            }),
+        ),
+        (
+            "vital_sign",
+            distinct_keys(&resources, |r| {
+                is("Observation")(r)
+                    && not_in_error(r)
+                    && (has_category(r, "vital-signs")
+                        || loinc_codes(r).iter().any(|c| VITAL_SIGN_LOINC.contains(c)))
+                    && !loinc_codes(r)
+                        .iter()
+                        .any(|c| ["85354-9", "55284-4", "8867-4"].contains(c))
+            }),
+        ),
     ];
     for (view, rows_expected) in expected {
         let table = silver::view_table(view);
@@ -124,6 +200,38 @@ async fn synthea_and_official_examples_flatten_into_every_silver_table() {
         );
         assert_eq!(count(&lake, &table).await, rows_expected as u64, "{table}");
     }
+    // Every resource of the EHR types in bronze (by id, else fullUrl, as silver keys them) is in
+    // its silver table (none is in error here).
+    for (resource_type, view) in [
+        ("Encounter", "encounter"),
+        ("Condition", "condition"),
+        ("Procedure", "procedure"),
+        ("MedicationRequest", "medication_request"),
+        ("Immunization", "immunization"),
+        ("AllergyIntolerance", "allergy_intolerance"),
+    ] {
+        let bronze = rows(
+            &lake,
+            &format!("bronze/fhir/{resource_type}"),
+            "SELECT COUNT(DISTINCT COALESCE(resource_id, full_url)) FROM t",
+        )
+        .await;
+        assert_eq!(
+            bronze[0][0].parse::<u64>().unwrap(),
+            count(&lake, &silver::view_table(view)).await,
+            "{resource_type}"
+        );
+    }
+    // Synthea's conditional references (`Location?identifier=...`) name no resource: the display
+    // stands in, never the type name.
+    let places = rows(
+        &lake,
+        &silver::view_table("encounter"),
+        "SELECT COUNT(*) FROM t WHERE location IN ('Location', 'Organization', 'Practitioner') \
+         OR practitioner = 'Practitioner' OR service_provider = 'Organization'",
+    )
+    .await;
+    assert_eq!(places, vec![vec!["0".to_string()]]);
     // The 127 Synthea panels use 55284-4 only; they all land.
     let legacy = rows(
         &lake,

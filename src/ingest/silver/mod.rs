@@ -76,11 +76,19 @@ pub(super) fn versions_table(resource_type: &str) -> String {
 }
 
 /// The views shipped with vitalake, used when the configured folder does not exist.
-const BUILT_IN_VIEWS: [&str; 4] = [
+const BUILT_IN_VIEWS: [&str; 12] = [
+    include_str!("../../../profiles/views/allergy_intolerance.json"),
     include_str!("../../../profiles/views/blood_pressure.json"),
+    include_str!("../../../profiles/views/condition.json"),
+    include_str!("../../../profiles/views/encounter.json"),
     include_str!("../../../profiles/views/heart_rate.json"),
+    include_str!("../../../profiles/views/immunization.json"),
+    include_str!("../../../profiles/views/lab_result.json"),
     include_str!("../../../profiles/views/medication_dispense.json"),
+    include_str!("../../../profiles/views/medication_request.json"),
     include_str!("../../../profiles/views/patient.json"),
+    include_str!("../../../profiles/views/procedure.json"),
+    include_str!("../../../profiles/views/vital_sign.json"),
 ];
 
 /// The silver views, compiled once per run.
@@ -287,18 +295,18 @@ mod tests {
     }
 
     #[test]
-    fn built_in_views_compile() {
-        let dir = Path::new("/nonexistent-views-folder");
-        let views = SilverViews::load(dir).unwrap();
-        let names: Vec<_> = views.views().iter().filter_map(View::name).collect();
-        assert_eq!(
-            names,
-            [
-                "blood_pressure",
-                "heart_rate",
-                "medication_dispense",
-                "patient"
-            ]
-        );
+    fn built_in_views_are_the_shipped_folder() {
+        let built_in = SilverViews::load(Path::new("/nonexistent-views-folder")).unwrap();
+        let folder = SilverViews::load(Path::new("profiles/views")).unwrap();
+        let names = |views: &SilverViews| -> Vec<String> {
+            views
+                .views()
+                .iter()
+                .filter_map(View::name)
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(names(&built_in), names(&folder));
+        assert_eq!(names(&built_in).len(), 12);
     }
 }

@@ -100,19 +100,25 @@ pub async fn refresh(
                 })
                 .collect();
             let name = view_table(view.name().unwrap_or_default());
-            let written =
-                write(lake, &name, view_batch(view, rows), Replace::All, &batch_id).await?;
+            let batch = view_batch(view, rows);
+            if is_new_and_empty(lake, &name, &batch).await? {
+                continue;
+            }
+            let written = write(lake, &name, batch, Replace::All, &batch_id).await?;
             report.tables.insert(name, written);
         }
         let all: Vec<&BronzeResource> = ordered.iter().map(|(r, _)| r).collect();
-        write(
-            lake,
-            &versions_table(resource_type),
-            versions_batch(&all),
-            Replace::All,
-            &batch_id,
-        )
-        .await?;
+        let versions = versions_batch(&all);
+        if !is_new_and_empty(lake, &versions_table(resource_type), &versions).await? {
+            write(
+                lake,
+                &versions_table(resource_type),
+                versions,
+                Replace::All,
+                &batch_id,
+            )
+            .await?;
+        }
         if let Some(view) = history_view {
             let written = write(
                 lake,
@@ -154,4 +160,14 @@ pub async fn refresh(
         }
     }
     Ok(report)
+}
+
+/// Nothing to write to a table that does not exist yet: the incremental path creates a table with
+/// its first row, and a rebuild must leave the same tables (an existing one is emptied).
+async fn is_new_and_empty(
+    lake: &Lake,
+    table: &str,
+    batch: &RecordBatch,
+) -> Result<bool, IngestError> {
+    Ok(batch.num_rows() == 0 && lake.existing_table(table).await?.is_none())
 }
