@@ -40,16 +40,36 @@ fn main() {
         concatenate(&parts, &ndjson_file);
     }
 
+    // The four views silver had before the EHR views (issue 24), for the side-by-side column.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let four_views = data.join("views-before-issue-24");
+    std::fs::create_dir_all(&four_views).unwrap();
+    for view in [
+        "patient",
+        "blood_pressure",
+        "heart_rate",
+        "medication_dispense",
+    ] {
+        let file = format!("{view}.json");
+        std::fs::copy(
+            root.join("profiles/views").join(&file),
+            four_views.join(&file),
+        )
+        .unwrap();
+    }
+    let all_views = root.join("profiles/views");
+
     println!(
-        "\n| input | bytes | resources | parse-only floor | ingest (bronze + silver) | ingest / floor | + profile validation | validation adds | peak RSS (with validation) |"
+        "\n| input | bytes | resources | parse-only floor | ingest (bronze + silver) | ingest / floor | + profile validation | validation adds | peak RSS (with validation) | same with the 4 views before issue 24 | all views / 4 views |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for input in [&drop, &ndjson_file] {
         let floor = parse_floor(input);
-        let plain = ingest(input, &data, false);
-        let validated = ingest(input, &data, true);
+        let plain = ingest(input, &data, false, &all_views);
+        let validated = ingest(input, &data, true, &all_views);
+        let four = ingest(input, &data, true, &four_views);
         println!(
-            "| {} | {:.0} MB | {} | {:.0} res/s, {:.1} MB/s | {:.1} s, {:.0} res/s | {:.2}x | {:.1} s, {:.0} res/s | {:+.0}% | {:.0} MB |",
+            "| {} | {:.0} MB | {} | {:.0} res/s, {:.1} MB/s | {:.1} s, {:.0} res/s | {:.2}x | {:.1} s, {:.0} res/s | {:+.0}% | {:.0} MB | {:.1} s, {:.0} MB | {:.2}x |",
             input.file_name().unwrap().to_string_lossy(),
             floor.bytes as f64 / 1e6,
             floor.resources,
@@ -62,6 +82,9 @@ fn main() {
             validated.resources as f64 / validated.secs,
             (validated.secs / plain.secs - 1.0) * 100.0,
             validated.peak_rss_kb as f64 / 1024.0,
+            four.secs,
+            four.peak_rss_kb as f64 / 1024.0,
+            validated.secs / four.secs,
         );
     }
 }
@@ -173,8 +196,8 @@ fn parse_count(bytes: &[u8]) -> u64 {
 }
 
 /// Runs the release binary on `input` into a fresh lake (bronze, silver, quarantine), with or
-/// without profile validation, sampling its peak RSS.
-fn ingest(input: &Path, data: &Path, validate: bool) -> Measured {
+/// without profile validation and with the silver views in `views`, sampling its peak RSS.
+fn ingest(input: &Path, data: &Path, validate: bool, views: &Path) -> Measured {
     let lake = data.join("lake");
     let _ = std::fs::remove_dir_all(&lake);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -182,7 +205,7 @@ fn ingest(input: &Path, data: &Path, validate: bool) -> Measured {
         Command::new(env!("CARGO_BIN_EXE_vitalake"))
             .env("VITALAKE_VALIDATE_ENABLED", validate.to_string())
             .env("VITALAKE_VALIDATE_PROFILES", root.join("profiles"))
-            .env("VITALAKE_INGEST_VIEWS", root.join("profiles/views"))
+            .env("VITALAKE_INGEST_VIEWS", views)
             .args(["ingest", "fhir", "--json", "--lake"])
             .arg(&lake)
             .arg(input),

@@ -268,8 +268,10 @@ pub struct ValidateArgs {
 pub enum ViewsCommand {
     /// Run one ViewDefinition over FHIR files (or the lake's bronze table) and print the rows.
     ///
-    /// The tool for writing a view: nothing is written to the lake. A resource the view cannot
-    /// evaluate is reported on stderr with the failing expression, and the exit code is 1.
+    /// The tool for writing a view: nothing is written to the lake. Every column of every row is
+    /// printed, with values as the resources write them (JSON: one object per line, null columns
+    /// as null); Parquet holds silver's typed columns. A resource the view cannot evaluate is
+    /// reported on stderr with the failing expression, and the exit code is 1.
     #[command(
         after_help = "Example:\n  vitalake views run --view profiles/views/blood_pressure.json samples/drop\n  vitalake views run --view my_view.json --bronze --format csv > rows.csv\n  vitalake views run --view my_view.json drop/ --format parquet --output rows.parquet"
     )]

@@ -297,23 +297,45 @@ async fn views_run(config: &Config, args: cli::ViewsRunArgs) -> anyhow::Result<E
         failures += problems.len();
         resources
     };
+    // Parquet is typed like silver; the other formats print values as the resources write them.
+    let format = args.format.format();
+    let typed = format == vitalake::views::output::OutputFormat::Parquet;
     let mut builder = view.builder();
+    let mut as_written = Vec::new();
     for resource in &resources {
-        match view.rows(resource) {
-            Ok(rows) => rows.into_iter().for_each(|row| builder.push(row)),
-            Err(error) => {
-                failures += 1;
-                let id = resource
-                    .get("id")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("(no id)");
-                eprintln!("{}/{id}: {error}", view.resource());
-            }
+        let evaluated = if typed {
+            view.rows(resource)
+                .map(|rows| rows.into_iter().for_each(|row| builder.push(row)))
+        } else {
+            view.rows_as_written(resource)
+                .map(|rows| as_written.extend(rows))
+        };
+        if let Err(error) = evaluated {
+            failures += 1;
+            let id = resource
+                .get("id")
+                .and_then(|v| v.as_str())
+                .unwrap_or("(no id)");
+            eprintln!("{}/{id}: {error}", view.resource());
         }
     }
-    let batch = builder.finish()?;
-    let rows = batch.num_rows();
-    write_rows(&[batch], args.format.format(), args.output.as_deref())?;
+    let rows = if typed {
+        let batch = builder.finish()?;
+        let rows = batch.num_rows();
+        write_rows(&[batch], format, args.output.as_deref())?;
+        rows
+    } else {
+        let columns: Vec<&str> = view.columns().iter().map(|c| c.name.as_str()).collect();
+        let mut out: Box<dyn std::io::Write> = match args.output.as_deref() {
+            Some(path) => Box::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            ),
+            None => Box::new(std::io::stdout().lock()),
+        };
+        vitalake::views::output::write_as_written(&columns, &as_written, format, &mut out)?;
+        as_written.len()
+    };
     eprintln!(
         "{rows} rows from {} resources; {failures} could not be evaluated",
         resources.len()

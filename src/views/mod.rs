@@ -196,7 +196,17 @@ impl View {
         if crate::fhirpath::resource_type(resource) != Some(self.resource.as_str()) {
             return Ok(Vec::new());
         }
-        run::rows(self, resource)
+        run::rows::<run::Typed>(self, resource)
+    }
+
+    /// The rows of one resource with each value as the resource writes it (a dateTime with its
+    /// offset and precision, a decimal with its digits; nulls kept), checked against the column
+    /// types as [`View::rows`] checks them: what `views run` prints.
+    pub fn rows_as_written(&self, resource: &Json) -> Result<Vec<Vec<Json>>, RunError> {
+        if crate::fhirpath::resource_type(resource) != Some(self.resource.as_str()) {
+            return Ok(Vec::new());
+        }
+        run::rows::<run::AsWritten>(self, resource)
     }
 
     pub fn builder(&self) -> RowsBuilder {

@@ -96,3 +96,47 @@ pub fn write(
     }
     Ok(())
 }
+
+/// Rows whose values are as the resources write them ([`crate::views::View::rows_as_written`]),
+/// printed in `format`: NDJSON with every column of every row (a null one as `null`), or CSV and a
+/// text table of each value's FHIR text (a list as its JSON). Parquet is a typed format: its rows go
+/// through [`write`] as silver's typed cells.
+pub fn write_as_written(
+    columns: &[&str],
+    rows: &[Vec<serde_json::Value>],
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<(), ArrowError> {
+    use serde_json::Value as Json;
+    if format == OutputFormat::Json {
+        for row in rows {
+            let object: serde_json::Map<String, Json> = columns
+                .iter()
+                .zip(row)
+                .map(|(name, value)| (name.to_string(), value.clone()))
+                .collect();
+            writeln!(out, "{}", Json::Object(object))?;
+        }
+        return Ok(());
+    }
+    let text = |value: &Json| match value {
+        Json::Null => None,
+        Json::String(text) => Some(text.clone()),
+        other => Some(other.to_string()),
+    };
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|name| Field::new(*name, DataType::Utf8, true))
+        .collect();
+    let arrays: Vec<ArrayRef> = (0..columns.len())
+        .map(|i| {
+            Arc::new(
+                rows.iter()
+                    .map(|row| text(&row[i]))
+                    .collect::<StringArray>(),
+            ) as ArrayRef
+        })
+        .collect();
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+    write(&[batch], format, out, None)
+}

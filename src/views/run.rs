@@ -227,14 +227,70 @@ impl<'v: 'a, 'a> Variables<'a> for ViewVariables<'v, 'a> {
     }
 }
 
-type Row = Vec<Cell>;
-
-struct Runner<'v, 'a> {
-    view: &'v View,
-    resource: &'a Json,
+/// How a row's cells are made from the items a column's path gives: typed for silver ([`Typed`]),
+/// or as the resource writes them for `views run`'s output ([`AsWritten`]).
+pub(super) trait CellForm {
+    type Cell: Clone;
+    fn null() -> Self::Cell;
+    fn list(items: Vec<Self::Cell>) -> Self::Cell;
+    fn cell(column_type: ColumnType, item: &Item) -> Result<Self::Cell, String>;
 }
 
-impl<'v: 'a, 'a> Runner<'v, 'a> {
+/// Silver's typed cells: UTC instants, decimal(38, 18), days since the epoch.
+pub(super) struct Typed;
+
+impl CellForm for Typed {
+    type Cell = Cell;
+    fn null() -> Cell {
+        Cell::Null
+    }
+    fn list(items: Vec<Cell>) -> Cell {
+        Cell::List(items)
+    }
+    fn cell(column_type: ColumnType, item: &Item) -> Result<Cell, String> {
+        column_type.cell(item)
+    }
+}
+
+/// Values as FHIR JSON writes them (a dateTime keeps its offset and precision, a decimal its
+/// digits), checked against the column's type as silver checks them.
+pub(super) struct AsWritten;
+
+impl CellForm for AsWritten {
+    type Cell = Json;
+    fn null() -> Json {
+        Json::Null
+    }
+    fn list(items: Vec<Json>) -> Json {
+        Json::Array(items)
+    }
+    fn cell(column_type: ColumnType, item: &Item) -> Result<Json, String> {
+        column_type.cell(item)?;
+        Ok(match item {
+            Item::Node(json, _) => (*json).clone(),
+            Item::Boolean(b) => Json::Bool(*b),
+            Item::Integer(i) => Json::from(*i),
+            // A decimal the expression computed has the working scale of its arithmetic (3 / 2
+            // is 1.50): it prints normalized. One read from the resource is a `Node` above and
+            // keeps its digits (serde_json's arbitrary_precision).
+            Item::Decimal(d) => {
+                let text = d.normalize().to_string();
+                serde_json::from_str(&text).unwrap_or(Json::String(text))
+            }
+            other => other
+                .to_text()
+                .map_or(Json::Null, |text| Json::String(text.into_owned())),
+        })
+    }
+}
+
+struct Runner<'v, 'a, F> {
+    view: &'v View,
+    resource: &'a Json,
+    form: std::marker::PhantomData<F>,
+}
+
+impl<'v: 'a, 'a, F: CellForm> Runner<'v, 'a, F> {
     fn evaluate(
         &self,
         expression: &Expression,
@@ -263,8 +319,8 @@ impl<'v: 'a, 'a> Runner<'v, 'a> {
             })
     }
 
-    fn null_row(&self) -> Row {
-        vec![Cell::Null; self.view.columns.len()]
+    fn null_row(&self) -> Vec<F::Cell> {
+        vec![F::null(); self.view.columns.len()]
     }
 
     fn rows(
@@ -272,7 +328,7 @@ impl<'v: 'a, 'a> Runner<'v, 'a> {
         select: &Select,
         focus: &Item<'a>,
         row_index: usize,
-    ) -> Result<Vec<Row>, RunError> {
+    ) -> Result<Vec<Vec<F::Cell>>, RunError> {
         match &select.iteration {
             Iteration::None => self.rows_at(select, focus, row_index),
             Iteration::ForEach(path) | Iteration::ForEachOrNull(path) => {
@@ -331,14 +387,14 @@ impl<'v: 'a, 'a> Runner<'v, 'a> {
         select: &Select,
         focus: &Item<'a>,
         row_index: usize,
-    ) -> Result<Vec<Row>, RunError> {
+    ) -> Result<Vec<Vec<F::Cell>>, RunError> {
         let mut base = self.null_row();
         for column in &select.columns {
             base[column.index] = self.cell(column, std::slice::from_ref(focus), row_index)?;
         }
         let mut rows = vec![base];
         for nested in &select.selects {
-            rows = product(rows, self.rows(nested, focus, row_index)?, &nested.covered);
+            rows = product::<F>(rows, self.rows(nested, focus, row_index)?, &nested.covered);
             if rows.is_empty() {
                 return Ok(rows);
             }
@@ -349,7 +405,7 @@ impl<'v: 'a, 'a> Runner<'v, 'a> {
                 union.extend(self.rows(branch, focus, row_index)?);
             }
             // Every branch fills the same positions.
-            rows = product(rows, union, &first.covered);
+            rows = product::<F>(rows, union, &first.covered);
         }
         Ok(rows)
     }
@@ -359,7 +415,7 @@ impl<'v: 'a, 'a> Runner<'v, 'a> {
         column: &Column,
         focus: &[Item<'a>],
         row_index: usize,
-    ) -> Result<Cell, RunError> {
+    ) -> Result<F::Cell, RunError> {
         let values = self.evaluate_on(&column.path, focus, row_index)?;
         let error = |message: String| RunError {
             expression: column.path.text().to_string(),
@@ -368,14 +424,14 @@ impl<'v: 'a, 'a> Runner<'v, 'a> {
         if column.collection {
             return values
                 .iter()
-                .map(|v| column.column_type.cell(v))
+                .map(|v| F::cell(column.column_type, v))
                 .collect::<Result<_, _>>()
-                .map(Cell::List)
+                .map(F::list)
                 .map_err(error);
         }
         match values.as_slice() {
-            [] => Ok(Cell::Null),
-            [value] => column.column_type.cell(value).map_err(error),
+            [] => Ok(F::null()),
+            [value] => F::cell(column.column_type, value).map_err(error),
             many => Err(error(format!(
                 "gave {} values for a single-valued column (set \"collection\": true to keep all)",
                 many.len()
@@ -385,14 +441,18 @@ impl<'v: 'a, 'a> Runner<'v, 'a> {
 }
 
 /// Each left row combined with each right row, the right filling the `covered` positions.
-fn product(left: Vec<Row>, right: Vec<Row>, covered: &[usize]) -> Vec<Row> {
+fn product<F: CellForm>(
+    left: Vec<Vec<F::Cell>>,
+    right: Vec<Vec<F::Cell>>,
+    covered: &[usize],
+) -> Vec<Vec<F::Cell>> {
     if left.len() == 1 && right.len() == 1 {
         let (mut row, mut other) = (
             left.into_iter().next().unwrap_or_default(),
             right.into_iter().next().unwrap_or_default(),
         );
         for &i in covered {
-            row[i] = std::mem::replace(&mut other[i], Cell::Null);
+            row[i] = std::mem::replace(&mut other[i], F::null());
         }
         return vec![row];
     }
@@ -409,9 +469,16 @@ fn product(left: Vec<Row>, right: Vec<Row>, covered: &[usize]) -> Vec<Row> {
     out
 }
 
-/// The rows of a resource of the view's type.
-pub(super) fn rows(view: &View, resource: &Json) -> Result<Vec<Row>, RunError> {
-    let runner = Runner { view, resource };
+/// The rows of a resource of the view's type, with cells of form `F`.
+pub(super) fn rows<F: CellForm>(
+    view: &View,
+    resource: &Json,
+) -> Result<Vec<Vec<F::Cell>>, RunError> {
+    let runner = Runner::<F> {
+        view,
+        resource,
+        form: std::marker::PhantomData,
+    };
     let root = Item::Node(resource, None);
     for filter in &view.filters {
         match runner.evaluate(filter, &root, 0)?.as_slice() {
@@ -432,7 +499,7 @@ pub(super) fn rows(view: &View, resource: &Json) -> Result<Vec<Row>, RunError> {
     }
     let mut rows = vec![runner.null_row()];
     for select in &view.selects {
-        rows = product(rows, runner.rows(select, &root, 0)?, &select.covered);
+        rows = product::<F>(rows, runner.rows(select, &root, 0)?, &select.covered);
         if rows.is_empty() {
             break;
         }

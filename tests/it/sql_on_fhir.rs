@@ -91,8 +91,8 @@ fn expected_cell(value: &Json, column: &vitalake::views::ColumnSpec) -> Result<C
     }
 }
 
-#[test]
-fn sql_on_fhir_v2_conformance_suite() {
+/// The suite's 22 test files, in name order.
+fn suite_files() -> Vec<std::path::PathBuf> {
     let folder = shared_fhir("sql-on-fhir-v2-tests");
     let mut files: Vec<_> = std::fs::read_dir(&folder)
         .unwrap()
@@ -105,7 +105,12 @@ fn sql_on_fhir_v2_conformance_suite() {
         .collect();
     files.sort();
     assert_eq!(files.len(), 22, "the suite has 22 test files");
+    files
+}
 
+#[test]
+fn sql_on_fhir_v2_conformance_suite() {
+    let files = suite_files();
     let mut report = Map::new();
     let (mut passed, mut failures) = (0, Vec::new());
     for file in &files {
@@ -148,6 +153,106 @@ fn sql_on_fhir_v2_conformance_suite() {
     assert!(
         failures.is_empty(),
         "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(passed, 134);
+}
+
+/// One test run as a user runs a view: the view and the resources in files, then
+/// `vitalake views run --view VIEW --format json RESOURCES`; its rows must be the expected ones, as
+/// the suite writes them (every column, null ones included; values in their FHIR form).
+fn run_through_the_command(
+    dir: &std::path::Path,
+    resources: &[Json],
+    test: &Json,
+) -> Result<(), String> {
+    let view = dir.join("view.json");
+    let input = dir.join("resources.ndjson");
+    std::fs::write(&view, test["view"].to_string()).unwrap();
+    let lines: String = resources.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&input, lines).unwrap();
+    let run = |format: &str| {
+        crate::common::vitalake()
+            .args(["views", "run", "--format", format, "--view"])
+            .arg(&view)
+            .arg(&input)
+            .output()
+            .unwrap()
+    };
+    let out = run("json");
+    let expect_error = test.get("expectError").and_then(Json::as_bool) == Some(true);
+    match (out.status.success(), expect_error) {
+        (false, true) => return Ok(()),
+        (true, true) => return Err("expected an error, the command succeeded".into()),
+        (false, false) => return Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        (true, false) => {}
+    }
+    let rows: Vec<Json> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("{e}: {l}")))
+        .collect::<Result<_, _>>()?;
+    if let Some(columns) = test.get("expectColumns").and_then(Json::as_array) {
+        let csv = run("csv");
+        let header = String::from_utf8_lossy(&csv.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let expected: Vec<&str> = columns.iter().filter_map(Json::as_str).collect();
+        if header != expected.join(",") {
+            return Err(format!("columns {header}, expected {expected:?}"));
+        }
+    }
+    if let Some(count) = test.get("expectCount").and_then(Json::as_u64) {
+        return match rows.len() as u64 == count {
+            true => Ok(()),
+            false => Err(format!("{} rows, expected {count}", rows.len())),
+        };
+    }
+    // Rows compare as sets of objects whatever their key order; values exactly, as JSON.
+    let normal = |rows: &[Json]| {
+        let mut out: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let sorted: std::collections::BTreeMap<&String, &Json> =
+                    r.as_object().into_iter().flatten().collect();
+                serde_json::to_string(&sorted).unwrap()
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let expected = test["expect"].as_array().ok_or("test has no expect")?;
+    let (got, wanted) = (normal(&rows), normal(expected));
+    match got == wanted {
+        true => Ok(()),
+        false => Err(format!("rows {got:?}\nexpected {wanted:?}")),
+    }
+}
+
+#[test]
+fn the_suite_passes_through_views_run_as_a_user_runs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut passed, mut failures) = (0, Vec::new());
+    for file in suite_files() {
+        let suite: Json = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let resources = suite["resources"].as_array().unwrap();
+        for test in suite["tests"].as_array().unwrap() {
+            match run_through_the_command(dir.path(), resources, test) {
+                Ok(()) => passed += 1,
+                Err(error) => failures.push(format!(
+                    "{} / {}: {error}",
+                    file.file_name().unwrap().to_string_lossy(),
+                    test["title"].as_str().unwrap()
+                )),
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{passed} passed, {} failed:\n{}",
         failures.len(),
         failures.join("\n")
     );
