@@ -393,6 +393,27 @@ pub enum IngestCommand {
         after_help = "Example:\n  vitalake ingest fhir-server https://hapi.example.org/fhir --type Patient,Encounter,Observation\n  VITALAKE_FHIR_CLIENT_ID=lake VITALAKE_FHIR_KEY_ID=k1 VITALAKE_FHIR_PRIVATE_KEY_FILE=/etc/vitalake/key.pem \\\n      vitalake ingest fhir-server https://ehr.example.org/fhir/r4 --group icu-cohort --auth smart --json\n  vitalake ingest fhir-server https://ws-fhir.fhir.azurehealthcareapis.com --auth entra --full"
     )]
     FhirServer(IngestFhirServerArgs),
+    /// Load code tables into silver/terminology/concepts and silver/terminology/maps: FHIR
+    /// CodeSystems and ConceptMaps (JSON), or CSV files `system,code,display[,parent]`.
+    ///
+    /// Gold SQL joins them (a condition's ICD-10-CM chapter, a SNOMED CT to ICD-10-CM map where one
+    /// is loaded, the display of a code that came without one). Loading a file again replaces what
+    /// it loaded before. `profiles/terminology/icd-10-cm-chapters.csv` ships the ICD-10-CM chapters
+    /// (public domain); SNOMED CT content is licensed and not shipped.
+    #[command(
+        after_help = "Example:\n  vitalake ingest terminology profiles/terminology/icd-10-cm-chapters.csv\n  vitalake ingest terminology my-snomed-to-icd10-ConceptMap.json --json"
+    )]
+    Terminology(IngestTerminologyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IngestTerminologyArgs {
+    /// CodeSystem or ConceptMap JSON files, or CSV code tables.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

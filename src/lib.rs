@@ -13,6 +13,7 @@
 //! - [`stream`]: event sources (file, stdin), micro-batching, and the Event Hubs checkpoint store.
 //! - [`ingest`]: file drops, database extracts and stream micro-batches into bronze, silver and
 //!   quarantine, exactly once.
+//! - [`terminology`]: code tables (CodeSystems, ConceptMaps, CSV) in the lake, for gold SQL.
 //! - [`gold`]: the lake as SQL (every table in one catalogue), read-only queries, the gold tables.
 //! - [`serve`]: the PostgreSQL-wire server over that catalogue: sign-in, roles and masks, read-only.
 //! - [`generate`]: deterministic synthetic FHIR drops and streams for samples, tests and benchmarks.
@@ -33,6 +34,7 @@ pub mod lake;
 pub mod rules;
 pub mod serve;
 pub mod stream;
+pub mod terminology;
 pub mod validate;
 pub mod views;
 
@@ -54,6 +56,8 @@ pub enum Error {
     Serve(#[from] serve::ServeError),
     #[error(transparent)]
     Maintain(#[from] lake::maintain::MaintainError),
+    #[error(transparent)]
+    Terminology(#[from] terminology::TerminologyError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -25,6 +25,7 @@ use vitalake::ingest::{IngestError, IngestOptions};
 use vitalake::lake::Lake;
 use vitalake::lake::maintain::MaintainError;
 use vitalake::serve::ServeError;
+use vitalake::terminology::TerminologyError;
 use vitalake::views::View;
 
 fn main() -> ExitCode {
@@ -48,6 +49,9 @@ fn main() -> ExitCode {
                         )
                         | vitalake::Error::Db(DbError::Expectations { .. })
                         | vitalake::Error::Maintain(MaintainError::RetentionTooShort { .. })
+                        | vitalake::Error::Terminology(
+                            TerminologyError::Read { .. } | TerminologyError::Format { .. }
+                        )
                         | vitalake::Error::Serve(
                             ServeError::NoUsers
                                 | ServeError::MissingPassword { .. }
@@ -73,6 +77,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(&config, args).await,
         Command::Maintain(args) => maintain(&config, args).await,
         Command::Ingest(IngestCommand::FhirServer(args)) => ingest_fhir_server(&config, args).await,
+        Command::Ingest(IngestCommand::Terminology(args)) => {
+            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let files: Vec<&std::path::Path> = args.files.iter().map(|f| f.as_path()).collect();
+            let report = vitalake::terminology::load(&lake, &files)
+                .await
+                .map_err(vitalake::Error::from)?;
+            print_report(&report, args.json, true)
+        }
         Command::Ingest(IngestCommand::Fhir(args)) => {
             let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
             let mut options = IngestOptions::from_config(&config.ingest);

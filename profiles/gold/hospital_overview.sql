@@ -3,7 +3,10 @@
 --   patients by country: current patients of each source (FHIR silver.patient, whose country may
 --     be a code or a name, and ikhospital's patients), countries named by ikhospital's countries;
 --   events by specialty: ikhospital's events per specialty and day;
---   doctors per shift: active doctors on the rota per shift and weekday (1 = Monday).
+--   doctors per shift: active doctors on the rota per shift and weekday (1 = Monday);
+--   admissions by class, discharges by class, inpatient census: FHIR encounters per class and day
+--     (UTC), and the midnight census of inpatient (IMP) encounters, as in
+--     gold.hospital_utilization_daily.
 -- Rows deleted at the source (`_deleted_at`) are left out.
 WITH countries AS (
   SELECT code, name FROM silver.ikhospital_countries WHERE _deleted_at IS NULL
@@ -36,3 +39,27 @@ JOIN silver.ikhospital_shifts sh ON sh.id = ds.shift_id AND sh._deleted_at IS NU
 JOIN silver.ikhospital_doctors d ON d.id = ds.doctor_id AND d._deleted_at IS NULL AND d.active
 WHERE ds._deleted_at IS NULL
 GROUP BY sh.name, CAST(ds.weekday AS INT)
+UNION ALL
+SELECT 'admissions by class', coalesce(class_code, 'unknown'), CAST(period_start AS DATE),
+       CAST(NULL AS INT), 'fhir', count(*)
+FROM silver.encounter
+WHERE period_start IS NOT NULL AND coalesce(status, '') NOT IN ('planned', 'cancelled')
+GROUP BY coalesce(class_code, 'unknown'), CAST(period_start AS DATE)
+UNION ALL
+SELECT 'discharges by class', coalesce(class_code, 'unknown'), CAST(period_end AS DATE),
+       CAST(NULL AS INT), 'fhir', count(*)
+FROM silver.encounter
+WHERE period_end IS NOT NULL AND coalesce(status, '') NOT IN ('planned', 'cancelled')
+GROUP BY coalesce(class_code, 'unknown'), CAST(period_end AS DATE)
+UNION ALL
+SELECT 'inpatient census', 'IMP', day, CAST(NULL AS INT), 'fhir', count(*)
+FROM (
+  SELECT CAST(unnest(generate_series(CAST(period_start AS DATE),
+                                     CAST(coalesce(period_end, now()) AS DATE) - INTERVAL '1 day',
+                                     INTERVAL '1 day')) AS DATE) AS day
+  FROM silver.encounter
+  WHERE class_code = 'IMP' AND period_start IS NOT NULL
+    AND coalesce(status, '') NOT IN ('planned', 'cancelled')
+    AND CAST(coalesce(period_end, now()) AS DATE) > CAST(period_start AS DATE)
+) stays
+GROUP BY day

@@ -79,12 +79,24 @@ pub async fn session_with_versions(
             registered.insert(sql_name, Registered { path, table });
         }
     }
-    // Before the first alert, `silver.alerts` is an empty table, so that what reads it still runs.
-    if !ctx.table_exist("silver.alerts").unwrap_or(false) {
-        let schema = crate::alerts::table::ALERTS_SCHEMA.clone();
-        let empty = MemTable::try_new(schema, vec![vec![]]).expect("an empty table");
-        ctx.register_table("silver.alerts", Arc::new(empty))
-            .expect("silver.alerts registers");
+    // Before the first alert, or before code tables are loaded, these are empty tables, so that
+    // what reads them still runs.
+    for (name, schema) in [
+        ("silver.alerts", crate::alerts::table::ALERTS_SCHEMA.clone()),
+        (
+            "silver.terminology_concepts",
+            crate::terminology::CONCEPTS_SCHEMA.clone(),
+        ),
+        (
+            "silver.terminology_maps",
+            crate::terminology::MAPS_SCHEMA.clone(),
+        ),
+    ] {
+        if !ctx.table_exist(name).unwrap_or(false) {
+            let empty = MemTable::try_new(schema, vec![vec![]]).expect("an empty table");
+            ctx.register_table(name, Arc::new(empty))
+                .expect("an empty table registers");
+        }
     }
     Ok((ctx, registered))
 }

@@ -17,14 +17,26 @@ use super::{GoldError, catalog, incremental, read_only};
 use crate::lake::{AppendBuilder, Lake};
 
 /// The gold tables shipped with vitalake, used when the configured folder does not exist.
-const BUILT_IN: [(&str, &str); 5] = [
+const BUILT_IN: [(&str, &str); 8] = [
     (
         "alerts_daily",
         include_str!("../../profiles/gold/alerts_daily.sql"),
     ),
     (
+        "disease_prevalence_daily",
+        include_str!("../../profiles/gold/disease_prevalence_daily.sql"),
+    ),
+    (
         "hospital_overview",
         include_str!("../../profiles/gold/hospital_overview.sql"),
+    ),
+    (
+        "hospital_utilization_daily",
+        include_str!("../../profiles/gold/hospital_utilization_daily.sql"),
+    ),
+    (
+        "lab_abnormal_daily",
+        include_str!("../../profiles/gold/lab_abnormal_daily.sql"),
     ),
     (
         "medicine_distribution_daily",

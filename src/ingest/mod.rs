@@ -130,6 +130,7 @@ pub async fn ingest_files(
         );
         runs::mark_rolled_back(lake, &rolled_back_runs).await?;
     }
+    silver::ensure_view_tables(lake, &views).await?;
     let known = runs::ingested_hashes(lake).await?;
     (options.on_total)(files.iter().map(|f| f.size).sum());
 

@@ -11,6 +11,7 @@ mod eventhubs;
 mod eventhubs_peer;
 mod fhir_server;
 mod gold;
+mod gold_ehr;
 mod ingest_fhir;
 mod maintain;
 mod rules;

@@ -71,6 +71,26 @@ pub fn view_table(name: &str) -> String {
     format!("silver/fhir/{name}")
 }
 
+/// Creates, empty, every view's table that no run has written yet: a silver table exists from the
+/// first run on, whether or not its resources have arrived, so that BI tools, gold SQL and
+/// `SHOW TABLES` see the same tables on every lake. Another process creating it at the same time
+/// is as good.
+pub async fn ensure_view_tables(lake: &Lake, views: &SilverViews) -> Result<(), IngestError> {
+    for view in views.views() {
+        let name = view_table(view.name().unwrap_or_default());
+        if lake.existing_table(&name).await?.is_some() {
+            continue;
+        }
+        let empty = batches::view_batch(view, Vec::new());
+        if let Err(error) = batches::write(lake, &name, empty, Replace::Nothing, "create").await
+            && lake.existing_table(&name).await?.is_none()
+        {
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn versions_table(resource_type: &str) -> String {
     format!("{VERSIONS_PREFIX}/{resource_type}")
 }

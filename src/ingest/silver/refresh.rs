@@ -24,6 +24,7 @@ pub async fn refresh(
             "no view named '{name}' in the silver views"
         )));
     }
+    ensure_view_tables(lake, views).await?;
     let batch_id = uuid::Uuid::now_v7().to_string();
     let mut report = RefreshReport::default();
     let mut types: Vec<&str> = views.views().iter().map(View::resource).collect();
@@ -100,11 +101,8 @@ pub async fn refresh(
                 })
                 .collect();
             let name = view_table(view.name().unwrap_or_default());
-            let batch = view_batch(view, rows);
-            if is_new_and_empty(lake, &name, &batch).await? {
-                continue;
-            }
-            let written = write(lake, &name, batch, Replace::All, &batch_id).await?;
+            let written =
+                write(lake, &name, view_batch(view, rows), Replace::All, &batch_id).await?;
             report.tables.insert(name, written);
         }
         let all: Vec<&BronzeResource> = ordered.iter().map(|(r, _)| r).collect();
@@ -162,8 +160,9 @@ pub async fn refresh(
     Ok(report)
 }
 
-/// Nothing to write to a table that does not exist yet: the incremental path creates a table with
-/// its first row, and a rebuild must leave the same tables (an existing one is emptied).
+/// Nothing to write to a version index that does not exist yet: the incremental path creates one
+/// with a type's first resource, and a rebuild must leave the same tables (an existing one is
+/// emptied).
 async fn is_new_and_empty(
     lake: &Lake,
     table: &str,

@@ -109,6 +109,7 @@ pub async fn run_stream(
 ) -> Result<StreamReport, IngestError> {
     let started = Instant::now();
     let views = SilverViews::load(&options.views)?;
+    crate::ingest::silver::ensure_view_tables(lake, &views).await?;
     let checkpoints = Checkpoints::beside_lake(lake.root())?;
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = options.metrics {
