@@ -102,6 +102,9 @@ pub struct ResourceRecord {
     /// `raw` parsed, when the structural check kept it (`keep_parse`) or checks parsed it: the
     /// stream hands it on to the silver views.
     pub json: Option<std::sync::Arc<serde_json::Value>>,
+    /// A delete event (a Bundle entry `DELETE Patient/123`), not a resource: `raw` holds the
+    /// entry's request. Kept in bronze; the resource leaves silver.
+    pub deleted: bool,
 }
 
 /// A piece of input that is not a valid resource, with every reason found.
@@ -157,6 +160,57 @@ struct EntryHead<'a> {
     full_url: Option<String>,
     #[serde(borrow)]
     resource: Option<&'a RawValue>,
+    request: Option<EntryRequest>,
+}
+
+#[derive(Deserialize)]
+struct EntryRequest {
+    method: Option<String>,
+    url: Option<String>,
+}
+
+/// A Bundle entry that deletes a resource (`request.method` DELETE, `request.url` `Patient/123`,
+/// relative or absolute): the delete event, or why it cannot be applied.
+fn delete_event(full_url: Option<String>, url: &str, location: Location, index: usize) -> Decoded {
+    let reject = |message: String| {
+        Decoded::Rejected(Rejected::new(
+            "",
+            location.clone(),
+            Issue::error(
+                "bundle-entry",
+                format!("Bundle.entry[{index}].request"),
+                message,
+            ),
+        ))
+    };
+    if url.contains('?') {
+        return reject(format!(
+            "a conditional DELETE ({url}) names no resource id: not applied; delete by id (Type/id)"
+        ));
+    }
+    let path = url.split("/_history/").next().unwrap_or(url);
+    let mut segments = path.rsplit('/');
+    let (Some(id), Some(resource_type)) = (segments.next(), segments.next()) else {
+        return reject(format!("DELETE {url}: expected Type/id"));
+    };
+    if id.is_empty() || !structure::is_resource_type(resource_type) {
+        return reject(format!(
+            "DELETE {url}: expected Type/id with a FHIR R4 resource type"
+        ));
+    }
+    let raw = serde_json::json!({"fullUrl": full_url, "request": {"method": "DELETE", "url": url}});
+    Decoded::Resource(ResourceRecord {
+        resource_type: resource_type.to_string(),
+        id: Some(id.to_string()),
+        version_id: None,
+        last_updated: None,
+        full_url,
+        raw: raw.to_string(),
+        location,
+        warnings: Vec::new(),
+        json: None,
+        deleted: true,
+    })
 }
 
 /// Decodes `text`, found at `location`, appending one [`Decoded`] per resource or rejected piece.
@@ -238,8 +292,13 @@ fn decode_at_depth(
         }
         for (index, entry) in entries.into_iter().enumerate() {
             let entry_location = location.entry(index);
-            match entry.resource {
-                Some(resource) => decode_at_depth(
+            let delete_url = entry
+                .request
+                .as_ref()
+                .filter(|r| r.method.as_deref() == Some("DELETE"))
+                .and_then(|r| r.url.as_deref());
+            match (entry.resource, delete_url) {
+                (Some(resource), _) => decode_at_depth(
                     resource.get(),
                     entry_location,
                     entry.full_url,
@@ -247,7 +306,10 @@ fn decode_at_depth(
                     depth + 1,
                     out,
                 ),
-                None => out.push(Decoded::Rejected(Rejected::new(
+                (None, Some(url)) => {
+                    out.push(delete_event(entry.full_url, url, entry_location, index))
+                }
+                (None, None) => out.push(Decoded::Rejected(Rejected::new(
                     "",
                     entry_location,
                     Issue::error(
@@ -309,6 +371,7 @@ fn decode_at_depth(
             location,
             warnings: Vec::new(),
             json,
+            deleted: false,
         }));
     } else {
         out.push(Decoded::Rejected(Rejected {
@@ -378,7 +441,30 @@ mod tests {
     }
 
     #[test]
-    fn bundles_inside_bundles_are_opened_and_entries_without_resource_reported() {
+    fn entries_without_resource_or_with_a_conditional_delete_are_reported() {
+        let text = r#"{"resourceType":"Bundle","type":"transaction","entry":[
+            {"request":{"method":"GET","url":"Patient/x"}},
+            {"request":{"method":"DELETE","url":"Patient?identifier=123"}},
+            {"request":{"method":"DELETE","url":"Spaceship/1"}},
+            {"request":{"method":"DELETE","url":"http://x.org/fhir/Observation/o1/_history/2"}}]}"#;
+        let out = run(text);
+        let rules: Vec<String> = out
+            .iter()
+            .map(|d| match d {
+                Decoded::Rejected(r) => r.issues[0].message.clone(),
+                Decoded::Resource(r) => {
+                    format!("delete {}/{}", r.resource_type, r.id.as_deref().unwrap())
+                }
+            })
+            .collect();
+        assert!(rules[0].contains("has no resource"), "{rules:?}");
+        assert!(rules[1].contains("conditional DELETE"), "{rules:?}");
+        assert!(rules[2].contains("FHIR R4 resource type"), "{rules:?}");
+        assert_eq!(rules[3], "delete Observation/o1");
+    }
+
+    #[test]
+    fn bundles_inside_bundles_are_opened_and_delete_entries_are_delete_events() {
         let text = r#"{"resourceType":"Bundle","type":"collection","entry":[
             {"fullUrl":"urn:uuid:1","resource":{"resourceType":"Patient","id":"a"}},
             {"request":{"method":"DELETE","url":"Patient/x"}},
@@ -391,11 +477,14 @@ mod tests {
         };
         assert_eq!(patient.full_url.as_deref(), Some("urn:uuid:1"));
         assert_eq!(patient.raw, r#"{"resourceType":"Patient","id":"a"}"#);
-        let Decoded::Rejected(no_resource) = &out[1] else {
+        let Decoded::Resource(deleted) = &out[1] else {
             panic!()
         };
-        assert_eq!(no_resource.issues[0].rule, "bundle-entry");
-        assert_eq!(no_resource.location.json_path(), "$.entry[1].resource");
+        assert!(deleted.deleted);
+        assert_eq!(
+            (deleted.resource_type.as_str(), deleted.id.as_deref()),
+            ("Patient", Some("x"))
+        );
         let Decoded::Resource(obs) = &out[2] else {
             panic!()
         };

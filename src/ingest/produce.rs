@@ -329,6 +329,10 @@ fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mu
 pub(crate) fn apply_checks(checks: &[Arc<dyn Check>], decoded: &mut [Decoded], keep_json: bool) {
     for decoded in decoded {
         if let Decoded::Resource(resource) = decoded {
+            // A delete event is no resource to check.
+            if resource.deleted {
+                continue;
+            }
             if checks.is_empty() {
                 if !keep_json {
                     resource.json = None;
@@ -423,11 +427,15 @@ impl<'a> ChunkBuffer<'a> {
                 Decoded::Resource(r) => {
                     entry.resources += 1;
                     self.bytes += r.raw.len();
-                    *self
-                        .stats
-                        .resources_by_type
-                        .entry(r.resource_type.clone())
-                        .or_default() += 1;
+                    if r.deleted {
+                        self.stats.delete_events += 1;
+                    } else {
+                        *self
+                            .stats
+                            .resources_by_type
+                            .entry(r.resource_type.clone())
+                            .or_default() += 1;
+                    }
                     self.resources.push((r, provenance.clone()));
                 }
                 Decoded::Rejected(r) => {

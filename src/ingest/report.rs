@@ -12,6 +12,9 @@ pub struct ProduceStats {
     pub files_read: u64,
     pub bytes_read: u64,
     pub resources_by_type: BTreeMap<String, u64>,
+    /// Bundle entries that delete a resource (`DELETE Patient/123`): kept in bronze, and the
+    /// resource leaves silver.
+    pub delete_events: u64,
     /// Quarantined records; a record with several rules counts once per rule below.
     pub quarantined: u64,
     pub quarantined_by_rule: BTreeMap<String, u64>,
@@ -94,6 +97,13 @@ impl fmt::Display for IngestReport {
             "  {:.1} s   {:.0} resources/s   {:.1} MB/s",
             self.duration_secs, self.resources_per_sec, self.mb_per_sec
         )?;
+        if s.delete_events > 0 {
+            writeln!(
+                f,
+                "  delete events {:>5}   (Bundle entries DELETE Type/id: in bronze, gone from silver)",
+                s.delete_events
+            )?;
+        }
         if !s.resources_by_type.is_empty() {
             writeln!(f, "\n  {:<28} {:>10}", "resource type", "resources")?;
             for (resource_type, n) in &s.resources_by_type {

@@ -2,7 +2,7 @@
 //!
 //! | table | one row per |
 //! |---|---|
-//! | `bronze/fhir/<resourceType>` | valid resource, raw JSON as received |
+//! | `bronze/fhir/<resourceType>` | valid resource, raw JSON as received; or a delete event |
 //! | `silver/quarantine` | rejected record, with every issue |
 //! | `bronze/ingest_log` | file read by a run |
 //! | `bronze/ingest_runs` | run event: `started`, `finished`, `rolled_back` |
@@ -60,6 +60,8 @@ pub static BRONZE_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("ingested_at", utc_timestamp(), false),
         utf8("batch_id", false),
         Field::new("warnings", issues_type(), true),
+        // A delete event (`DELETE Patient/123` in a Bundle), whose `raw` is the entry's request.
+        Field::new("deleted", DataType::Boolean, true),
     ]))
 });
 
@@ -156,6 +158,12 @@ pub fn bronze_batch(records: &[(ResourceRecord, Arc<Provenance>)]) -> RecordBatc
         utc_micros(records.iter().map(|(_, p)| Some(p.ingested_at))),
         col(&|_, p| Some(p.batch_id.clone())),
         issues_column(records.iter().map(|(r, _)| r.warnings.as_slice())),
+        Arc::new(
+            records
+                .iter()
+                .map(|(r, _)| Some(r.deleted))
+                .collect::<BooleanArray>(),
+        ),
     ];
     RecordBatch::try_new(BRONZE_SCHEMA.clone(), columns).expect("bronze columns match schema")
 }

@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use crate::common::{count, generate, ingest, rows, run_ok, shared_fhir, temp_lake, vitalake};
 
 /// Counts resources by type straight from the files, independently of vitalake's decoder:
-/// Bundles (any type, nested too) count their entries; entries without a resource count as "".
+/// Bundles (any type, nested too) count their entries; an entry `DELETE Type/id` counts as
+/// "delete Type", any other entry without a resource as "".
 fn count_input(path: &Path, counts: &mut BTreeMap<String, u64>) {
     if path.is_dir() {
         for entry in std::fs::read_dir(path).unwrap() {
@@ -32,9 +33,16 @@ fn count_value(value: &Value, counts: &mut BTreeMap<String, u64>) {
     match (value["resourceType"].as_str(), value["entry"].as_array()) {
         (Some("Bundle"), Some(entries)) => {
             for entry in entries {
-                match entry.get("resource") {
-                    Some(resource) => count_value(resource, counts),
-                    None => *counts.entry(String::new()).or_default() += 1,
+                let delete = entry["request"]["url"]
+                    .as_str()
+                    .filter(|url| entry["request"]["method"] == "DELETE" && !url.contains('?'));
+                match (entry.get("resource"), delete) {
+                    (Some(resource), _) => count_value(resource, counts),
+                    (None, Some(url)) => {
+                        let resource_type = url.split('/').next().unwrap();
+                        *counts.entry(format!("delete {resource_type}")).or_default() += 1
+                    }
+                    (None, None) => *counts.entry(String::new()).or_default() += 1,
                 }
             }
         }
@@ -51,20 +59,32 @@ async fn official_examples_synthea_and_bulk_data_reconcile() {
         count_input(Path::new(input), &mut expected);
     }
     let without_resource = expected.remove("").unwrap_or(0);
+    let deletes: BTreeMap<String, u64> = expected
+        .iter()
+        .filter_map(|(k, n)| Some((k.strip_prefix("delete ")?.to_string(), *n)))
+        .collect();
+    expected.retain(|k, _| !k.starts_with("delete "));
+    assert_eq!(
+        deletes.values().sum::<u64>(),
+        1,
+        "the transaction example deletes Patient/234"
+    );
 
     let (_dir, lake) = temp_lake();
     let report = ingest(&lake, &[&inputs[0], &inputs[1]]).await;
 
-    // Every official example and Synthea resource is valid R4: all land in bronze, per type.
+    // Every official example and Synthea resource is valid R4: all land in bronze, per type, and
+    // each delete entry beside them as a delete event.
     assert_eq!(report.stats.resources_by_type, expected);
+    assert_eq!(report.stats.delete_events, 1);
     for (resource_type, n) in &expected {
         assert_eq!(
             count(&lake, &format!("bronze/fhir/{resource_type}")).await,
-            *n,
+            n + deletes.get(resource_type).copied().unwrap_or(0),
             "{resource_type}"
         );
     }
-    // What is quarantined is exactly the entries that carry no resource.
+    // What is quarantined is exactly the entries that carry no resource and delete nothing by id.
     let rules = rows(
         &lake,
         "silver/quarantine",

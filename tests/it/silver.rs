@@ -643,3 +643,121 @@ fn views_run_reads_the_lake_bronze_table() {
     let statuses: BTreeSet<&str> = rows.iter().filter_map(|r| r["status"].as_str()).collect();
     assert_eq!(statuses, BTreeSet::from(["amended", "final"]));
 }
+
+/// A Bundle entry `DELETE Type/id` takes the resource out of silver and stays in bronze as a delete
+/// event; it erases the versions ingested before it, and a version ingested after it counts again.
+/// `refresh silver` rebuilds the same tables from bronze at every step.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_entry_takes_the_resource_out_of_silver() {
+    let (dir, lake) = temp_lake();
+    let patient = |id: &str, version: &str| json!({"resource": {"resourceType": "Patient", "id": id, "meta": {"versionId": version}, "gender": "female"}});
+    let delete = |url: &str| json!({"request": {"method": "DELETE", "url": url}});
+    let heart_rate = json!({"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/p2"}, "effectiveDateTime": "2026-01-01T08:00:00Z",
+        "valueQuantity": {"value": 70, "unit": "/min", "system": "http://unitsofmeasure.org", "code": "/min"}}});
+    let mut step = 0;
+    let mut land = |entries: Vec<Value>| {
+        step += 1;
+        let path = dir.path().join(format!("{step}.json"));
+        let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        std::fs::write(&path, bundle.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let ids = |table: &'static str| {
+        let lake = lake.clone();
+        async move {
+            rows(
+                &lake,
+                &silver::view_table(table),
+                "SELECT id FROM t ORDER BY id",
+            )
+            .await
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect::<Vec<_>>()
+        }
+    };
+    let rebuilt_agrees = || {
+        let lake = lake.clone();
+        async move {
+            let before = (
+                rows(
+                    &lake,
+                    "silver/fhir/patient",
+                    "SELECT id, version_id FROM t ORDER BY id",
+                )
+                .await,
+                rows(
+                    &lake,
+                    "silver/fhir/heart_rate",
+                    "SELECT id FROM t ORDER BY id",
+                )
+                .await,
+            );
+            let views = silver::SilverViews::load(Path::new("profiles/views")).unwrap();
+            silver::refresh(&lake, &views, None).await.unwrap();
+            let after = (
+                rows(
+                    &lake,
+                    "silver/fhir/patient",
+                    "SELECT id, version_id FROM t ORDER BY id",
+                )
+                .await,
+                rows(
+                    &lake,
+                    "silver/fhir/heart_rate",
+                    "SELECT id FROM t ORDER BY id",
+                )
+                .await,
+            );
+            assert_eq!(before, after, "refresh silver rebuilt something else");
+        }
+    };
+
+    let first = land(vec![patient("p1", "1"), patient("p2", "1"), heart_rate]);
+    crate::common::ingest(&lake, &[&first]).await;
+    assert_eq!(ids("patient").await, ["p1", "p2"]);
+    assert_eq!(ids("heart_rate").await, ["o1"]);
+
+    let second = land(vec![
+        delete("Patient/p1"),
+        delete("Observation/o1"),
+        delete("Patient/never-seen"),
+    ]);
+    let report = crate::common::ingest(&lake, &[&second]).await;
+    assert_eq!((report.stats.delete_events, report.quarantine_rows), (3, 0));
+    assert_eq!(ids("patient").await, ["p2"]);
+    assert!(ids("heart_rate").await.is_empty());
+    let events = rows(
+        &lake,
+        "bronze/fhir/Patient",
+        "SELECT resource_id FROM t WHERE deleted ORDER BY 1",
+    )
+    .await;
+    assert_eq!(events, [["never-seen"], ["p1"]]);
+    rebuilt_agrees().await;
+
+    // A version after the delete brings p1 back; in one Bundle, p2's delete then a version: it
+    // stays, at that version.
+    let third = land(vec![
+        patient("p1", "2"),
+        delete("Patient/p2"),
+        patient("p2", "9"),
+    ]);
+    crate::common::ingest(&lake, &[&third]).await;
+    let versions = rows(
+        &lake,
+        "silver/fhir/patient",
+        "SELECT id, version_id FROM t ORDER BY id",
+    )
+    .await;
+    assert_eq!(versions, [["p1", "2"], ["p2", "9"]]);
+    rebuilt_agrees().await;
+
+    // A version then a delete: gone, even though the delete carries no version.
+    let fourth = land(vec![patient("p2", "10"), delete("Patient/p2")]);
+    crate::common::ingest(&lake, &[&fourth]).await;
+    assert_eq!(ids("patient").await, ["p1"]);
+    rebuilt_agrees().await;
+}

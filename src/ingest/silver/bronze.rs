@@ -16,6 +16,8 @@ pub struct BronzeResource {
     pub flattened: Option<Flattened>,
     pub location: Location,
     pub provenance: Arc<Provenance>,
+    /// A delete event: the resource leaves silver (see [`super::newer`]).
+    pub deleted: bool,
 }
 
 pub(super) fn strings(batch: &RecordBatch, name: &str) -> StringArray {
@@ -70,6 +72,15 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
         integers(batch, "line"),
         integers(batch, "ingested_at"),
     );
+    // Bronze written before delete events has no `deleted` column: nothing there was one.
+    let deleted = batch.column_by_name("deleted").map(|c| {
+        cast(c, &DataType::Boolean)
+            .expect("deleted is boolean")
+            .as_any()
+            .downcast_ref::<deltalake::arrow::array::BooleanArray>()
+            .expect("cast to Boolean")
+            .clone()
+    });
     let mut provenances: HashMap<(&str, &str), Arc<Provenance>> = HashMap::new();
     (0..batch.num_rows())
         .map(|i| {
@@ -100,6 +111,9 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
                     location,
                     warnings: Vec::new(),
                     json: None,
+                    deleted: deleted
+                        .as_ref()
+                        .is_some_and(|d| !d.is_null(i) && d.value(i)),
                 },
                 provenance,
             )
@@ -158,7 +172,20 @@ fn bronze_resource(record: ResourceRecord, provenance: Arc<Provenance>) -> Bronz
         flattened: None,
         location,
         provenance,
+        deleted: record.deleted,
     }
+}
+
+/// The bronze columns silver reads, for `table` (whose `deleted` column came with delete events).
+pub(super) fn bronze_columns(
+    table: &deltalake::DeltaTable,
+    name: &str,
+) -> Result<String, IngestError> {
+    let schema = crate::lake::arrow_schema(table, name)?;
+    Ok(match schema.field_with_name("deleted") {
+        Ok(_) => format!("{BRONZE_COLUMNS}, deleted"),
+        Err(_) => BRONZE_COLUMNS.to_string(),
+    })
 }
 
 pub(super) const BRONZE_COLUMNS: &str = "resource_id, version_id, last_updated, full_url, source_uri, source_sha256, line, json_path, raw, ingested_at, batch_id";

@@ -207,6 +207,42 @@ impl Ord for VersionKey {
     }
 }
 
+/// Which of two records of one key silver keeps, once [`erased`] has dropped what a delete
+/// erased: a version beats a delete event (any version left was ingested after it), two versions
+/// go by [`VersionKey`], and of two deletes the later one counts.
+pub(super) fn newer(a: &BronzeResource, b: &BronzeResource) -> bool {
+    match (a.deleted, b.deleted) {
+        (false, true) => true,
+        (true, false) => false,
+        _ => a.version > b.version,
+    }
+}
+
+/// The ingest order of each key's latest delete event among `records`: that delete erases every
+/// version of the key ingested before it, including the one silver holds; the versions ingested
+/// after it compete as usual. (Kept out of [`VersionKey`]'s order, which must stay total: a delete
+/// between two versions would otherwise sit above the older and below the newer by turns.)
+pub(super) fn latest_deletes<'r>(
+    records: impl Iterator<Item = &'r BronzeResource>,
+) -> HashMap<String, String> {
+    let mut deletes: HashMap<String, String> = HashMap::new();
+    for r in records.filter(|r| r.deleted) {
+        let at = &r.version.ingest_order;
+        if deletes.get(&r.key).is_none_or(|seen| at > seen) {
+            deletes.insert(r.key.clone(), at.clone());
+        }
+    }
+    deletes
+}
+
+/// Whether `r` is a version an ingested-later delete of its key erased.
+pub(super) fn erased(r: &BronzeResource, deletes: &HashMap<String, String>) -> bool {
+    !r.deleted
+        && deletes
+            .get(&r.key)
+            .is_some_and(|at| r.version.ingest_order < *at)
+}
+
 impl PartialOrd for VersionKey {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -292,6 +328,7 @@ mod tests {
                 },
                 warnings: vec![Issue::error("rule", "Observation", "kept in bronze only")],
                 json: None,
+                deleted: false,
             }
         };
         let records: Vec<(ResourceRecord, Arc<Provenance>)> = [

@@ -46,12 +46,21 @@ pub async fn refresh(
             .find(|(_, v)| v.name() == Some(HISTORY_VIEW) && resource_type == "Patient")
             .map(|(_, v)| *v);
         if let Some(bronze) = lake.existing_table(&bronze_name).await? {
-            let mut stream = read::stream(
-                &bronze,
-                &bronze_name,
-                &format!("SELECT {BRONZE_COLUMNS} FROM t"),
-            )
-            .await?;
+            let columns = bronze_columns(&bronze, &bronze_name)?;
+            // The delete events first (few): each erases the versions ingested before it.
+            let deletes = if columns.ends_with("deleted") {
+                let sql = format!("SELECT {columns} FROM t WHERE deleted");
+                let batches = read::query(&bronze, &bronze_name, &sql).await?;
+                let events: Vec<BronzeResource> = batches
+                    .iter()
+                    .flat_map(|b| from_bronze(resource_type, b))
+                    .collect();
+                latest_deletes(events.iter())
+            } else {
+                HashMap::new()
+            };
+            let mut stream =
+                read::stream(&bronze, &bronze_name, &format!("SELECT {columns} FROM t")).await?;
             while let Some(batch) = stream
                 .try_next()
                 .await
@@ -62,19 +71,18 @@ pub async fn refresh(
                 if let Some(view) = history_view {
                     patient_versions(view, &resources, &mut patients);
                 }
-                let newer: Vec<BronzeResource> = resources
+                let candidates: Vec<BronzeResource> = resources
                     .into_iter()
                     .filter(|r| {
-                        winners
-                            .get(&r.key)
-                            .is_none_or(|(old, _)| r.version > old.version)
+                        !erased(r, &deletes)
+                            && winners.get(&r.key).is_none_or(|(old, _)| newer(r, old))
                     })
                     .collect();
                 let flattened: Vec<Flattened> =
-                    newer.par_iter().map(|r| flatten(views, r)).collect();
-                for (resource, flat) in newer.into_iter().zip(flattened) {
+                    candidates.par_iter().map(|r| flatten(views, r)).collect();
+                for (resource, flat) in candidates.into_iter().zip(flattened) {
                     match winners.get(&resource.key) {
-                        Some((old, _)) if old.version >= resource.version => {}
+                        Some((old, _)) if !newer(&resource, old) => {}
                         _ => {
                             winners.insert(resource.key.clone(), (resource, flat));
                         }

@@ -168,10 +168,14 @@ impl<'l> SilverWriter<'l> {
                 .collect();
             patient_versions(view, &new, &mut chunk_versions);
         }
+        let deletes = latest_deletes(resources.iter());
         let mut newest: HashMap<String, BronzeResource> = HashMap::new();
         for resource in resources {
+            if erased(&resource, &deletes) {
+                continue;
+            }
             match newest.get(&resource.key) {
-                Some(seen) if seen.version >= resource.version => {}
+                Some(seen) if !newer(&resource, seen) => {}
                 _ => {
                     newest.insert(resource.key.clone(), resource);
                 }
@@ -186,9 +190,11 @@ impl<'l> SilverWriter<'l> {
         };
         let (mut winners, losers): (Vec<BronzeResource>, Vec<BronzeResource>) =
             newest.into_values().partition(|r| {
-                known
-                    .get(&r.key)
-                    .is_none_or(|old| r.version > *old || (self.redo && r.version == *old))
+                // A delete in this chunk erased what silver held of its key.
+                deletes.contains_key(&r.key)
+                    || known
+                        .get(&r.key)
+                        .is_none_or(|old| r.version > *old || (self.redo && r.version == *old))
             });
         winners.sort_by(|a, b| a.key.cmp(&b.key));
 
