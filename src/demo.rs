@@ -27,7 +27,7 @@ pub struct DemoOptions {
 }
 
 /// The questions the summary answers, over the lake's catalogue.
-const SUMMARY: [(&str, &str); 4] = [
+const SUMMARY: [(&str, &str); 6] = [
     (
         "Alerts sent, by rule",
         "SELECT rule_id, severity, count(*) AS alerts, count(DISTINCT patient_id) AS patients \
@@ -42,6 +42,18 @@ const SUMMARY: [(&str, &str); 4] = [
         "Sample query: patients whose latest blood pressure is stage 2 or a crisis (gold.patient_clinical_summary)",
         "SELECT latest_category, count(*) AS patients FROM gold.patient_clinical_summary \
          WHERE latest_category IN ('stage 2 hypertension', 'hypertensive crisis') GROUP BY latest_category ORDER BY latest_category",
+    ),
+    (
+        "Encounters by class (gold.hospital_utilization_daily)",
+        "SELECT encounter_class, sum(admissions) AS admissions, \
+         round(avg(los_mean_hours), 2) AS mean_stay_hours, sum(readmissions_30d) AS readmissions_30d \
+         FROM gold.hospital_utilization_daily GROUP BY encounter_class ORDER BY admissions DESC",
+    ),
+    (
+        "Conditions active today (gold.disease_prevalence_daily, latest row per code)",
+        "SELECT display, icd10cm_chapter, patients FROM (SELECT *, row_number() OVER \
+         (PARTITION BY code_system, code ORDER BY day DESC) AS n FROM gold.disease_prevalence_daily) \
+         WHERE n = 1 AND patients > 0 ORDER BY patients DESC, display LIMIT 8",
     ),
     (
         "Medicines dispensed (gold.medicine_distribution_daily)",
@@ -120,6 +132,28 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
         report.bronze_rows,
         report.quarantine_rows,
         report.stats.files_skipped.len()
+    )?;
+    // The rest of the record (encounters, diagnoses, labs...): two Synthea patients, and the
+    // ICD-10-CM chapters the disease prevalence names (when run from a checkout).
+    let ehr = sample(&options, "ehr")?;
+    let report =
+        crate::ingest::ingest_fhir(lake, &[ehr.display().to_string()], options.ingest.clone())
+            .await?;
+    let chapters = options
+        .gold
+        .with_file_name("terminology/icd-10-cm-chapters.csv");
+    let loaded = if chapters.exists() {
+        crate::terminology::load(lake, &[chapters.as_path()]).await?;
+        "; ICD-10-CM chapters loaded"
+    } else {
+        ""
+    };
+    writeln!(
+        out,
+        "2b. EHR records {}: {} resources to bronze, {} quarantined{loaded}",
+        ehr.display(),
+        report.bronze_rows,
+        report.quarantine_rows,
     )?;
     let dispenses = run_stream(
         lake,

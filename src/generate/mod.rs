@@ -438,9 +438,10 @@ fn write_invalid(out: &Path, summary: &mut GenerateSummary) -> Result<(), Genera
         false,
         summary,
     )?;
-    // A transaction that deletes: the entry has no resource (rule `bundle-entry`).
+    // A transaction that deletes by a search, which names no resource (rule `bundle-entry`; a
+    // delete by id, `Patient/retired-1`, would be a delete event).
     let delete = json!({ "resourceType": "Bundle", "type": "transaction", "entry": [
-        { "request": { "method": "DELETE", "url": "Patient/retired-1" } }
+        { "request": { "method": "DELETE", "url": "Patient?identifier=retired-1" } }
     ]});
     write(
         out,

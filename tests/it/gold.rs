@@ -306,16 +306,27 @@ async fn the_demo_runs_on_a_fresh_lake_and_a_second_run_adds_nothing() {
         "Quarantine, by first reason",
         "gold.patient_bp_daily",
         "Hospital databases: skipped",
+        "Encounters by class",
+        "silver.encounter",
+        "gold.hospital_utilization_daily",
+        "ICD-10-CM chapters loaded",
     ] {
         assert!(first.contains(expected), "{expected} not in:\n{first}");
     }
     let alerts = count(&lake, "silver/alerts").await;
     let readings = count(&lake, "silver/fhir/blood_pressure").await;
     assert!(alerts > 0 && readings > 0);
+    let encounters = count(&lake, "silver/fhir/encounter").await;
+    assert_eq!(
+        encounters, 14,
+        "the two Synthea records in samples/ehr have 7 encounters each"
+    );
     assert!(lake_path.join("alerts.ndjson").exists());
     demo();
     assert_eq!(count(&lake, "silver/alerts").await, alerts);
     assert_eq!(count(&lake, "silver/fhir/blood_pressure").await, readings);
+    assert_eq!(count(&lake, "silver/fhir/encounter").await, encounters);
+    assert_eq!(count(&lake, "silver/terminology/concepts").await, 22);
     assert!(count(&lake, "gold/patient_clinical_summary").await > 0);
 }
 
