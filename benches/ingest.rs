@@ -6,7 +6,9 @@
 //! (rayon over files and lines): no ingest that must at least parse its input can beat it.
 //! Ingest runs as the real release binary in a child process, whose peak RSS (VmHWM) is sampled
 //! from /proc. Sizes: `VITALAKE_BENCH_DROP_MB` (default 200) and `VITALAKE_BENCH_NDJSON_MB`
-//! (default 1024); data is generated under `target/bench-data` and reused.
+//! (default 1024); data is generated under `target/bench-data` and reused. A third input holds the
+//! whole record (encounters, conditions, labs, claims...): `VITALAKE_BENCH_SYNTHEA_COPIES` (default
+//! 10) copies of the Synthea bundles of `../shared/fhir/synthea`, their UUIDs made unique per copy.
 
 mod support;
 
@@ -59,11 +61,15 @@ fn main() {
     }
     let all_views = root.join("profiles/views");
 
+    let synthea_copies = env_or("VITALAKE_BENCH_SYNTHEA_COPIES", 10);
+    let synthea = data.join(format!("synthea-x{synthea_copies}"));
+    ensure_synthea(&synthea, synthea_copies);
+
     println!(
         "\n| input | bytes | resources | parse-only floor | ingest (bronze + silver) | ingest / floor | + profile validation | validation adds | peak RSS (with validation) | same with the 4 views before issue 24 | all views / 4 views |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for input in [&drop, &ndjson_file] {
+    for input in [&drop, &ndjson_file, &synthea] {
         let floor = parse_floor(input);
         let plain = ingest(input, &data, false, &all_views);
         let validated = ingest(input, &data, true, &all_views);
@@ -122,6 +128,31 @@ fn ensure_drop(dir: &Path, mb: u64, bundles: bool) {
         dir.display(),
         started.elapsed()
     );
+}
+
+/// `copies` copies of the Synthea bundles, each with its UUIDs (ids, fullUrls, references)
+/// prefixed by its copy number, so no copy is a re-send of another.
+fn ensure_synthea(dir: &Path, copies: u64) {
+    if dir.exists() {
+        return;
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fhir/synthea");
+    let uuid = regex::Regex::new(
+        r"\b[0-9a-f]{2}([0-9a-f]{6}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    for copy in 0..copies {
+        for file in files(&source) {
+            if file.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&file).unwrap();
+            let text = uuid.replace_all(&text, |c: &regex::Captures| format!("{copy:02}{}", &c[1]));
+            let name = format!("{copy:02}-{}", file.file_name().unwrap().to_string_lossy());
+            std::fs::write(dir.join(name), text.as_bytes()).unwrap();
+        }
+    }
 }
 
 fn concatenate(parts: &Path, out: &Path) {

@@ -139,6 +139,14 @@ fn query(lake: &Path, sql: &str) -> Vec<Value> {
         .collect()
 }
 
+/// A row's values of `fields`, as text: the key it is matched by.
+fn key(row: &Value, fields: &[&str]) -> Vec<String> {
+    fields
+        .iter()
+        .map(|f| row[*f].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
 fn close(a: &Value, b: &Value) -> bool {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => (x - y).abs() < 1e-6,
@@ -188,26 +196,16 @@ fn ehr_gold_tables_match_an_independent_count() {
     let expected: Value = serde_json::from_slice(&out.stdout).unwrap();
 
     // Utilization, per day and class: every row, every figure.
-    let gold: BTreeMap<(String, String), Value> =
+    const DAY_CLASS: &[&str] = &["day", "encounter_class"];
+    let gold: BTreeMap<Vec<String>, Value> =
         query(&lake, "SELECT * FROM gold.hospital_utilization_daily")
             .into_iter()
-            .map(|r| {
-                (
-                    (
-                        r["day"].as_str().unwrap().to_string(),
-                        r["encounter_class"].as_str().unwrap().to_string(),
-                    ),
-                    r,
-                )
-            })
+            .map(|r| (key(&r, DAY_CLASS), r))
             .collect();
     let want = expected["utilization"].as_array().unwrap();
     assert_eq!(gold.len(), want.len());
     for row in want {
-        let got = &gold[&(
-            row["day"].as_str().unwrap().to_string(),
-            row["encounter_class"].as_str().unwrap().to_string(),
-        )];
+        let got = &gold[&key(row, DAY_CLASS)];
         for field in ["admissions", "discharges", "census", "readmissions_30d"] {
             assert_eq!(got[field], row[field], "{field} on {row}");
         }
@@ -221,40 +219,23 @@ fn ehr_gold_tables_match_an_independent_count() {
     }
     // The two stays 16 days apart: one inpatient readmission, and the first stay's middle days in
     // the census.
-    let imp = |day: &str| &gold[&(day.to_string(), "IMP".to_string())];
+    let imp = |day: &str| &gold[&vec![day.to_string(), "IMP".to_string()]];
     assert_eq!(imp("2024-03-04")["readmissions_30d"], 1);
     assert_eq!(imp("2024-03-02")["census"], 1);
 
     // Prevalence, per code at each change.
+    const DAY_CODE: &[&str] = &["day", "code_system", "code"];
     let prevalence = query(
         &lake,
         "SELECT day, code_system, code, patients, icd10cm_chapter FROM gold.disease_prevalence_daily ORDER BY day, code_system, code",
     );
-    let got: Vec<(String, String, String, u64)> = prevalence
-        .iter()
-        .map(|r| {
-            (
-                r["day"].as_str().unwrap().into(),
-                r["code_system"].as_str().unwrap().into(),
-                r["code"].as_str().unwrap().into(),
-                r["patients"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    let want: Vec<(String, String, String, u64)> = expected["prevalence"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["day"].as_str().unwrap().into(),
-                r["code_system"].as_str().unwrap().into(),
-                r["code"].as_str().unwrap().into(),
-                r["patients"].as_u64().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(got, want);
+    let counted = |rows: &[Value]| -> Vec<(Vec<String>, u64)> {
+        rows.iter()
+            .map(|r| (key(r, DAY_CODE), r["patients"].as_u64().unwrap()))
+            .collect()
+    };
+    let got = counted(&prevalence);
+    assert_eq!(got, counted(expected["prevalence"].as_array().unwrap()));
     let chapter_of = |code: &str| {
         prevalence
             .iter()
@@ -268,45 +249,25 @@ fn ehr_gold_tables_match_an_independent_count() {
     );
     assert_eq!(chapter_of("I10"), "Diseases of the circulatory system");
     // I10: two patients from 2024-02-15, one once the other's abated on 2024-03-10.
-    let i10: Vec<(String, u64)> = got
+    let i10: Vec<(&str, u64)> = got
         .iter()
-        .filter(|r| r.2 == "I10")
-        .map(|r| (r.0.clone(), r.3))
+        .filter(|(k, _)| k[2] == "I10")
+        .map(|(k, n)| (k[0].as_str(), *n))
         .collect();
-    assert_eq!(
-        i10,
-        [
-            ("2024-02-01".into(), 1),
-            ("2024-02-15".into(), 2),
-            ("2024-03-10".into(), 1)
-        ]
-    );
+    assert_eq!(i10, [("2024-02-01", 1), ("2024-02-15", 2), ("2024-03-10", 1)]);
 
     // Abnormal labs, per code and day.
-    let labs: BTreeMap<(String, String, String), Value> = query(
+    let labs: BTreeMap<Vec<String>, Value> = query(
         &lake,
         "SELECT * FROM gold.lab_abnormal_daily WHERE section = 'per code and day'",
     )
     .into_iter()
-    .map(|r| {
-        (
-            (
-                r["day"].as_str().unwrap().into(),
-                r["code_system"].as_str().unwrap().into(),
-                r["code"].as_str().unwrap().into(),
-            ),
-            r,
-        )
-    })
+    .map(|r| (key(&r, DAY_CODE), r))
     .collect();
     let want = expected["labs"].as_array().unwrap();
     assert_eq!(labs.len(), want.len());
     for row in want {
-        let got = &labs[&(
-            row["day"].as_str().unwrap().into(),
-            row["code_system"].as_str().unwrap().into(),
-            row["code"].as_str().unwrap().into(),
-        )];
+        let got = &labs[&key(row, DAY_CODE)];
         for field in ["results", "abnormal", "high", "low", "critical"] {
             assert_eq!(got[field], row[field], "{field} on {row}");
         }
