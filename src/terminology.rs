@@ -54,8 +54,15 @@ pub enum TerminologyError {
     },
     #[error("{path}: {reason}")]
     Format { path: String, reason: String },
+    /// Boxed: Delta's errors are large, and the others small.
     #[error(transparent)]
-    Lake(#[from] LakeError),
+    Lake(Box<LakeError>),
+}
+
+impl From<LakeError> for TerminologyError {
+    fn from(error: LakeError) -> Self {
+        TerminologyError::Lake(Box::new(error))
+    }
 }
 
 /// One code of a code system.

@@ -126,12 +126,12 @@ fn log_entry(file: &SourceFile, sha256: &str, format: &str) -> FileLogEntry {
     }
 }
 
-/// Reads a JSON (or unknown) file whole and decodes it; says whether it began with a byte order
+/// A file read whole: its fetch, its format and records, and whether it began with a byte order
 /// mark.
-fn read_whole(
-    file: &SourceFile,
-    ctx: &ProduceContext,
-) -> std::io::Result<(Fetched, (&'static str, Vec<Decoded>), bool)> {
+type WholeFile = (Fetched, (&'static str, Vec<Decoded>), bool);
+
+/// Reads a JSON (or unknown) file whole and decodes it.
+fn read_whole(file: &SourceFile, ctx: &ProduceContext) -> std::io::Result<WholeFile> {
     let fetched = file.fetch(&ctx.runtime)?;
     let mut bytes = Vec::new();
     let (mut reader, byte_order_mark) = fetched.open()?;

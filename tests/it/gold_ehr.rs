@@ -254,7 +254,10 @@ fn ehr_gold_tables_match_an_independent_count() {
         .filter(|(k, _)| k[2] == "I10")
         .map(|(k, n)| (k[0].as_str(), *n))
         .collect();
-    assert_eq!(i10, [("2024-02-01", 1), ("2024-02-15", 2), ("2024-03-10", 1)]);
+    assert_eq!(
+        i10,
+        [("2024-02-01", 1), ("2024-02-15", 2), ("2024-03-10", 1)]
+    );
 
     // Abnormal labs, per code and day.
     let labs: BTreeMap<Vec<String>, Value> = query(

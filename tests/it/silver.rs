@@ -156,18 +156,25 @@ async fn synthea_and_official_examples_flatten_into_every_silver_table() {
         ),
     ];
     // The views of one resource type each, with the status that takes a record out of silver.
-    let whole_types: [(&str, &str, fn(&Value) -> bool); 7] = [
+    type Kept = fn(&Value) -> bool;
+    let whole_types: [(&str, &str, Kept); 7] = [
         ("medication_dispense", "MedicationDispense", not_in_error),
         ("encounter", "Encounter", not_in_error),
         ("condition", "Condition", not_verified_in_error),
         ("procedure", "Procedure", not_in_error),
         ("medication_request", "MedicationRequest", not_in_error),
         ("immunization", "Immunization", not_in_error),
-        ("allergy_intolerance", "AllergyIntolerance", not_verified_in_error),
+        (
+            "allergy_intolerance",
+            "AllergyIntolerance",
+            not_verified_in_error,
+        ),
     ];
     let mut expected = expected.to_vec();
     for (view, resource_type, kept) in whole_types {
-        let keys = distinct_keys(&resources, |r| r["resourceType"] == resource_type && kept(r));
+        let keys = distinct_keys(&resources, |r| {
+            r["resourceType"] == resource_type && kept(r)
+        });
         expected.push((view, keys));
     }
     for (view, rows_expected) in expected {
