@@ -635,7 +635,20 @@ fn views_run_reads_the_lake_bronze_table() {
 /// `refresh silver` rebuilds the same tables from bronze at every step.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delete_entry_takes_the_resource_out_of_silver() {
+    const HISTORY: &str =
+        "SELECT _key, valid_from, valid_to, is_current FROM t ORDER BY _key, valid_from";
     let (dir, lake) = temp_lake();
+    let current = |lake: Lake| async move {
+        rows(
+            &lake,
+            silver::HISTORY_TABLE,
+            "SELECT _key FROM t WHERE is_current ORDER BY _key",
+        )
+        .await
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect::<Vec<_>>()
+    };
     let patient = |id: &str, version: &str| json!({"resource": {"resourceType": "Patient", "id": id, "meta": {"versionId": version}, "gender": "female"}});
     let delete = |url: &str| json!({"request": {"method": "DELETE", "url": url}});
     let heart_rate = json!({"resource": {"resourceType": "Observation", "id": "o1", "status": "final",
@@ -680,6 +693,7 @@ async fn a_delete_entry_takes_the_resource_out_of_silver() {
                     "SELECT id FROM t ORDER BY id",
                 )
                 .await,
+                rows(&lake, silver::HISTORY_TABLE, HISTORY).await,
             );
             let views = silver::SilverViews::load(Path::new("profiles/views")).unwrap();
             silver::refresh(&lake, &views, None).await.unwrap();
@@ -696,6 +710,7 @@ async fn a_delete_entry_takes_the_resource_out_of_silver() {
                     "SELECT id FROM t ORDER BY id",
                 )
                 .await,
+                rows(&lake, silver::HISTORY_TABLE, HISTORY).await,
             );
             assert_eq!(before, after, "refresh silver rebuilt something else");
         }
@@ -722,6 +737,15 @@ async fn a_delete_entry_takes_the_resource_out_of_silver() {
     )
     .await;
     assert_eq!(events, [["never-seen"], ["p1"]]);
+    // The history keeps p1's period, closed when the delete was ingested.
+    assert_eq!(current(lake.clone()).await, ["p2"]);
+    let p1 = rows(
+        &lake,
+        silver::HISTORY_TABLE,
+        "SELECT valid_to IS NOT NULL FROM t WHERE _key = 'p1'",
+    )
+    .await;
+    assert_eq!(p1, [["true"]]);
     rebuilt_agrees().await;
 
     // A version after the delete brings p1 back; in one Bundle, p2's delete then a version: it
@@ -739,6 +763,9 @@ async fn a_delete_entry_takes_the_resource_out_of_silver() {
     )
     .await;
     assert_eq!(versions, [["p1", "2"], ["p2", "9"]]);
+    // p1 has a new current period after its closed one.
+    assert_eq!(current(lake.clone()).await, ["p1", "p2"]);
+    assert_eq!(count(&lake, silver::HISTORY_TABLE).await, 4);
     rebuilt_agrees().await;
 
     // A version then a delete: gone, even though the delete carries no version.

@@ -2,19 +2,55 @@
 
 use super::*;
 
-/// One version of a patient as the history sees it.
+/// One version of a patient as the history sees it; `row` is `None` for a delete event.
 pub(super) struct PatientVersion {
     version: VersionKey,
     valid_from: i64,
-    row: Vec<Cell>,
+    row: Option<Vec<Cell>>,
 }
 
 /// SCD2 periods of one patient from all its versions: a new period whenever the demographics change.
+/// A delete event closes the open period when it was ingested, and the versions ingested after it
+/// start afresh (the rule silver keeps, [`super::latest_deletes`]).
 pub(super) fn history_rows(
     view: &View,
-    mut versions: Vec<PatientVersion>,
+    versions: Vec<PatientVersion>,
 ) -> Vec<(Vec<Cell>, i64, Option<i64>, bool)> {
-    versions.sort_by(|a, b| a.version.cmp(&b.version));
+    let (mut deletes, mut kept): (Vec<_>, Vec<_>) =
+        versions.into_iter().partition(|v| v.row.is_none());
+    deletes.sort_by(|a, b| a.version.ingest_order.cmp(&b.version.ingest_order));
+    kept.sort_by(|a, b| a.version.cmp(&b.version));
+    let mut periods = Vec::new();
+    let mut after: Option<&str> = None;
+    for cut in deletes.iter().map(Some).chain([None]) {
+        let segment: Vec<&PatientVersion> = kept
+            .iter()
+            .filter(|v| {
+                let at = v.version.ingest_order.as_str();
+                after.is_none_or(|a| at > a)
+                    && cut.is_none_or(|c| at < c.version.ingest_order.as_str())
+            })
+            .collect();
+        let start = periods.len();
+        segment_periods(view, &segment, &mut periods);
+        if let Some(cut) = cut {
+            if let Some(open) = periods[start..].last_mut() {
+                open.2 = Some(cut.valid_from);
+                open.3 = false;
+            }
+            after = Some(cut.version.ingest_order.as_str());
+        }
+    }
+    periods
+}
+
+/// The periods of versions no delete separates, in version order, appended to `periods`.
+fn segment_periods(
+    view: &View,
+    versions: &[&PatientVersion],
+    periods: &mut Vec<(Vec<Cell>, i64, Option<i64>, bool)>,
+) {
+    let start = periods.len();
     let demographic: Vec<bool> = view
         .columns()
         .iter()
@@ -26,20 +62,22 @@ pub(super) fn history_rows(
             .zip(&demographic)
             .all(|((x, y), d)| !d || x == y)
     };
-    let mut periods: Vec<(Vec<Cell>, i64, Option<i64>, bool)> = Vec::new();
     for version in versions {
-        if let Some(last) = periods.last()
-            && same(&last.0, &version.row)
+        let row = version
+            .row
+            .as_ref()
+            .expect("a segment holds versions, not deletes");
+        if let Some(last) = periods[start..].last()
+            && same(&last.0, row)
         {
             continue;
         }
-        if let Some(last) = periods.last_mut() {
+        if let Some(last) = periods[start..].last_mut() {
             last.2 = Some(version.valid_from);
             last.3 = false;
         }
-        periods.push((version.row, version.valid_from, None, true));
+        periods.push((row.clone(), version.valid_from, None, true));
     }
-    periods
 }
 
 pub(super) fn history_batch(
@@ -104,7 +142,7 @@ pub(super) fn patient_versions(
         })
         .collect();
     for (resource, row) in resources.iter().zip(rows) {
-        if let Some(row) = row {
+        if row.is_some() || resource.deleted {
             out.entry(resource.key.clone())
                 .or_default()
                 .push(PatientVersion {
@@ -129,7 +167,8 @@ pub(super) async fn history_from_bronze(
     };
     for slice in ids.chunks(10_000) {
         let sql = format!(
-            "SELECT {BRONZE_COLUMNS} FROM t WHERE {}",
+            "SELECT {} FROM t WHERE {}",
+            bronze_columns(&bronze, &bronze_name)?,
             key_predicate("resource_id", slice)
         );
         for batch in read::query(&bronze, &bronze_name, &sql).await? {
