@@ -293,6 +293,48 @@ async fn an_event_a_silver_view_cannot_evaluate_goes_to_quarantine_with_the_view
     assert!(quarantined[0][4].contains("2 values"), "{quarantined:?}");
 }
 
+/// An event that is a Bundle deleting a reading (`DELETE Observation/hr-1`) takes it out of silver,
+/// as a file drop's would; nothing is quarantined.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleting_bundle_event_takes_the_reading_out_of_silver() {
+    let (dir, lake) = temp_lake();
+    let heart_rate = |id: &str| {
+        format!(
+            r#"{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"8867-4"}}]}},"subject":{{"reference":"Patient/p1"}},"effectiveDateTime":"2026-11-02T08:00:00Z","valueQuantity":{{"value":72,"unit":"/min","system":"http://unitsofmeasure.org","code":"/min"}}}}"#
+        )
+    };
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(
+        &file,
+        format!("{}\n{}\n", heart_rate("hr-1"), heart_rate("hr-2")),
+    )
+    .unwrap();
+    let lake_path = dir.path().join("lake");
+    report(&mut stream(&lake_path, &file, &[]));
+    let ids = || async {
+        rows(
+            &lake,
+            "silver/fhir/heart_rate",
+            "SELECT id FROM t ORDER BY id",
+        )
+        .await
+    };
+    assert_eq!(ids().await, [["hr-1"], ["hr-2"]]);
+
+    let delete = r#"{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE","url":"Observation/hr-1"}}]}"#;
+    std::fs::write(
+        &file,
+        format!("{}\n{}\n{delete}\n", heart_rate("hr-1"), heart_rate("hr-2")),
+    )
+    .unwrap();
+    let second = report(&mut stream(&lake_path, &file, &[]));
+    assert_eq!(
+        (second["events"].as_u64(), second["quarantined"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(ids().await, [["hr-2"]]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_killed_at_random_moments_ends_with_every_event_once() {
     let (dir, lake) = temp_lake();
