@@ -680,39 +680,27 @@ async fn a_delete_entry_takes_the_resource_out_of_silver() {
     let rebuilt_agrees = || {
         let lake = lake.clone();
         async move {
-            let before = (
-                rows(
-                    &lake,
+            let tables = [
+                (
                     "silver/fhir/patient",
                     "SELECT id, version_id FROM t ORDER BY id",
-                )
-                .await,
-                rows(
-                    &lake,
-                    "silver/fhir/heart_rate",
-                    "SELECT id FROM t ORDER BY id",
-                )
-                .await,
-                rows(&lake, silver::HISTORY_TABLE, HISTORY).await,
-            );
+                ),
+                ("silver/fhir/heart_rate", "SELECT id FROM t ORDER BY id"),
+                (silver::HISTORY_TABLE, HISTORY),
+            ];
+            let mut before = Vec::new();
+            for (table, sql) in tables {
+                before.push(rows(&lake, table, sql).await);
+            }
             let views = silver::SilverViews::load(Path::new("profiles/views")).unwrap();
             silver::refresh(&lake, &views, None).await.unwrap();
-            let after = (
-                rows(
-                    &lake,
-                    "silver/fhir/patient",
-                    "SELECT id, version_id FROM t ORDER BY id",
-                )
-                .await,
-                rows(
-                    &lake,
-                    "silver/fhir/heart_rate",
-                    "SELECT id FROM t ORDER BY id",
-                )
-                .await,
-                rows(&lake, silver::HISTORY_TABLE, HISTORY).await,
-            );
-            assert_eq!(before, after, "refresh silver rebuilt something else");
+            for ((table, sql), was) in tables.into_iter().zip(before) {
+                assert_eq!(
+                    rows(&lake, table, sql).await,
+                    was,
+                    "refresh silver rebuilt {table} otherwise"
+                );
+            }
         }
     };
 
