@@ -324,6 +324,43 @@ async fn a_run_killed_while_waiting_or_downloading_resumes_the_same_job() {
     );
 }
 
+/// A run stopped after its files landed but before it recorded the export complete, whose job the
+/// server has since forgotten: the next run records it complete and asks `_since` its
+/// transactionTime, not the one of the export before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_job_whose_files_landed_counts_as_complete() {
+    use vitalake::ingest::fhir_server::jobs::{ExportEvent, record};
+    let server = BulkServer::start(Behaviour::default(), full_export_only(synthea_export())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake_path = dir.path().join("lake");
+    report(&export(&lake_path, &server.base, &["--json"], &[]).await);
+    assert!(server.job_deleted(0));
+
+    // What such a run leaves: its `downloaded` event, its files in the ingest log.
+    let lake = open(&lake_path);
+    let hashes = rows(&lake, "bronze/ingest_log", "SELECT source_sha256 FROM t").await;
+    let hashes: Vec<String> = hashes.into_iter().map(|r| r[0].clone()).collect();
+    let landed_at = "2026-12-07T00:00:00Z";
+    record(
+        &lake,
+        &ExportEvent {
+            export_key: format!("{}|$export|", server.base),
+            event: "downloaded".into(),
+            request_url: format!("{}/$export", server.base),
+            status_url: Some(format!("{}/status/0", server.base)),
+            transaction_time: Some(landed_at.into()),
+            detail: Some(hashes.join(",")),
+            ..ExportEvent::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    report(&export(&lake_path, &server.base, &["--json"], &[]).await);
+    assert_eq!(server.kick_offs().len(), 2);
+    assert_eq!(server.kick_offs()[1].param("_since"), Some(landed_at));
+}
+
 fn spawn_export(lake: &Path, base: &str) -> std::process::Child {
     vitalake()
         .arg("--lake")

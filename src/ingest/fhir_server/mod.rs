@@ -208,8 +208,17 @@ pub async fn ingest_fhir_server(
     let export_key = export_key(&options);
     let state = jobs::state(lake, &export_key).await?;
 
+    let mut last_complete = state.last_complete;
     let job = match state.pending {
-        Some(pending) => resume(lake, &server, &options, pending).await?,
+        Some(pending) => {
+            let job = resume(lake, &server, &options, pending).await?;
+            if job.is_none() {
+                // The server forgot the job; `resume` may just have recorded it complete, whose
+                // transactionTime is then the next `_since`.
+                last_complete = jobs::state(lake, &export_key).await?.last_complete;
+            }
+            job
+        }
         None => None,
     };
     let (job, resumed) = match job {
@@ -217,7 +226,7 @@ pub async fn ingest_fhir_server(
         None => {
             let since = match (&options.since, options.full) {
                 (Some(since), _) => Some(since.clone()),
-                (None, false) => state.last_complete.clone(),
+                (None, false) => last_complete,
                 (None, true) => None,
             };
             (
