@@ -137,6 +137,10 @@ pub(super) fn patient_versions(
     let rows: Vec<Option<Vec<Cell>>> = resources
         .par_iter()
         .map(|r| {
+            // A delete event's raw is its request: no patient to read.
+            if r.deleted {
+                return None;
+            }
             let json: Json = serde_json::from_str(&r.raw).ok()?;
             view.rows(&json).ok()?.into_iter().next()
         })
@@ -165,10 +169,10 @@ pub(super) async fn history_from_bronze(
     let Some(bronze) = lake.existing_table(&bronze_name).await? else {
         return Ok(());
     };
+    let columns = bronze_columns(&bronze, &bronze_name)?;
     for slice in ids.chunks(10_000) {
         let sql = format!(
-            "SELECT {} FROM t WHERE {}",
-            bronze_columns(&bronze, &bronze_name)?,
+            "SELECT {columns} FROM t WHERE {}",
             key_predicate("resource_id", slice)
         );
         for batch in read::query(&bronze, &bronze_name, &sql).await? {

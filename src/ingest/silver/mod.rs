@@ -76,9 +76,11 @@ pub fn view_table(name: &str) -> String {
 /// `SHOW TABLES` see the same tables on every lake. Another process creating it at the same time
 /// is as good.
 pub async fn ensure_view_tables(lake: &Lake, views: &SilverViews) -> Result<(), IngestError> {
+    // One listing, not a log read per view: this runs at the start of every ingest and stream.
+    let existing: HashSet<String> = lake.list_tables("silver/fhir").await?.into_iter().collect();
     for view in views.views() {
         let name = view_table(view.name().unwrap_or_default());
-        if lake.existing_table(&name).await?.is_some() {
+        if existing.contains(&name) {
             continue;
         }
         let empty = batches::view_batch(view, Vec::new());
