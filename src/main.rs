@@ -338,13 +338,7 @@ async fn views_run(config: &Config, args: cli::ViewsRunArgs) -> anyhow::Result<E
         rows
     } else {
         let columns: Vec<&str> = view.columns().iter().map(|c| c.name.as_str()).collect();
-        let mut out: Box<dyn std::io::Write> = match args.output.as_deref() {
-            Some(path) => Box::new(
-                std::fs::File::create(path)
-                    .with_context(|| format!("creating {}", path.display()))?,
-            ),
-            None => Box::new(std::io::stdout().lock()),
-        };
+        let mut out = open_output(args.output.as_deref())?;
         vitalake::views::output::write_as_written(&columns, &as_written, format, &mut out)?;
         as_written.len()
     };
@@ -365,17 +359,18 @@ fn write_rows(
     format: vitalake::views::output::OutputFormat,
     output: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    match output {
-        Some(path) => {
-            let mut file = std::fs::File::create(path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            vitalake::views::output::write(batches, format, &mut file, Some(path))?;
-        }
-        None => {
-            vitalake::views::output::write(batches, format, &mut std::io::stdout().lock(), None)?
-        }
-    }
+    vitalake::views::output::write(batches, format, &mut open_output(output)?, output)?;
     Ok(())
+}
+
+/// `output`, created, or standard output.
+fn open_output(output: Option<&std::path::Path>) -> anyhow::Result<Box<dyn std::io::Write>> {
+    Ok(match output {
+        Some(path) => Box::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    })
 }
 
 /// `vitalake ingest db`: the configured sources plus `--source` URLs, then the report.

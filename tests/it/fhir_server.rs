@@ -62,7 +62,7 @@ fn full_export_only(files: Vec<(String, String)>) -> Content {
 
 /// `vitalake --lake LAKE ingest fhir-server BASE ARGS...`, off the test's runtime so the server
 /// keeps answering.
-async fn export(lake: &Path, base: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+async fn export(lake: &Path, base: &str, args: &[&str], env: &[(&str, String)]) -> Output {
     let mut command = vitalake();
     command
         .arg("--lake")
@@ -547,7 +547,6 @@ async fn smart_backend_services_with_es384_and_rs384_keys_and_an_expiring_token(
         ]
     };
     let env = smart(&ec_key);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     report(
         &export(
             &lake_path,
@@ -579,7 +578,6 @@ async fn smart_backend_services_with_es384_and_rs384_keys_and_an_expiring_token(
 
     let issued = server.tokens_issued();
     let env = smart(&rsa_key);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     report(
         &export(
             &lake_path,
@@ -609,7 +607,6 @@ async fn smart_backend_services_with_es384_and_rs384_keys_and_an_expiring_token(
     )
     .unwrap();
     let env = smart(&other_key);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let refused = export(&lake_path, &server.base, &["--auth", "smart"], &env).await;
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);

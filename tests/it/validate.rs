@@ -257,20 +257,15 @@ fn the_validate_command_prints_operation_outcomes_and_fails_on_errors() {
 /// configuration names must exist.
 #[test]
 fn outside_the_checkout_the_built_in_profiles_hold() {
-    use crate::common::vitalake;
+    use crate::common::{run_ok, vitalake};
     let invalid = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data/invalid/vs-2--heart-rate-without-value.json");
     let elsewhere = tempfile::tempdir().unwrap();
-    let out = vitalake()
-        .current_dir(elsewhere.path())
-        .args(["--lake", "lake", "ingest", "fhir", "--json"])
-        .arg(&invalid)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        vitalake()
+            .current_dir(elsewhere.path())
+            .args(["--lake", "lake", "ingest", "fhir", "--json"])
+            .arg(&invalid),
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["quarantine_rows"], 1);
