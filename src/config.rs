@@ -8,6 +8,8 @@
 //! [lake]
 //! # A local folder, or abfss://<container>@<account>.dfs.core.windows.net/<path> on ADLS Gen2.
 //! root = "./lake"
+//! # On abfss://, a killed run gives the lake up this many seconds after its last lease renewal.
+//! lease_seconds = 60
 //!
 //! [ingest]
 //! # Resources larger than this go to quarantine (rule `size`) instead of bronze.
@@ -118,13 +120,28 @@ pub struct DbConfig {
 pub struct LakeConfig {
     /// Lake root: a local folder or an `abfss://` URL. Overridden by `VITALAKE_LAKE_ROOT` and `--lake`.
     pub root: String,
+    /// On an `abfss://` lake, a run holds a lease that its holder renews; one that stops renewing
+    /// (a killed run) gives the lake up after this many seconds.
+    pub lease_seconds: usize,
 }
 
 impl Default for LakeConfig {
     fn default() -> Self {
         LakeConfig {
             root: "./lake".into(),
+            lease_seconds: crate::lake::lease::DEFAULT_LEASE_TTL.as_secs() as usize,
         }
+    }
+}
+
+impl LakeConfig {
+    /// Opens the lake this section names.
+    pub fn open(&self) -> Result<crate::lake::Lake, crate::lake::LakeError> {
+        Ok(
+            crate::lake::Lake::open(&self.root)?.with_lease_ttl(std::time::Duration::from_secs(
+                self.lease_seconds.max(1) as u64,
+            )),
+        )
     }
 }
 
@@ -205,7 +222,8 @@ impl Config {
                         reason: e.to_string(),
                     })?;
         }
-        let numbers: [(&'static str, &mut usize); 3] = [
+        let numbers: [(&'static str, &mut usize); 4] = [
+            ("VITALAKE_LAKE_LEASE_SECONDS", &mut self.lake.lease_seconds),
             (
                 "VITALAKE_INGEST_MAX_RESOURCE_BYTES",
                 &mut self.ingest.max_resource_bytes,

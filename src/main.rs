@@ -22,7 +22,6 @@ use vitalake::ingest::db::DbError;
 use vitalake::ingest::fhir_server::FhirServerError;
 use vitalake::ingest::silver::SilverViews;
 use vitalake::ingest::{IngestError, IngestOptions};
-use vitalake::lake::Lake;
 use vitalake::lake::maintain::MaintainError;
 use vitalake::serve::ServeError;
 use vitalake::terminology::TerminologyError;
@@ -78,7 +77,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Maintain(args) => maintain(&config, args).await,
         Command::Ingest(IngestCommand::FhirServer(args)) => ingest_fhir_server(&config, args).await,
         Command::Ingest(IngestCommand::Terminology(args)) => {
-            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let lake = config.lake.open().map_err(vitalake::Error::from)?;
             let files: Vec<&std::path::Path> = args.files.iter().map(|f| f.as_path()).collect();
             let report = vitalake::terminology::load(&lake, &files)
                 .await
@@ -86,7 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_report(&report, args.json, true)
         }
         Command::Ingest(IngestCommand::Fhir(args)) => {
-            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let lake = config.lake.open().map_err(vitalake::Error::from)?;
             let mut options = IngestOptions::from_config(&config.ingest);
             options.checks = profile_checks(&config)?;
             let bar = progress_bar();
@@ -184,7 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rules(command) => rules(&config, command).await,
         Command::Demo(args) => {
-            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let lake = config.lake.open().map_err(vitalake::Error::from)?;
             let mut ingest = IngestOptions::from_config(&config.ingest);
             ingest.checks = profile_checks(&config)?;
             let alerts = args.alerts.unwrap_or_else(|| {
@@ -208,7 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Query(args) => {
-            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let lake = config.lake.open().map_err(vitalake::Error::from)?;
             let batches = vitalake::gold::query(&lake, &args.sql).await?;
             write_rows(&batches, args.format.format(), args.output.as_deref())?;
             Ok(ExitCode::SUCCESS)
@@ -224,7 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Refresh(RefreshCommand::Gold(args)) => {
-            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let lake = config.lake.open().map_err(vitalake::Error::from)?;
             let tables = vitalake::gold::refresh::definitions(&args.definitions)
                 .with_context(|| format!("reading {}", args.definitions.display()))?;
             let report =
@@ -233,7 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_report(&report, args.json, true)
         }
         Command::Refresh(RefreshCommand::Silver(args)) => {
-            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let lake = config.lake.open().map_err(vitalake::Error::from)?;
             let views = SilverViews::load(std::path::Path::new(&config.ingest.views))
                 .map_err(|e| vitalake::Error::from(IngestError::from(e)))?;
             let report = vitalake::ingest::silver::refresh(&lake, &views, args.view.as_deref())
@@ -274,7 +273,7 @@ async fn views_run(config: &Config, args: cli::ViewsRunArgs) -> anyhow::Result<E
     let view = View::load(&args.view)?;
     let mut failures = 0usize;
     let resources: Vec<serde_json::Value> = if args.bronze {
-        let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+        let lake = config.lake.open().map_err(vitalake::Error::from)?;
         let table_name = vitalake::ingest::tables::bronze_fhir_table(view.resource());
         match lake
             .existing_table(&table_name)
@@ -376,7 +375,7 @@ fn open_output(output: Option<&std::path::Path>) -> anyhow::Result<Box<dyn std::
 /// `vitalake ingest db`: the configured sources plus `--source` URLs, then the report.
 async fn ingest_db(config: &Config, args: cli::IngestDbArgs) -> anyhow::Result<ExitCode> {
     use vitalake::ingest::db::{DbOptions, SourceConfig, expectations};
-    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let lake = config.lake.open().map_err(vitalake::Error::from)?;
     let mut options = DbOptions {
         sources: config.db.sources.clone(),
         full: args.full,
@@ -469,7 +468,7 @@ async fn ingest_fhir_server(
             ),
         });
     }
-    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let lake = config.lake.open().map_err(vitalake::Error::from)?;
     let report = vitalake::ingest::fhir_server::ingest_fhir_server(&lake, options)
         .await
         .map_err(vitalake::Error::from)?;
@@ -506,7 +505,7 @@ async fn stream(config: &Config, args: cli::StreamArgs) -> anyhow::Result<ExitCo
         };
         source = starting;
     }
-    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let lake = config.lake.open().map_err(vitalake::Error::from)?;
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(cancel_on_signal(stop.clone()));
     let ingest = IngestOptions::from_config(&config.ingest);
@@ -595,7 +594,7 @@ async fn rules(config: &Config, command: cli::RulesCommand) -> anyhow::Result<Ex
             let set = load(&args.rules)?;
             let since = vitalake::rules::rule::duration_millis(&args.since)
                 .map_err(|e| anyhow::anyhow!("--since: {e}"))?;
-            let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+            let lake = config.lake.open().map_err(vitalake::Error::from)?;
             let now = chrono::Utc::now().timestamp_millis();
             let report = backtest::run(&lake, &set, since, now)
                 .await
@@ -608,7 +607,7 @@ async fn rules(config: &Config, command: cli::RulesCommand) -> anyhow::Result<Ex
 /// `vitalake maintain`: every table of the chosen layers, then a report.
 async fn maintain(config: &Config, args: cli::MaintainArgs) -> anyhow::Result<ExitCode> {
     use vitalake::lake::maintain::{MaintainOptions, maintain};
-    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let lake = config.lake.open().map_err(vitalake::Error::from)?;
     let retention = args
         .retention
         .as_deref()
@@ -668,7 +667,7 @@ async fn maintain(config: &Config, args: cli::MaintainArgs) -> anyhow::Result<Ex
 
 /// `vitalake serve`: until Ctrl-C or SIGTERM.
 async fn serve(config: &Config, args: cli::ServeArgs) -> anyhow::Result<ExitCode> {
-    let lake = Lake::open(&config.lake.root).map_err(vitalake::Error::from)?;
+    let lake = config.lake.open().map_err(vitalake::Error::from)?;
     let mut options = config.serve.clone();
     if let Some(listen) = args.listen {
         options.listen = listen;

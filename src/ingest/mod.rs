@@ -30,7 +30,7 @@ use deltalake::DeltaTable;
 use tokio::sync::mpsc;
 
 use crate::fhir::DecodeOptions;
-use crate::lake::{AppendBuilder, Lake, LakeError};
+use crate::lake::{AppendBuilder, Lake, LakeError, Lease};
 use crate::validate::Check;
 
 pub use report::IngestReport;
@@ -50,8 +50,8 @@ pub enum IngestError {
     /// Boxed: Delta's errors are large, and this one travels through every ingest `Result`.
     #[error(transparent)]
     Lake(Box<LakeError>),
-    #[error("another `vitalake ingest` holds the lake lock {path}; wait for it to finish")]
-    Locked { path: String },
+    #[error(transparent)]
+    Lease(#[from] crate::lake::LeaseError),
     #[error("decoding stopped unexpectedly: {0}")]
     Decoder(String),
     #[error(transparent)]
@@ -117,8 +117,23 @@ pub async fn ingest_files(
     files: Vec<source::SourceFile>,
     options: IngestOptions,
 ) -> Result<IngestReport, IngestError> {
+    let lease = Lease::acquire(lake, INGEST_LEASE, "ingest").await?;
+    let landed = land_files(lake, files, options, &lease).await;
+    lease.release().await;
+    landed
+}
+
+/// The lease of `ingest fhir` and `ingest fhir-server` runs (`ingest db` has its own: it rolls
+/// back nothing of theirs).
+pub const INGEST_LEASE: &str = ".vitalake-ingest.lock";
+
+async fn land_files(
+    lake: &Lake,
+    files: Vec<source::SourceFile>,
+    options: IngestOptions,
+    lease: &Lease,
+) -> Result<IngestReport, IngestError> {
     let started = Instant::now();
-    let _lock = lock(lake, ".vitalake-ingest.lock")?;
     let views = silver::SilverViews::load(&options.views)?;
     let rolled_back_runs = runs::roll_back_unfinished(lake).await?;
     if !rolled_back_runs.is_empty() {
@@ -141,7 +156,7 @@ pub async fn ingest_files(
     let ctx = ProduceContext::new(&options, &batch_id);
     let (tx, rx) = mpsc::channel(1);
     let producer = tokio::task::spawn_blocking(move || produce::produce(files, known, &ctx, tx));
-    let written = write_chunks(lake, &views, rx, &batch_id).await;
+    let written = write_chunks(lake, &views, rx, &batch_id, lease).await;
     let stats = producer
         .await
         .map_err(|e| IngestError::Decoder(e.to_string()))?;
@@ -163,6 +178,7 @@ pub async fn ingest_files(
         stats,
     };
     let summary = serde_json::to_string(&report).ok();
+    lease.ensure_held()?;
     runs::mark(lake, &batch_id, "finished", summary).await?;
     tracing::info!(
         batch_id,
@@ -189,11 +205,13 @@ async fn write_chunks(
     views: &silver::SilverViews,
     mut rx: mpsc::Receiver<PreparedChunk>,
     batch_id: &str,
+    lease: &Lease,
 ) -> Result<Written, IngestError> {
     let mut tables: HashMap<String, DeltaTable> = HashMap::new();
     let mut silver = silver::SilverWriter::new(lake, views.clone(), batch_id);
     let mut written = Written::default();
     while let Some(chunk) = rx.recv().await {
+        lease.ensure_held()?;
         let commit_started = Instant::now();
         let bronze_batches: Vec<(String, deltalake::arrow::record_batch::RecordBatch)> =
             chunk.bronze.clone();
@@ -246,32 +264,4 @@ async fn write_chunks(
         );
     }
     Ok(written)
-}
-
-/// One ingest at a time per local lake: a second one would take the first's run for an
-/// interrupted one and roll it back. (A remote lake relies on the operator for this.)
-pub(crate) fn lock(lake: &Lake, file_name: &str) -> Result<Option<std::fs::File>, IngestError> {
-    let Some(root) = lake.local_path() else {
-        return Ok(None);
-    };
-    let path = root.join(file_name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| IngestError::Input {
-            path: path.display().to_string(),
-            source,
-        })?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(IngestError::Locked {
-            path: path.display().to_string(),
-        }),
-        Err(std::fs::TryLockError::Error(source)) => Err(IngestError::Input {
-            path: path.display().to_string(),
-            source,
-        }),
-    }
 }

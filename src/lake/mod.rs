@@ -8,6 +8,7 @@
 pub mod append;
 pub mod changes;
 pub mod delete;
+pub mod lease;
 pub mod maintain;
 pub mod merge;
 pub mod read;
@@ -21,6 +22,7 @@ use futures::TryStreamExt;
 use url::Url;
 
 pub use append::{AppendBuilder, AppendMetrics};
+pub use lease::{Lease, LeaseError};
 pub use merge::{MergeByKey, MergeMetrics};
 pub use stream_append::StreamingAppend;
 
@@ -110,6 +112,7 @@ pub fn arrow_schema(
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: Url,
+    lease_ttl: std::time::Duration,
 }
 
 impl Lake {
@@ -133,7 +136,20 @@ impl Lake {
         } else {
             Url::parse(&format!("{url}/")).unwrap()
         };
-        Ok(Lake { root: url })
+        Ok(Lake {
+            root: url,
+            lease_ttl: lease::DEFAULT_LEASE_TTL,
+        })
+    }
+
+    /// How long a run's [`Lease`] on a remote lake outlives its last renewal.
+    pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Lake {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        self.lease_ttl
     }
 
     pub fn root(&self) -> &Url {

@@ -16,7 +16,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use object_store::azure::MicrosoftAzureBuilder;
-use object_store::{ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::Value;
 use sha2::Sha256;
 
@@ -224,4 +224,184 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files.sort();
     files
+}
+
+/// `vitalake ingest fhir DROP` into `lake_uri` on Azurite, whose lease lives `lease_secs`.
+fn ingest_into(lake_uri: &str, drop: &std::path::Path, lease_secs: u64) -> Command {
+    let mut cmd = vitalake();
+    cmd.args(["ingest", "fhir", "--json", "--lake", lake_uri])
+        .arg(drop)
+        .env("AZURE_STORAGE_USE_EMULATOR", "true")
+        .env("AZURITE_BLOB_STORAGE_URL", Azurite::shared().url())
+        .env("VITALAKE_LAKE_LEASE_SECONDS", lease_secs.to_string())
+        // Small commits: a run that lasts long enough to be caught holding the lake.
+        .env("VITALAKE_INGEST_CHUNK_RECORDS", "100")
+        .env("VITALAKE_LOG", "warn");
+    cmd
+}
+
+/// A run refused because another holds the lake: exit 1, and a message naming the holder.
+fn assert_refused(output: &std::process::Output, holder_pid: u32) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in use") && stderr.contains(&format!("(pid {holder_pid} on ")),
+        "the message names the holder: {stderr}"
+    );
+    assert!(stderr.contains(" since "), "and since when: {stderr}");
+}
+
+/// Two schedulers on one Azure lake: while a run holds the lease (and renews it past its time to
+/// live), a second run is refused and names the holder; once it is given back, the second runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ingest_on_an_azure_lake_is_refused_while_the_first_holds_it() {
+    let azurite = Azurite::shared();
+    azurite.create_container("leased");
+    let dir = tempfile::tempdir().unwrap();
+    let drop = generate(dir.path(), 5, 7, &[]);
+    let lake_uri = "abfss://leased@devstoreaccount1.dfs.core.windows.net/hospital";
+    let lake = vitalake::lake::Lake::open(lake_uri)
+        .unwrap()
+        .with_lease_ttl(Duration::from_secs(2));
+    let lease = vitalake::lake::Lease::acquire(&lake, vitalake::ingest::INGEST_LEASE, "ingest")
+        .await
+        .unwrap();
+
+    let refused = ingest_into(lake_uri, &drop, 2).output().unwrap();
+    assert_refused(&refused, std::process::id());
+    // Twice the time to live later the holder has renewed: still refused.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    lease.ensure_held().unwrap();
+    assert_refused(
+        &ingest_into(lake_uri, &drop, 2).output().unwrap(),
+        std::process::id(),
+    );
+    assert_eq!(
+        vitalake::lake::Lake::open(lake_uri)
+            .unwrap()
+            .existing_table("bronze/fhir/Patient")
+            .await
+            .unwrap()
+            .map(|t| t.version()),
+        None,
+        "a refused run writes nothing"
+    );
+
+    lease.release().await;
+    let report: Value =
+        serde_json::from_slice(&run_ok(&mut ingest_into(lake_uri, &drop, 2)).stdout).unwrap();
+    assert!(report["bronze_rows"].as_u64().unwrap() > 0, "{report}");
+}
+
+/// A holder killed with SIGKILL cannot give the lease back: the next run is refused until the
+/// lease expires, then takes the lake, rolls the killed run back, and the lake ends as after one
+/// clean run.
+#[tokio::test]
+async fn a_killed_holder_gives_the_azure_lake_up_after_its_lease_expires() {
+    let azurite = Azurite::shared();
+    azurite.create_container("killed");
+    let dir = tempfile::tempdir().unwrap();
+    let drop = generate(dir.path(), 150, 11, &[]);
+    let lake_uri = "abfss://killed@devstoreaccount1.dfs.core.windows.net/hospital";
+    let store = MicrosoftAzureBuilder::from_env()
+        .with_url("abfss://killed@devstoreaccount1.dfs.core.windows.net/")
+        .build()
+        .unwrap();
+    let lease_blob = format!("hospital/{}", vitalake::ingest::INGEST_LEASE);
+    let log = object_store::path::Path::from("hospital/bronze/fhir/Patient/_delta_log");
+
+    let mut holder = ingest_into(lake_uri, &drop, 3)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once its first Patient rows are committed: mid-run, lease held.
+    let started = Instant::now();
+    loop {
+        use futures::TryStreamExt;
+        let commits: Vec<_> = store.list(Some(&log)).try_collect().await.unwrap();
+        if !commits.is_empty() {
+            break;
+        }
+        assert!(
+            holder.try_wait().unwrap().is_none(),
+            "the run ended too soon"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no commit seen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let killed_at = Instant::now();
+    store
+        .head(&lease_blob.as_str().into())
+        .await
+        .expect("the killed run left its lease behind");
+
+    assert_refused(
+        &ingest_into(lake_uri, &drop, 3).output().unwrap(),
+        holder.id(),
+    );
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(killed_at.elapsed())).await;
+    let report: Value =
+        serde_json::from_slice(&run_ok(&mut ingest_into(lake_uri, &drop, 3)).stdout).unwrap();
+    assert_eq!(report["rolled_back_runs"].as_array().unwrap().len(), 1);
+    assert_eq!(report["files_skipped"].as_array().unwrap().len(), 0);
+    // The lake holds what one clean run into a local lake holds.
+    let clean = dir.path().join("clean-lake");
+    let clean_run: Value = serde_json::from_slice(
+        &run_ok(
+            vitalake()
+                .args(["ingest", "fhir", "--json", "--lake"])
+                .arg(&clean)
+                .arg(&drop),
+        )
+        .stdout,
+    )
+    .unwrap();
+    let lake = vitalake::lake::Lake::open(lake_uri).unwrap();
+    let by_type = clean_run["resources_by_type"].as_object().unwrap();
+    assert!(by_type.len() > 1, "{by_type:?}");
+    for (resource_type, resources) in by_type {
+        assert_eq!(
+            count(&lake, &format!("bronze/fhir/{resource_type}")).await,
+            resources.as_u64().unwrap(),
+            "{resource_type}"
+        );
+    }
+}
+
+/// A holder whose lease was taken over (it could not renew in time and another run took the
+/// lake) learns it at its next check, and so stops before its next commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_over_is_lost_to_its_old_holder() {
+    let azurite = Azurite::shared();
+    azurite.create_container("taken");
+    let lake = vitalake::lake::Lake::open("abfss://taken@devstoreaccount1.dfs.core.windows.net/")
+        .unwrap()
+        .with_lease_ttl(Duration::from_secs(1));
+    let lease = vitalake::lake::Lease::acquire(&lake, "test.lock", "ingest")
+        .await
+        .unwrap();
+    lease.ensure_held().unwrap();
+    // Another writer puts the blob unconditionally, as a run that took the expired lease would.
+    let store = MicrosoftAzureBuilder::from_env()
+        .with_url("abfss://taken@devstoreaccount1.dfs.core.windows.net/")
+        .build()
+        .unwrap();
+    store
+        .put(
+            &"test.lock".into(),
+            PutPayload::from(
+                r#"{"holder":{"host":"h","pid":1,"command":"ingest"},"since":"2026-12-06T00:00:00Z","ttl_secs":60}"#,
+            ),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let lost = lease.ensure_held().unwrap_err().to_string();
+    assert!(lost.contains("lost the lease"), "{lost}");
 }

@@ -289,3 +289,40 @@ async fn checks_given_to_ingest_decide_quarantine() {
     .await;
     assert_eq!(q, [["a", "test-gender", "Patient.gender"]]);
 }
+
+/// Two ingests on one local lake: the second is refused while the first holds the lake's lock,
+/// with the holder named, and nothing it would have rolled back is touched.
+#[tokio::test]
+async fn a_second_ingest_on_a_local_lake_names_the_run_holding_it() {
+    let (dir, lake) = temp_lake();
+    let drop = generate(dir.path(), 3, 5, &[]);
+    let lease = vitalake::lake::Lease::acquire(&lake, vitalake::ingest::INGEST_LEASE, "ingest")
+        .await
+        .unwrap();
+    let refused = vitalake()
+        .args(["ingest", "fhir", "--lake"])
+        .arg(lake.local_path().unwrap())
+        .arg(&drop)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is in use")
+            && stderr.contains(&format!(
+                "`vitalake ingest` (pid {} on ",
+                std::process::id()
+            )),
+        "{stderr}"
+    );
+    assert_eq!(
+        lake.existing_table("bronze/ingest_log")
+            .await
+            .unwrap()
+            .map(|t| t.version()),
+        None
+    );
+    lease.release().await;
+    let report = ingest(&lake, &[drop.to_str().unwrap()]).await;
+    assert_eq!(report.stats.resources_by_type["Patient"], 3);
+}

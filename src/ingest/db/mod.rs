@@ -32,7 +32,7 @@ use deltalake::arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::lake::{Lake, LakeError};
+use crate::lake::{Lake, LakeError, Lease};
 
 use catalog::Table;
 pub use expectations::Expectation;
@@ -52,6 +52,8 @@ pub enum DbError {
     Lake(Box<LakeError>),
     #[error("expectations file {path}: {message}")]
     Expectations { path: String, message: String },
+    #[error(transparent)]
+    Lease(#[from] crate::lake::LeaseError),
 }
 
 impl From<LakeError> for DbError {
@@ -368,10 +370,19 @@ impl Connection {
 /// Extracts every selected table of every source, then checks the expectations.
 pub async fn ingest_db(lake: &Lake, options: &DbOptions) -> Result<DbReport, DbError> {
     let started = Instant::now();
-    let _lock = super::lock(lake, ".vitalake-ingest-db.lock").map_err(|e| DbError::Source {
-        url: lake.root().to_string(),
-        message: e.to_string(),
-    })?;
+    let lease = Lease::acquire(lake, DB_LEASE, "ingest db").await?;
+    let extracted = extract_all(lake, options, &lease).await;
+    lease.release().await;
+    extracted.map(|mut report| {
+        report.seconds = started.elapsed().as_secs_f64();
+        report
+    })
+}
+
+/// The lease of `ingest db` runs: two at once would land the same rows twice.
+pub const DB_LEASE: &str = ".vitalake-ingest-db.lock";
+
+async fn extract_all(lake: &Lake, options: &DbOptions, lease: &Lease) -> Result<DbReport, DbError> {
     let batch_id = uuid::Uuid::now_v7().to_string();
     let mut report = DbReport {
         batch_id: batch_id.clone(),
@@ -380,9 +391,11 @@ pub async fn ingest_db(lake: &Lake, options: &DbOptions) -> Result<DbReport, DbE
     // silver path -> (source URL, table name) of every table landed in this run.
     let mut landed: BTreeMap<String, (String, String)> = BTreeMap::new();
     for config in &options.sources {
-        let source = extract_source(lake, config, options, &batch_id, &mut landed).await;
+        lease.ensure_held()?;
+        let source = extract_source(lake, config, options, &batch_id, &mut landed, lease).await;
         report.sources.push(source);
     }
+    lease.ensure_held()?;
     // Expectations name tables without their database: the first database's table wins.
     let mut silver_tables = BTreeMap::new();
     for (silver, (_, name)) in landed {
@@ -390,7 +403,6 @@ pub async fn ingest_db(lake: &Lake, options: &DbOptions) -> Result<DbReport, DbE
     }
     report.expectations =
         expectations::check(lake, &silver_tables, &options.expectations, &batch_id).await?;
-    report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -401,6 +413,7 @@ async fn extract_source(
     options: &DbOptions,
     batch_id: &str,
     landed: &mut BTreeMap<String, (String, String)>,
+    lease: &Lease,
 ) -> SourceReport {
     let url = match SourceUrl::parse(&config.url, config.password_env.as_deref()) {
         Ok(url) => url,
@@ -431,6 +444,12 @@ async fn extract_source(
         .iter()
         .filter(|t| catalog::is_selected(&t.name, &config.include, &config.exclude))
     {
+        if let Err(lost) = lease.ensure_held() {
+            report
+                .tables
+                .push(TableReport::failed(&table.name, lost.to_string()));
+            break;
+        }
         let target = land::Target::new(url.engine, &url.database, &table.name);
         if let Some((first, _)) = landed.get(&target.silver) {
             report.tables.push(TableReport::failed(

@@ -28,7 +28,7 @@ use url::Url;
 
 use super::source::{Format, SourceFile};
 use super::{IngestError, IngestOptions, IngestReport};
-use crate::lake::Lake;
+use crate::lake::{Lake, Lease};
 use client::{Manifest, OutputFile, Server, Status};
 use jobs::ExportEvent;
 
@@ -198,8 +198,14 @@ pub async fn ingest_fhir_server(
     lake: &Lake,
     options: FhirServerOptions,
 ) -> Result<FhirServerReport, IngestError> {
-    // One export bookkeeper per lake; the landing itself takes the ingest lock as well.
-    let _lock = super::lock(lake, ".vitalake-fhir-export.lock")?;
+    // One export bookkeeper per lake; the landing itself takes the ingest lease as well.
+    let lease = Lease::acquire(lake, ".vitalake-fhir-export.lock", "ingest fhir-server").await?;
+    let exported = export(lake, options).await;
+    lease.release().await;
+    exported
+}
+
+async fn export(lake: &Lake, options: FhirServerOptions) -> Result<FhirServerReport, IngestError> {
     let server = Server::new(
         options.base.clone(),
         options.auth.clone(),

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::IngestError;
 use super::silver::SilverViews;
 use crate::fhir::DecodeOptions;
-use crate::lake::Lake;
+use crate::lake::{Lake, Lease};
 use crate::stream::checkpoints::Checkpoints;
 use crate::stream::event_hubs::{self, EventHubsOptions};
 use crate::stream::{
@@ -174,13 +174,16 @@ pub async fn run_stream(
                 _ => stdin::stream_id(&options.hub),
             };
             // One local reader per file or stdin stream of a hub: two would number events twice.
-            let _lock = super::lock(
+            let lease = Lease::acquire(
                 lake,
                 &format!(
                     ".vitalake-stream-{}-{}.lock",
                     stream_id.namespace, options.hub
                 ),
-            )?;
+                "stream",
+            )
+            .await
+            .map_err(IngestError::from)?;
             let mut lander = new_lander(stream_id);
             let partition = match &local {
                 SourceSpec::File { path, follow } => file::open(path, *follow)?,
@@ -194,7 +197,7 @@ pub async fn run_stream(
             let (tx, mut partitions) = mpsc::channel(1);
             tx.send(partition).await.expect("the receiver is here");
             drop(tx);
-            land_partitions(
+            let landed = land_partitions(
                 &mut lander,
                 &mut partitions,
                 &options,
@@ -202,7 +205,9 @@ pub async fn run_stream(
                 &metrics,
                 &mut report,
             )
-            .await?;
+            .await;
+            lease.release().await;
+            landed?;
         }
     }
     if let Some(alerting) = alerting {
