@@ -14,7 +14,11 @@
 //! `EVENTHUBS_ENDPOINT` sends the AMQP connection elsewhere (a proxy, or the test peer:
 //! `amqp://127.0.0.1:PORT` for plain TCP). `EVENTHUBS_OWNERSHIP_INTERVAL` / `_EXPIRY` (seconds) set
 //! how often claims are renewed and how soon a silent process's partitions are taken over.
+//! `EVENTHUBS_STALL_SECONDS` (default 10) is how long a partition may receive nothing while the hub
+//! holds newer events before its receiver is rebuilt.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -38,6 +42,17 @@ pub const ENDPOINT_VAR: &str = "EVENTHUBS_ENDPOINT";
 pub const OWNERSHIP_INTERVAL_VAR: &str = "EVENTHUBS_OWNERSHIP_INTERVAL";
 /// Seconds after which an unrenewed partition is taken over (default 30).
 pub const OWNERSHIP_EXPIRY_VAR: &str = "EVENTHUBS_OWNERSHIP_EXPIRY";
+/// Seconds a partition may receive nothing while the hub has newer events (default 10).
+pub const STALL_VAR: &str = "EVENTHUBS_STALL_SECONDS";
+
+/// What the watchdog of [`open`] did, for the stream's metrics.
+#[derive(Debug, Default)]
+pub struct Recoveries {
+    /// Partition receivers rebuilt from their checkpoint because they stopped receiving.
+    pub receivers_rebuilt: AtomicU64,
+    /// Times the whole consumer was built again (receivers failing, a hub that does not answer).
+    pub reconnects: AtomicU64,
+}
 
 /// How one `vitalake stream` joins a hub.
 #[derive(Debug, Clone)]
@@ -53,6 +68,8 @@ pub struct EventHubsOptions {
     pub partition_expiration: Duration,
     /// Where a partition that has no checkpoint yet starts.
     pub start: StartFrom,
+    /// How long a partition may receive nothing while the hub has newer events for it.
+    pub stall_after: Duration,
 }
 
 /// Where a partition that has no checkpoint yet starts reading (`vitalake stream --start`); a
@@ -119,6 +136,7 @@ impl EventHubsOptions {
             update_interval: seconds(OWNERSHIP_INTERVAL_VAR, 10),
             partition_expiration: seconds(OWNERSHIP_EXPIRY_VAR, 30),
             start: StartFrom::default(),
+            stall_after: seconds(STALL_VAR, 10).max(Duration::from_secs(1)),
         })
     }
 }
@@ -209,17 +227,22 @@ impl EventHubsSource {
 /// Joins the hub's consumer group with `checkpoints` as the checkpoint and ownership store.
 ///
 /// The SDK recovers a dropped connection by itself most of the time, but not always: after a cut
-/// it can fail every new receiver ("illegal session state"), or retry forever while delivering
-/// nothing. So the consumer is watched: a partition receiver that fails before delivering a single
-/// event, a partition whose hub has events this process has not received for [`stall_after`]
-/// while its reader waits for more, or a hub that stops answering, makes this process build its
-/// consumer and processor again. The new processor carries the same owner id (the consumer's
-/// application id): it finds its claims in the store and reads on from the checkpoints at once,
-/// instead of waiting for them to expire.
+/// it can fail every new receiver ("illegal session state"), retry forever while delivering
+/// nothing, or keep one partition's link open with nothing coming. So the consumer is watched:
+/// - a partition that has received nothing for `stall_after` while the hub holds newer events and
+///   its reader waits for more has its receiver rebuilt: its client is closed, and the processor
+///   hands the partition out again, read on from its checkpoint. This is logged once and counted
+///   in [`Recoveries::receivers_rebuilt`];
+/// - a rebuilt receiver that stalls again at the same place, a partition receiver that fails
+///   before delivering a single event, or a hub that stops answering (so it cannot say whether
+///   events wait) makes this process build its consumer and processor again. The new processor
+///   carries the same owner id (the consumer's application id): it finds its claims in the store
+///   and reads on from the checkpoints at once, instead of waiting for them to expire.
 pub async fn open(
     options: &EventHubsOptions,
     checkpoints: Arc<Checkpoints>,
     stop: CancellationToken,
+    recoveries: Arc<Recoveries>,
 ) -> Result<EventHubsSource, StreamError> {
     install_tls_provider();
     let namespace = options.credentials.namespace()?;
@@ -240,7 +263,9 @@ pub async fn open(
         let stream = stream_id;
         let mut consumer = first;
         let progress = Progress::default();
-        let mut check = tokio::time::interval(stall_after(&options) / 2);
+        let mut check = tokio::time::interval(options.stall_after / 2);
+        // Per partition, the sequence number its receiver was last rebuilt at, and when.
+        let mut rebuilt_at: HashMap<String, (i64, std::time::Instant)> = HashMap::new();
         loop {
             let reconnect = tokio::select! {
                 client = consumer.processor.next_partition_client() => {
@@ -269,18 +294,51 @@ pub async fn open(
                     false
                 }
                 Some(delivered_any) = failed.recv() => !delivered_any,
-                _ = check.tick() => consumer.stalled(&progress, stall_after(&options)).await,
+                _ = check.tick() => match consumer.check(&progress, options.stall_after).await {
+                    // A rebuilt receiver whose successor never came (its close hung, so the
+                    // processor still counts it as handed out): only a new consumer helps.
+                    _ if rebuilt_at.iter().any(|(id, (_, at))| {
+                        at.elapsed() > options.stall_after * 2 && !progress.has(id)
+                    }) => {
+                        tracing::warn!("a rebuilt partition receiver was not handed out again");
+                        true
+                    }
+                    Health::Receiving => false,
+                    Health::HubSilent => true,
+                    Health::Stalled(stalled) => {
+                        let mut reconnect = false;
+                        for (partition_id, received, at_hub) in stalled {
+                            if rebuilt_at.get(&partition_id).map(|r| r.0) == Some(received) {
+                                // Its new receiver stalled at the same place: not the receiver.
+                                tracing::warn!(partition_id, received, at_hub, "a rebuilt partition receiver stalled again");
+                                reconnect = true;
+                                continue;
+                            }
+                            tracing::warn!(
+                                partition_id,
+                                received,
+                                at_hub,
+                                "partition receiver stalled: events wait at the hub but do not arrive; rebuilding it from its checkpoint"
+                            );
+                            progress.rebuild(&partition_id);
+                            rebuilt_at.insert(partition_id, (received, std::time::Instant::now()));
+                            recoveries.receivers_rebuilt.fetch_add(1, Ordering::Relaxed);
+                        }
+                        reconnect
+                    }
+                },
                 () = stop.cancelled() => return,
             };
             if !reconnect {
                 continue;
             }
             tracing::warn!("the Event Hubs consumer is stuck: connecting again");
+            recoveries.reconnects.fetch_add(1, Ordering::Relaxed);
             let _ = consumer.processor.shutdown().await;
             consumer = loop {
                 // A connection that hangs is given up too, like one that fails.
                 let connecting = Consumer::connect(&options, &checkpoints, &owner);
-                match tokio::time::timeout(stall_after(&options) * 2, connecting).await {
+                match tokio::time::timeout(options.stall_after * 2, connecting).await {
                     Ok(Ok(consumer)) => break consumer,
                     Ok(Err(e)) => tracing::warn!(error = %e, "connecting to Event Hubs again"),
                     Err(_) => tracing::warn!("connecting to Event Hubs again: no answer in time"),
@@ -291,6 +349,7 @@ pub async fn open(
                 }
             };
             progress.clear();
+            rebuilt_at.clear();
             *swapped.lock().await = consumer.processor.clone();
             tracing::info!("connected to Event Hubs again");
         }
@@ -302,34 +361,51 @@ pub async fn open(
     })
 }
 
-/// How long a partition may have events waiting at the hub, with its reader idle, before the
-/// consumer counts as stuck: three ownership intervals, at least five seconds.
-fn stall_after(options: &EventHubsOptions) -> Duration {
-    (options.update_interval * 3).max(Duration::from_secs(5))
-}
-
 type EventSender = mpsc::Sender<Result<Event, StreamError>>;
 
 /// What each partition reader last received, and when: the watchdog's evidence.
 #[derive(Clone, Default)]
-struct Progress(Arc<std::sync::Mutex<std::collections::HashMap<String, Received>>>);
+struct Progress(Arc<std::sync::Mutex<HashMap<String, Received>>>);
 
 struct Received {
     sequence_number: i64,
     at: std::time::Instant,
     /// The reader's channel: events still in it mean the lake is the slow side, not the hub.
     reader: mpsc::WeakSender<Result<Event, StreamError>>,
+    /// Cancelled to end the receiver, so that the partition is handed out again.
+    rebuild: CancellationToken,
 }
 
 impl Progress {
-    fn record(&self, partition_id: &str, sequence_number: i64, reader: &EventSender) {
+    fn record(
+        &self,
+        partition_id: &str,
+        sequence_number: i64,
+        reader: &EventSender,
+        rebuild: &CancellationToken,
+    ) {
         let received = Received {
             sequence_number,
             at: std::time::Instant::now(),
             reader: reader.downgrade(),
+            rebuild: rebuild.clone(),
         };
         let mut map = self.0.lock().expect("progress lock");
         map.insert(partition_id.to_string(), received);
+    }
+
+    fn has(&self, partition_id: &str) -> bool {
+        self.0
+            .lock()
+            .expect("progress lock")
+            .contains_key(partition_id)
+    }
+
+    /// Ends the receiver of `partition_id`; its successor records itself when it starts.
+    fn rebuild(&self, partition_id: &str) {
+        if let Some(received) = self.0.lock().expect("progress lock").remove(partition_id) {
+            received.rebuild.cancel();
+        }
     }
 
     fn clear(&self) {
@@ -411,9 +487,10 @@ impl Consumer {
         })
     }
 
-    /// Whether an idle partition has events at the hub that never arrived, or the hub does not
-    /// answer within `patience`.
-    async fn stalled(&self, progress: &Progress, patience: Duration) -> bool {
+    /// Asks the hub how far each idle partition goes: those with events this process never
+    /// received are stalled, as `(partition, last received, last at the hub)`.
+    async fn check(&self, progress: &Progress, patience: Duration) -> Health {
+        let mut stalled = Vec::new();
         for (partition_id, received) in progress.idle(patience) {
             let asked =
                 tokio::time::timeout(patience, self.probe.get_partition_properties(&partition_id))
@@ -422,25 +499,30 @@ impl Consumer {
                 Ok(Ok(properties)) => properties.last_enqueued_sequence_number,
                 Ok(Err(e)) => {
                     tracing::warn!(partition_id, error = %e, "the hub does not answer");
-                    return true;
+                    return Health::HubSilent;
                 }
                 Err(_) => {
                     tracing::warn!(partition_id, "the hub does not answer in time");
-                    return true;
+                    return Health::HubSilent;
                 }
             };
             if at_hub > received {
-                tracing::warn!(
-                    partition_id,
-                    received,
-                    at_hub,
-                    "events wait at the hub but do not arrive"
-                );
-                return true;
+                stalled.push((partition_id, received, at_hub));
             }
         }
-        false
+        if stalled.is_empty() {
+            Health::Receiving
+        } else {
+            Health::Stalled(stalled)
+        }
     }
+}
+
+enum Health {
+    Receiving,
+    Stalled(Vec<(String, i64, i64)>),
+    /// The hub did not answer: whether events wait cannot be known.
+    HubSilent,
 }
 
 fn to_azure(duration: Duration) -> AzureDuration {
@@ -466,15 +548,18 @@ fn partition(
     let (tx, mut rx) = mpsc::channel(4096);
     let partition_id = id.clone();
     let runtime = tokio::runtime::Handle::current();
+    let rebuild = CancellationToken::new();
     tokio::task::spawn_blocking(move || {
         runtime.block_on(async move {
-            progress.record(&partition_id, from, &tx);
+            progress.record(&partition_id, from, &tx, &rebuild);
             let mut events = client.stream_events();
             let mut delivered_any = false;
-            // Ends when the stream's reader is gone, even while the partition is quiet.
+            // Ends when the stream's reader is gone, even while the partition is quiet, or when
+            // the watchdog rebuilds the receiver.
             while let Some(received) = tokio::select! {
                 received = events.next() => received,
                 () = tx.closed() => None,
+                () = rebuild.cancelled() => None,
             } {
                 let item = received
                     .map(|r| event(&partition_id, &r))
@@ -490,17 +575,23 @@ fn partition(
                 }
                 delivered_any = true;
                 if let Ok(event) = &item {
-                    progress.record(&partition_id, event.sequence_number, &tx);
+                    progress.record(&partition_id, event.sequence_number, &tx, &rebuild);
                 }
                 if tx.send(item).await.is_err() {
                     break;
                 }
             }
             drop(events);
-            if let Ok(client) = Arc::try_unwrap(client)
-                && let Err(e) = client.close().await
-            {
-                tracing::debug!(partition_id, error = %e, "closing a partition client");
+            if let Ok(client) = Arc::try_unwrap(client) {
+                // Bounded: a wedged link may never answer its detach (the watchdog then builds a
+                // new consumer).
+                match tokio::time::timeout(Duration::from_secs(10), client.close()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(partition_id, error = %e, "closing a partition client")
+                    }
+                    Err(_) => tracing::warn!(partition_id, "closing a partition client hung"),
+                }
             }
         })
     });

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 
 use crate::common::{count, rows, run_ok, temp_lake, vitalake};
-use crate::eventhubs_peer::{NAMESPACE, Peer};
+use crate::eventhubs_peer::{NAMESPACE, Peer, Stall};
 use crate::stream::{assert_every_event_once_in, expected, generate_stream};
 use vitalake::stream::checkpoints::Checkpoints;
 
@@ -104,6 +104,7 @@ fn against(peer: &Peer, lake: &Path) -> Command {
         .env("EVENTHUBS_ENDPOINT", peer.endpoint())
         .env("EVENTHUBS_OWNERSHIP_INTERVAL", "1")
         .env("EVENTHUBS_OWNERSHIP_EXPIRY", "4")
+        .env("EVENTHUBS_STALL_SECONDS", "5")
         .arg("--lake")
         .arg(lake);
     cmd
@@ -419,6 +420,94 @@ async fn the_consumer_reconnects_after_the_connection_drops_and_loses_nothing() 
     wait_for_bronze(&lake, expected.events).await;
     assert!(stop(stream).success());
     assert_every_event_once_in(&lake, BRONZE, &expected).await;
+}
+
+/// A partition whose receiver stops receiving while the hub holds more (seen with two partitions:
+/// one reader got 47 of its 1,057 events, then nothing) has that receiver rebuilt from its
+/// checkpoint, logged once and counted, while the other partition's receiver is left alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partition_receiver_that_stops_receiving_is_rebuilt_from_its_checkpoint() {
+    let (metrics, logs) = stalled_partition_run(Stall::AnswersDetach).await;
+    assert!(
+        metrics.contains("vitalake_stream_receivers_rebuilt_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vitalake_stream_reconnects_total 0\n"),
+        "{metrics}"
+    );
+    assert_eq!(
+        logs.matches("partition receiver stalled").count(),
+        1,
+        "logged once: {logs}"
+    );
+}
+
+/// A stalled receiver whose link does not even answer its close is never handed out again by the
+/// SDK's processor: the watchdog then builds the whole consumer again, and nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_receiver_that_cannot_be_closed_gets_a_new_consumer() {
+    let (metrics, logs) = stalled_partition_run(Stall::Deaf).await;
+    assert!(
+        metrics.contains("vitalake_stream_receivers_rebuilt_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("vitalake_stream_reconnects_total 1\n"),
+        "{metrics}"
+    );
+    assert!(logs.contains("was not handed out again"), "{logs}");
+}
+
+/// Sends a day of readings to two partitions, wedges partition 1's first reader after 47 events,
+/// and checks that every event lands once; gives the stream's metrics and log.
+async fn stalled_partition_run(stall: Stall) -> (String, String) {
+    let peer = Peer::start("observations", 2).await;
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let file = generate_stream(&dir.path().join("stream"), 40, 24, 26);
+    let expected = expected(&file);
+    send(&peer, &lake_path, &file);
+    assert!(peer.events(0).len() > 47 && peer.events(1).len() > 47);
+    peer.stall_next_reader("observations", 1, 47, stall);
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let stream = start_stream_with(
+        &peer,
+        &lake_path,
+        &["--metrics", &format!("127.0.0.1:{port}")],
+    );
+    let reader_of = |partition: &str| {
+        peer.readers()
+            .get(&format!("observations/$Default/{partition}"))
+            .copied()
+    };
+    let started = Instant::now();
+    while reader_of("0").is_none() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "partition 0 never read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_reader = reader_of("0");
+    wait_for_bronze(&lake, expected.events).await;
+
+    let metrics = crate::stream::metrics(port);
+    if stall == Stall::AnswersDetach {
+        assert_eq!(
+            reader_of("0"),
+            first_reader,
+            "the healthy partition kept its receiver"
+        );
+    }
+    assert!(stop(stream).success());
+    assert_every_event_once_in(&lake, BRONZE, &expected).await;
+    (metrics, stream_logs(&lake))
 }
 
 /// `--start TIME`: a consumer group with no checkpoints lands only the events enqueued from then on.

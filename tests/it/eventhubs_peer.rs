@@ -30,6 +30,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// How a stalled reader link behaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stall {
+    /// It answers the client's detach, as the service's links do.
+    AnswersDetach,
+    /// Wedged entirely: the client's detach goes unanswered.
+    Deaf,
+}
+
 /// The message format of a batch: data sections, each an encoded message.
 const BATCH_FORMAT: u32 = 0x8001_3700;
 const MAX_MESSAGE_SIZE: u64 = 1024 * 1024;
@@ -73,6 +82,10 @@ struct State {
     open: Mutex<std::collections::HashSet<SocketAddr>>,
     /// Every `$cbs` put-token: the token's type and the token.
     tokens: Mutex<Vec<(String, String)>>,
+    /// Per `hub/partition`: the next reader link delivers this many events, then nothing more
+    /// while it stays open (what a wedged receiver looks like from the client), and whether it
+    /// still answers a detach.
+    stalls: Mutex<HashMap<String, (usize, Stall)>>,
 }
 
 impl State {
@@ -135,6 +148,7 @@ impl Peer {
             readers: Mutex::default(),
             open: Mutex::default(),
             tokens: Mutex::default(),
+            stalls: Mutex::default(),
         });
         let accepting = state.clone();
         let listener = runtime.spawn(async move {
@@ -201,6 +215,16 @@ impl Peer {
     /// Every token the clients put to `$cbs`: (`type`, token), as `jwt` for Entra ID.
     pub fn tokens(&self) -> Vec<(String, String)> {
         self.state.tokens.lock().unwrap().clone()
+    }
+
+    /// The next reader of `partition` of `hub` receives `after` events, then nothing, though the
+    /// partition has more and its link stays open; readers after it are served as usual.
+    pub fn stall_next_reader(&self, hub: &str, partition: usize, after: usize, stall: Stall) {
+        self.state
+            .stalls
+            .lock()
+            .unwrap()
+            .insert(format!("{hub}/{partition}"), (after, stall));
     }
 
     /// The client address reading each partition (`hub/group/partition`), as last attached.
@@ -633,6 +657,12 @@ async fn serve_outgoing(
             previous.cancel();
         }
     }
+    let stall = state
+        .stalls
+        .lock()
+        .unwrap()
+        .remove(&format!("{}/{}", parts[0], parts[4]));
+    let mut sent_on_link = 0;
     let mut appended = state.appended.subscribe();
     // Where it starts is settled before the reader shows: an event sent once a test sees the
     // reader is after a `@latest` start.
@@ -645,6 +675,23 @@ async fn serve_outgoing(
     loop {
         let pending: Vec<StoredEvent> = log.lock().unwrap()[next..].to_vec();
         for event in pending {
+            if let Some((after, how)) = stall
+                && after == sent_on_link
+            {
+                // Silent until a newer reader takes the partition over (or, if it answers one,
+                // the client detaches).
+                let detached = async {
+                    match how {
+                        Stall::AnswersDetach => drop(sender.on_detach().await),
+                        Stall::Deaf => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = detached => return drop(sender.close().await),
+                    () = stop.cancelled() => return stolen(sender).await,
+                }
+            }
+            sent_on_link += 1;
             // Pre-settled, as Event Hubs delivers: the receiver's credit paces the link, and no
             // disposition is awaited per event.
             let message = fe2o3_amqp::link::delivery::Sendable::builder()

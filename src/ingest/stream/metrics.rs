@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::stream::event_hubs::Recoveries;
 use tokio_util::sync::CancellationToken;
 
 /// Upper bounds (seconds) of the batch latency histogram.
@@ -24,6 +26,8 @@ pub struct Metrics {
     latency_micros_sum: AtomicU64,
     /// Per partition: seconds from the newest landed event's enqueue to its commit.
     lag_seconds: Mutex<BTreeMap<String, f64>>,
+    /// What the Event Hubs source's watchdog did.
+    pub recoveries: Arc<Recoveries>,
 }
 
 impl Metrics {
@@ -72,6 +76,18 @@ impl Metrics {
             "vitalake_stream_quarantined_total",
             "Records sent to quarantine.",
             &self.quarantined,
+        );
+        counter(
+            &mut out,
+            "vitalake_stream_receivers_rebuilt_total",
+            "Event Hubs partition receivers rebuilt after receiving nothing while the hub held newer events.",
+            &self.recoveries.receivers_rebuilt,
+        );
+        counter(
+            &mut out,
+            "vitalake_stream_reconnects_total",
+            "Event Hubs consumers built again (receivers failing, a hub not answering).",
+            &self.recoveries.reconnects,
         );
         let batches = self.batches.load(Ordering::Relaxed);
         let _ = writeln!(

@@ -153,8 +153,13 @@ pub async fn run_stream(
                 start,
                 ..EventHubsOptions::from_env(&hub, &options.consumer_group)?
             };
-            let mut source =
-                event_hubs::open(&hub_options, checkpoints.clone(), options.stop.clone()).await?;
+            let mut source = event_hubs::open(
+                &hub_options,
+                checkpoints.clone(),
+                options.stop.clone(),
+                metrics.recoveries.clone(),
+            )
+            .await?;
             let mut lander = new_lander(source.stream.clone());
             let result = land_partitions(
                 &mut lander,
