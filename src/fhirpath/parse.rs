@@ -326,7 +326,11 @@ fn quoted(text: &str, start: usize, quote: u8) -> Result<(String, usize), ParseE
 /// Parses a whole expression.
 pub fn parse(text: &str) -> Result<Expr, ParseError> {
     let tokens = lex(text)?;
-    let mut parser = Parser { tokens, next: 0 };
+    let mut parser = Parser {
+        tokens,
+        next: 0,
+        depth: 0,
+    };
     let expr = parser.expression(0)?;
     match parser.peek() {
         Token::End => Ok(expr),
@@ -337,7 +341,14 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
 struct Parser {
     tokens: Vec<(Token, usize)>,
     next: usize,
+    /// How deep the tree being built nests here: nested terms plus the operators, members and
+    /// calls wrapped around them so far.
+    depth: usize,
 }
+
+/// How deep an expression may nest. Evaluation recurses once per level, so a fuzzed `((((…`,
+/// `----…` or `a.b.c.…` thousands deep overflowed the stack; real views nest about ten deep.
+const MAX_DEPTH: usize = 64;
 
 /// Binary operators by precedence, lowest first (FHIRPath N1 §"Operator precedence").
 fn binary_operator(token: &Token) -> Option<(BinaryOp, u8)> {
@@ -407,7 +418,21 @@ impl Parser {
         }
     }
 
+    /// One level deeper, or an error past [`MAX_DEPTH`].
+    fn deeper(&mut self) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return error(
+                self.position(),
+                format!("the expression nests more than {MAX_DEPTH} deep"),
+            );
+        }
+        Ok(())
+    }
+
     fn expression(&mut self, min_precedence: u8) -> Result<Expr, ParseError> {
+        let entry = self.depth;
+        self.deeper()?;
         let mut left = self.unary()?;
         loop {
             let token = self.peek().clone();
@@ -416,6 +441,7 @@ impl Parser {
                 && TYPE_PRECEDENCE >= min_precedence
             {
                 self.advance();
+                self.deeper()?;
                 let type_name = self.type_specifier()?;
                 left = if word == "is" {
                     Expr::Is(Box::new(left), type_name)
@@ -431,9 +457,11 @@ impl Parser {
                 break;
             }
             self.advance();
+            self.deeper()?;
             let right = self.expression(precedence + 1)?;
             left = Expr::Binary(op, Box::new(left), Box::new(right));
         }
+        self.depth = entry;
         Ok(left)
     }
 
@@ -455,34 +483,45 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
-        match self.peek() {
+        let entry = self.depth;
+        let expr = match self.peek() {
             Token::Symbol("-") => {
                 self.advance();
-                Ok(Expr::Negate(Box::new(self.unary()?)))
+                self.deeper()?;
+                Expr::Negate(Box::new(self.unary()?))
             }
             Token::Symbol("+") => {
                 self.advance();
-                self.unary()
+                self.deeper()?;
+                self.unary()?
             }
-            _ => self.postfix(),
-        }
+            _ => self.postfix()?,
+        };
+        self.depth = entry;
+        Ok(expr)
     }
 
     fn postfix(&mut self) -> Result<Expr, ParseError> {
+        let entry = self.depth;
         let mut expr = self.term()?;
         loop {
             match self.peek() {
                 Token::Symbol(".") => {
                     self.advance();
+                    self.deeper()?;
                     expr = self.invocation(Some(Box::new(expr)))?;
                 }
                 Token::Symbol("[") => {
                     self.advance();
+                    self.deeper()?;
                     let index = self.expression(0)?;
                     self.expect("]")?;
                     expr = Expr::Indexer(Box::new(expr), Box::new(index));
                 }
-                _ => return Ok(expr),
+                _ => {
+                    self.depth = entry;
+                    return Ok(expr);
+                }
             }
         }
     }
@@ -670,6 +709,29 @@ mod tests {
             panic!("{expr:?}")
         };
         assert!(matches!(*right, Expr::Binary(BinaryOp::Multiply, _, _)));
+    }
+
+    /// Found by the fuzzer: each of these, thousands deep, overflowed the stack.
+    #[test]
+    fn expressions_nested_too_deep_are_an_error_not_a_crash() {
+        for deep in [
+            format!("{}1{}", "(".repeat(5_000), ")".repeat(5_000)),
+            format!("{}1", "-".repeat(100_000)),
+            format!("a{}", ".b".repeat(10_000)),
+            format!("1{}", " + 1".repeat(10_000)),
+            format!("a{}", "[0]".repeat(10_000)),
+            format!(
+                "a.where({}b{})",
+                "c.exists(".repeat(1_000),
+                ")".repeat(1_000)
+            ),
+        ] {
+            let error = parse(&deep).unwrap_err();
+            assert!(error.message.contains("nests more than 64 deep"), "{error}");
+        }
+        // What real views write stays well inside the limit.
+        parse(&format!("a{}", ".b".repeat(40))).unwrap();
+        parse("component.where(code.coding.exists(system = 'http://loinc.org' and code = '8480-6')).value.ofType(Quantity).value.first()").unwrap();
     }
 
     #[test]

@@ -23,6 +23,7 @@ use datafusion_postgres::pgwire::api::{
     PgWireServerHandlers, Type,
 };
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::startup::{PasswordMessageFamily, SASLInitialResponse};
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::{DfSessionService, Parser};
 use futures::Sink;
@@ -132,6 +133,26 @@ impl StartupHandler for SignIn {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let is_password = matches!(message, PgWireFrontendMessage::PasswordMessageFamily(_));
+        let message = match message {
+            // The client's first SASL message: decoded here, because pgwire's decoder reads it
+            // unchecked and a malformed one panicked the connection's task (found by fuzzing).
+            PgWireFrontendMessage::PasswordMessageFamily(PasswordMessageFamily::Raw(body))
+                if client.session_extensions().get::<SaslStarted>().is_none() =>
+            {
+                client.session_extensions().insert(SaslStarted);
+                let response = sasl_initial_response(&body).ok_or_else(|| {
+                    PgWireError::UserError(Box::new(ErrorInfo::new(
+                        "FATAL".into(),
+                        "08P01".into(),
+                        "invalid SASLInitialResponse message".into(),
+                    )))
+                })?;
+                PgWireFrontendMessage::PasswordMessageFamily(
+                    PasswordMessageFamily::SASLInitialResponse(response),
+                )
+            }
+            other => other,
+        };
         self.sasl.on_startup(client, message).await?;
         // The SASL handler finishes a sign-in only when the client's proof matched.
         if is_password
@@ -145,6 +166,26 @@ impl StartupHandler for SignIn {
         }
         Ok(())
     }
+}
+
+/// Marks a connection whose SASL exchange has begun: its next password messages are SASL
+/// responses.
+struct SaslStarted;
+
+/// A SASLInitialResponse body (mechanism, then a length-prefixed initial response), read with
+/// bounds checks; `None` when it is malformed.
+fn sasl_initial_response(body: &[u8]) -> Option<SASLInitialResponse> {
+    let end = body.iter().position(|b| *b == 0)?;
+    let mechanism = String::from_utf8_lossy(&body[..end]).into_owned();
+    let rest = &body[end + 1..];
+    let length = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+    let data = match length {
+        -1 => None,
+        n => Some(bytes::Bytes::copy_from_slice(
+            rest[4..].get(..usize::try_from(n).ok()?)?,
+        )),
+    };
+    Some(SASLInitialResponse::new(mechanism, data))
 }
 
 /// Logs failed sign-ins and statements by user and error code, never the statement's text (which
@@ -305,5 +346,38 @@ impl QueryParser for RoleParser {
         column_format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         self.any().get_result_schema(statement, column_format)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sasl_initial_response_is_read_with_bounds_checks() {
+        let mut valid = b"SCRAM-SHA-256\0".to_vec();
+        valid.extend(5i32.to_be_bytes());
+        valid.extend(b"n,,n=");
+        let response = sasl_initial_response(&valid).unwrap();
+        assert_eq!(response.auth_method, "SCRAM-SHA-256");
+        assert_eq!(response.data.as_deref(), Some(&b"n,,n="[..]));
+        let mut no_data = b"SCRAM-SHA-256\0".to_vec();
+        no_data.extend((-1i32).to_be_bytes());
+        assert_eq!(sasl_initial_response(&no_data).unwrap().data, None);
+        // Each of these panicked pgwire's decoder (found by the fuzzer).
+        let mut too_long = b"SCRAM-SHA-256\0".to_vec();
+        too_long.extend(50i32.to_be_bytes());
+        too_long.extend(b"n,,n=");
+        let mut negative = b"SCRAM-SHA-256\0".to_vec();
+        negative.extend((-7i32).to_be_bytes());
+        for malformed in [
+            &b"An4lyst-pw\0"[..],
+            b"no terminator",
+            b"SCRAM\0\0\0",
+            &too_long,
+            &negative,
+        ] {
+            assert!(sasl_initial_response(malformed).is_none(), "{malformed:?}");
+        }
     }
 }

@@ -10,6 +10,7 @@ mod db;
 mod eventhubs;
 mod eventhubs_peer;
 mod fhir_server;
+mod fuzz;
 mod gold;
 mod gold_ehr;
 mod ingest_fhir;
