@@ -32,16 +32,10 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error(
-        "the lake {lake} is in use: {holder} holds {name} since {since}; this run starts when it ends (or, if it died, {ttl_secs} s after its last renewal at {renewed})"
+        "the lake {} is in use: {} holds {} since {}; this run starts when it ends (or, if it died, {} s after its last renewal at {})",
+        .0.lake, .0.holder, .0.name, .0.since, .0.ttl_secs, .0.renewed
     )]
-    Held {
-        lake: String,
-        name: String,
-        holder: Holder,
-        since: DateTime<Utc>,
-        renewed: DateTime<Utc>,
-        ttl_secs: u64,
-    },
+    Held(Box<HeldBy>),
     #[error(
         "the lake {lake} is in use: {holder} holds its lock {path} since {since}; this run can start when that one ends"
     )]
@@ -66,6 +60,17 @@ pub enum LeaseError {
         name: String,
         message: String,
     },
+}
+
+/// A remote lease someone else holds, for the message.
+#[derive(Debug)]
+pub struct HeldBy {
+    pub lake: String,
+    pub name: String,
+    pub holder: Holder,
+    pub since: DateTime<Utc>,
+    pub renewed: DateTime<Utc>,
+    pub ttl_secs: u64,
 }
 
 /// Who holds a lease: enough for an operator to find the run (no data, no secrets).
@@ -263,14 +268,14 @@ impl Remote {
                     })?;
                     let expires = renewed + chrono::Duration::seconds(held.ttl_secs as i64);
                     if !held.released && expires > Utc::now() {
-                        return Err(LeaseError::Held {
+                        return Err(LeaseError::Held(Box::new(HeldBy {
                             lake: lake.root().to_string(),
                             name: name.to_string(),
                             holder: held.holder,
                             since: held.since,
                             renewed,
                             ttl_secs: held.ttl_secs,
-                        });
+                        })));
                     }
                     if !held.released {
                         tracing::warn!(

@@ -52,8 +52,15 @@ pub enum DbError {
     Lake(Box<LakeError>),
     #[error("expectations file {path}: {message}")]
     Expectations { path: String, message: String },
+    /// Boxed: it names the holder, and travels through every `Result` here.
     #[error(transparent)]
-    Lease(#[from] crate::lake::LeaseError),
+    Lease(Box<crate::lake::LeaseError>),
+}
+
+impl From<crate::lake::LeaseError> for DbError {
+    fn from(err: crate::lake::LeaseError) -> Self {
+        DbError::Lease(Box::new(err))
+    }
 }
 
 impl From<LakeError> for DbError {
