@@ -285,10 +285,7 @@ impl Remote {
                             "taking over a lease its holder stopped renewing"
                         );
                     }
-                    PutMode::Update(UpdateVersion {
-                        e_tag: Some(etag),
-                        version: None,
-                    })
+                    if_match(etag)
                 }
             };
             let options = PutOptions {
@@ -349,10 +346,7 @@ impl Remote {
             )
         };
         let options = PutOptions {
-            mode: PutMode::Update(UpdateVersion {
-                e_tag: Some(etag),
-                version: None,
-            }),
+            mode: if_match(etag),
             ..PutOptions::default()
         };
         if let Err(e) = self.store.put_opts(&self.path, body.into(), options).await {
@@ -366,6 +360,14 @@ impl Drop for Remote {
     fn drop(&mut self) {
         self.renewer.abort();
     }
+}
+
+/// A put that succeeds only over the version `etag` names.
+fn if_match(etag: String) -> PutMode {
+    PutMode::Update(UpdateVersion {
+        e_tag: Some(etag),
+        version: None,
+    })
 }
 
 /// Renews the lease every `every` until it is taken or the task is aborted. A failed renewal is
@@ -389,10 +391,7 @@ async fn renew(
         };
         let sent = Instant::now();
         let options = PutOptions {
-            mode: PutMode::Update(UpdateVersion {
-                e_tag: Some(etag),
-                version: None,
-            }),
+            mode: if_match(etag),
             ..PutOptions::default()
         };
         match store.put_opts(&path, body.into(), options).await {
