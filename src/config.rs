@@ -137,11 +137,8 @@ impl Default for LakeConfig {
 impl LakeConfig {
     /// Opens the lake this section names.
     pub fn open(&self) -> Result<crate::lake::Lake, crate::lake::LakeError> {
-        Ok(
-            crate::lake::Lake::open(&self.root)?.with_lease_ttl(std::time::Duration::from_secs(
-                self.lease_seconds.max(1) as u64,
-            )),
-        )
+        Ok(crate::lake::Lake::open(&self.root)?
+            .with_lease_ttl(std::time::Duration::from_secs(self.lease_seconds as u64)))
     }
 }
 

@@ -50,9 +50,8 @@ pub enum IngestError {
     /// Boxed: Delta's errors are large, and this one travels through every ingest `Result`.
     #[error(transparent)]
     Lake(Box<LakeError>),
-    /// Boxed: it names the holder, and travels through every `Result` here.
     #[error(transparent)]
-    Lease(Box<crate::lake::LeaseError>),
+    Lease(#[from] crate::lake::LeaseError),
     #[error("decoding stopped unexpectedly: {0}")]
     Decoder(String),
     #[error(transparent)]
@@ -62,12 +61,6 @@ pub enum IngestError {
     /// Boxed like `Lake`: a FHIR server's errors carry URLs and messages.
     #[error("FHIR server export: {0}")]
     FhirServer(Box<fhir_server::FhirServerError>),
-}
-
-impl From<crate::lake::LeaseError> for IngestError {
-    fn from(err: crate::lake::LeaseError) -> Self {
-        IngestError::Lease(Box::new(err))
-    }
 }
 
 impl From<LakeError> for IngestError {

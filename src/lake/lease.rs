@@ -120,8 +120,8 @@ struct Record {
     released: bool,
 }
 
-/// A held lease; dropping it gives the lake up (a remote lease is marked released in the
-/// background, or expires).
+/// A held lease. [`Lease::release`] gives it back; one only dropped stops being renewed, so a
+/// remote lease then expires after its time to live.
 pub struct Lease {
     kind: Kind,
     lake: String,
@@ -236,6 +236,18 @@ struct RemoteState {
     taken: bool,
 }
 
+impl RemoteState {
+    /// The record as it stands, put only over the version this holder last wrote.
+    fn next_put(&self) -> (PutPayload, PutOptions) {
+        let body = serde_json::to_vec(&self.record).expect("a lease record serializes");
+        let options = PutOptions {
+            mode: if_match(self.etag.clone()),
+            ..PutOptions::default()
+        };
+        (body.into(), options)
+    }
+}
+
 impl Remote {
     async fn acquire(lake: &Lake, name: &str, record: Record) -> Result<Remote, LeaseError> {
         let storage = |message: String| LeaseError::Storage {
@@ -334,22 +346,15 @@ impl Remote {
 
     async fn release(&self) {
         self.renewer.abort();
-        let (etag, body) = {
+        let (body, options) = {
             let mut state = self.state.lock().expect("lease state");
             if state.taken {
                 return;
             }
             state.record.released = true;
-            (
-                state.etag.clone(),
-                serde_json::to_vec(&state.record).expect("serializes"),
-            )
+            state.next_put()
         };
-        let options = PutOptions {
-            mode: if_match(etag),
-            ..PutOptions::default()
-        };
-        if let Err(e) = self.store.put_opts(&self.path, body.into(), options).await {
+        if let Err(e) = self.store.put_opts(&self.path, body, options).await {
             // Not fatal: the lease expires by itself.
             tracing::warn!(error = %e, "could not give the lake's lease back; it expires by itself");
         }
@@ -382,19 +387,9 @@ async fn renew(
     tick.tick().await;
     loop {
         tick.tick().await;
-        let (etag, body) = {
-            let state = state.lock().expect("lease state");
-            (
-                state.etag.clone(),
-                serde_json::to_vec(&state.record).expect("serializes"),
-            )
-        };
+        let (body, options) = state.lock().expect("lease state").next_put();
         let sent = Instant::now();
-        let options = PutOptions {
-            mode: if_match(etag),
-            ..PutOptions::default()
-        };
-        match store.put_opts(&path, body.into(), options).await {
+        match store.put_opts(&path, body, options).await {
             Ok(result) => {
                 let mut state = state.lock().expect("lease state");
                 state.etag = result.e_tag.unwrap_or_default();

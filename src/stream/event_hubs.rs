@@ -264,8 +264,11 @@ pub async fn open(
         let mut consumer = first;
         let progress = Progress::default();
         let mut check = tokio::time::interval(options.stall_after / 2);
-        // Per partition, the sequence number its receiver was last rebuilt at, and when.
-        let mut rebuilt_at: HashMap<String, (i64, std::time::Instant)> = HashMap::new();
+        let mut watchdog = Watchdog {
+            stall_after: options.stall_after,
+            recoveries,
+            rebuilt_at: HashMap::new(),
+        };
         loop {
             let reconnect = tokio::select! {
                 client = consumer.processor.next_partition_client() => {
@@ -294,46 +297,17 @@ pub async fn open(
                     false
                 }
                 Some(delivered_any) = failed.recv() => !delivered_any,
-                _ = check.tick() => match consumer.check(&progress, options.stall_after).await {
-                    // A rebuilt receiver whose successor never came (its close hung, so the
-                    // processor still counts it as handed out): only a new consumer helps.
-                    _ if rebuilt_at.iter().any(|(id, (_, at))| {
-                        at.elapsed() > options.stall_after * 2 && !progress.has(id)
-                    }) => {
-                        tracing::warn!("a rebuilt partition receiver was not handed out again");
-                        true
-                    }
-                    Health::Receiving => false,
-                    Health::HubSilent => true,
-                    Health::Stalled(stalled) => {
-                        let mut reconnect = false;
-                        for (partition_id, received, at_hub) in stalled {
-                            if rebuilt_at.get(&partition_id).map(|r| r.0) == Some(received) {
-                                // Its new receiver stalled at the same place: not the receiver.
-                                tracing::warn!(partition_id, received, at_hub, "a rebuilt partition receiver stalled again");
-                                reconnect = true;
-                                continue;
-                            }
-                            tracing::warn!(
-                                partition_id,
-                                received,
-                                at_hub,
-                                "partition receiver stalled: events wait at the hub but do not arrive; rebuilding it from its checkpoint"
-                            );
-                            progress.rebuild(&partition_id);
-                            rebuilt_at.insert(partition_id, (received, std::time::Instant::now()));
-                            recoveries.receivers_rebuilt.fetch_add(1, Ordering::Relaxed);
-                        }
-                        reconnect
-                    }
-                },
+                _ = check.tick() => watchdog.needs_new_consumer(&consumer, &progress).await,
                 () = stop.cancelled() => return,
             };
             if !reconnect {
                 continue;
             }
             tracing::warn!("the Event Hubs consumer is stuck: connecting again");
-            recoveries.reconnects.fetch_add(1, Ordering::Relaxed);
+            watchdog
+                .recoveries
+                .reconnects
+                .fetch_add(1, Ordering::Relaxed);
             let _ = consumer.processor.shutdown().await;
             consumer = loop {
                 // A connection that hangs is given up too, like one that fails.
@@ -349,7 +323,7 @@ pub async fn open(
                 }
             };
             progress.clear();
-            rebuilt_at.clear();
+            watchdog.rebuilt_at.clear();
             *swapped.lock().await = consumer.processor.clone();
             tracing::info!("connected to Event Hubs again");
         }
@@ -359,6 +333,63 @@ pub async fn open(
         partitions: rx,
         processor: current,
     })
+}
+
+/// What the watchdog of [`open`] remembers between its checks.
+struct Watchdog {
+    stall_after: Duration,
+    recoveries: Arc<Recoveries>,
+    /// Per partition, the sequence number its receiver was last rebuilt at, and when.
+    rebuilt_at: HashMap<String, (i64, std::time::Instant)>,
+}
+
+impl Watchdog {
+    /// One check: rebuilds the receivers of stalled partitions, and says whether only a new
+    /// consumer helps.
+    async fn needs_new_consumer(&mut self, consumer: &Consumer, progress: &Progress) -> bool {
+        // A rebuilt receiver whose successor never came (its close hung, so the processor still
+        // counts it as handed out).
+        if self
+            .rebuilt_at
+            .iter()
+            .any(|(id, (_, at))| at.elapsed() > self.stall_after * 2 && !progress.has(id))
+        {
+            tracing::warn!("a rebuilt partition receiver was not handed out again");
+            return true;
+        }
+        let stalled = match consumer.check(progress, self.stall_after).await {
+            Health::Receiving => return false,
+            Health::HubSilent => return true,
+            Health::Stalled(stalled) => stalled,
+        };
+        let mut needs_new_consumer = false;
+        for (partition_id, received, at_hub) in stalled {
+            if self.rebuilt_at.get(&partition_id).map(|r| r.0) == Some(received) {
+                // Its new receiver stalled at the same place: the receiver is not the cause.
+                tracing::warn!(
+                    partition_id,
+                    received,
+                    at_hub,
+                    "a rebuilt partition receiver stalled again"
+                );
+                needs_new_consumer = true;
+                continue;
+            }
+            tracing::warn!(
+                partition_id,
+                received,
+                at_hub,
+                "partition receiver stalled: events wait at the hub but do not arrive; rebuilding it from its checkpoint"
+            );
+            progress.rebuild(&partition_id);
+            self.rebuilt_at
+                .insert(partition_id, (received, std::time::Instant::now()));
+            self.recoveries
+                .receivers_rebuilt
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        needs_new_consumer
+    }
 }
 
 type EventSender = mpsc::Sender<Result<Event, StreamError>>;
@@ -377,7 +408,8 @@ struct Received {
 }
 
 impl Progress {
-    fn record(
+    /// A new receiver of `partition_id`, starting after `sequence_number`.
+    fn started(
         &self,
         partition_id: &str,
         sequence_number: i64,
@@ -392,6 +424,15 @@ impl Progress {
         };
         let mut map = self.0.lock().expect("progress lock");
         map.insert(partition_id.to_string(), received);
+    }
+
+    /// An event of `partition_id` arrived (per event: updated in place).
+    fn received(&self, partition_id: &str, sequence_number: i64) {
+        let mut map = self.0.lock().expect("progress lock");
+        if let Some(received) = map.get_mut(partition_id) {
+            received.sequence_number = sequence_number;
+            received.at = std::time::Instant::now();
+        }
     }
 
     fn has(&self, partition_id: &str) -> bool {
@@ -551,7 +592,7 @@ fn partition(
     let rebuild = CancellationToken::new();
     tokio::task::spawn_blocking(move || {
         runtime.block_on(async move {
-            progress.record(&partition_id, from, &tx, &rebuild);
+            progress.started(&partition_id, from, &tx, &rebuild);
             let mut events = client.stream_events();
             let mut delivered_any = false;
             // Ends when the stream's reader is gone, even while the partition is quiet, or when
@@ -575,7 +616,7 @@ fn partition(
                 }
                 delivered_any = true;
                 if let Ok(event) = &item {
-                    progress.record(&partition_id, event.sequence_number, &tx, &rebuild);
+                    progress.received(&partition_id, event.sequence_number);
                 }
                 if tx.send(item).await.is_err() {
                     break;

@@ -407,7 +407,7 @@ fn fuzz_postgres_startup_message() {
         {
             return previous(info);
         }
-        if known_pgwire_decoder_defect(info) {
+        if known_pgwire_decoder_defect() {
             KNOWN.fetch_add(1, Ordering::SeqCst);
         } else {
             PANICS.fetch_add(1, Ordering::SeqCst);
@@ -507,7 +507,7 @@ fn fuzz_postgres_startup_message() {
 /// message, so only a patched pgwire can fix it. tokio contains the panic to that one connection,
 /// which closes, and the server goes on serving (checked at the end of the fuzz run). Matched by
 /// where it is raised: inside `PgWireFrontendMessage::decode`.
-fn known_pgwire_decoder_defect(_info: &std::panic::PanicHookInfo) -> bool {
+fn known_pgwire_decoder_defect() -> bool {
     std::backtrace::Backtrace::force_capture()
         .to_string()
         .contains("pgwire::messages::PgWireFrontendMessage::decode")

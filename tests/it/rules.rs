@@ -304,7 +304,6 @@ async fn a_stream_killed_at_random_moments_records_each_alert_once() {
     }
 }
 
-/// One event per id, as a receiver keeps them.
 /// An alert comes only from a reading that passed the checks silver holds readings to: the second
 /// reading of a crisis that fails the profile (a status outside its required value set) or the
 /// structure (an element FHIR does not have) lands in quarantine and raises nothing.

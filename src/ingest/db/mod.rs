@@ -52,15 +52,8 @@ pub enum DbError {
     Lake(Box<LakeError>),
     #[error("expectations file {path}: {message}")]
     Expectations { path: String, message: String },
-    /// Boxed: it names the holder, and travels through every `Result` here.
     #[error(transparent)]
-    Lease(Box<crate::lake::LeaseError>),
-}
-
-impl From<crate::lake::LeaseError> for DbError {
-    fn from(err: crate::lake::LeaseError) -> Self {
-        DbError::Lease(Box::new(err))
-    }
+    Lease(#[from] crate::lake::LeaseError),
 }
 
 impl From<LakeError> for DbError {

@@ -187,8 +187,7 @@ pub async fn run_stream(
                 ),
                 "stream",
             )
-            .await
-            .map_err(IngestError::from)?;
+            .await?;
             let mut lander = new_lander(stream_id);
             let partition = match &local {
                 SourceSpec::File { path, follow } => file::open(path, *follow)?,
