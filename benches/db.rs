@@ -12,6 +12,7 @@
 //! The export and the first extraction run twice each and the faster run is kept (the first warms
 //! the server's cache for both).
 
+#[allow(dead_code)]
 mod support;
 
 #[path = "../tests/it/servers.rs"]

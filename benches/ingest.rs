@@ -10,6 +10,7 @@
 //! whole record (encounters, conditions, labs, claims...): `VITALAKE_BENCH_SYNTHEA_COPIES` (default
 //! 10) copies of the Synthea bundles of `../shared/fhir/synthea`, their UUIDs made unique per copy.
 
+#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -21,6 +21,8 @@
 #[path = "../tests/it/eventhubs_peer.rs"]
 #[allow(dead_code)]
 mod eventhubs_peer;
+#[allow(dead_code)]
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -31,13 +33,7 @@ use std::time::{Duration, Instant};
 use azure_messaging_eventhubs::models::EventData;
 use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient};
 use eventhubs_peer::Peer;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use support::{env, query_csv};
 
 fn vitalake(peer: &Peer, lake: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalake"));
@@ -288,25 +284,4 @@ fn main() {
         at(0.99),
         at(1.0)
     );
-}
-
-/// Runs `vitalake query` on the lake; the CSV rows without the header.
-fn query_csv(lake: &Path, sql: &str) -> Vec<Vec<String>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_vitalake"))
-        .arg("--lake")
-        .arg(lake)
-        .args(["query", sql, "--format", "csv"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|line| line.split(',').map(str::to_string).collect())
-        .collect()
 }

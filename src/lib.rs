@@ -13,6 +13,8 @@
 //! - [`stream`]: event sources (file, stdin), micro-batching, and the Event Hubs checkpoint store.
 //! - [`ingest`]: file drops, database extracts and stream micro-batches into bronze, silver and
 //!   quarantine, exactly once.
+//! - [`alerts`]: alert events (CloudEvents), their sinks, the outbox that retries a failing sink,
+//!   and the `silver/alerts` and `silver/alert_deliveries` tables.
 //! - [`terminology`]: code tables (CodeSystems, ConceptMaps, CSV) in the lake, for gold SQL.
 //! - [`gold`]: the lake as SQL (every table in one catalogue), read-only queries, the gold tables.
 //! - [`serve`]: the PostgreSQL-wire server over that catalogue: sign-in, roles and masks, read-only.

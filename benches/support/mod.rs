@@ -1,5 +1,7 @@
-//! What the benches share: the release binary run in a child process, its peak RSS sampled.
+//! What the benches share: the release binary run in a child process, its peak RSS sampled;
+//! `vitalake query` on a bench's lake; settings from the environment.
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,4 +40,33 @@ pub fn run_sampling_rss(cmd: &mut Command) -> Measured {
 fn vm_hwm_kb(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A whole-number setting from the environment, or `default`.
+pub fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs `vitalake query` on the lake; the CSV rows without the header.
+pub fn query_csv(lake: &Path, sql: &str) -> Vec<Vec<String>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_vitalake"))
+        .arg("--lake")
+        .arg(lake)
+        .args(["query", sql, "--format", "csv"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').map(str::to_string).collect())
+        .collect()
 }

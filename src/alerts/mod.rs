@@ -1,12 +1,22 @@
-//! Alerts: the CloudEvents 1.0 format of an alert event, where alerts go ([`sink`]), and the
-//! `silver/alerts` table that records every one of them, sent or not ([`table`]).
+//! Alerts: the CloudEvents 1.0 format of an alert event, where alerts go ([`sink`]) through the
+//! outbox that retries a failing sink ([`outbox`]), and the `silver/alerts` table that records every
+//! one of them, sent or not, with the receipts of their deliveries ([`table`]).
 
+pub mod outbox;
 pub mod sink;
 pub mod table;
 
 use serde_json::{Value, json};
 
 use crate::rules::evaluate::{AlertEvent, Cited, Transition};
+
+/// An alert as it goes to a sink: its CloudEvent, with its id and patient (the partition key).
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: String,
+    pub patient: String,
+    pub event: Value,
+}
 
 /// The CloudEvents `type` of an alert: `org.vitalake.bp.alert.raised.v1` and friends.
 pub fn event_type(transition: Transition) -> String {

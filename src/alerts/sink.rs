@@ -2,18 +2,27 @@
 //! default), or an Event Hub (official client, the patient as partition key). Every sink also
 //! has the `silver/alerts` table behind it, written by the stream with its batches.
 //!
+//! A send either succeeds or fails within seconds; the outbox ([`super::outbox`]) retries. An
+//! Event Hubs producer whose send failed is closed and opened again on the next send, and one that
+//! cannot connect at start is opened later: a hub that is down never stops the stream.
+//!
 //! Delivery is at least once: after a crash an alert may be sent again, with the same id.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use azure_messaging_eventhubs::models::EventData;
-use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient};
+use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient, RetryOptions};
 use serde_json::Value;
 
 use crate::stream::StreamError;
-use crate::stream::event_hubs::{EventHubsOptions, producer};
+use crate::stream::event_hubs::{EventHubsOptions, producer_with, send_batch_within};
+
+/// How long one send to Event Hubs may take, the client's own retries included, before the outbox
+/// counts it as failed and tries again: short, so that alerts go out soon after the hub is back.
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub enum Sink {
     Stdout,
@@ -23,7 +32,9 @@ pub enum Sink {
     },
     EventHubs {
         hub: String,
-        client: ProducerClient,
+        options: Box<EventHubsOptions>,
+        /// Opened on first use and again after a failed send.
+        client: tokio::sync::Mutex<Option<ProducerClient>>,
     },
 }
 
@@ -55,11 +66,18 @@ impl Sink {
             });
         }
         if let Some(hub) = spec.strip_prefix("eventhubs:") {
-            let options = EventHubsOptions::from_env(hub, "$Default")?;
-            let client = producer(&options).await?;
+            let options = EventHubsOptions::for_alerts(hub)?;
+            let client = match alert_producer(&options).await {
+                Ok(client) => Some(client),
+                Err(e) => {
+                    tracing::warn!(hub, error = %e, "the alert hub cannot be reached yet; alerts wait in the outbox");
+                    None
+                }
+            };
             return Ok(Sink::EventHubs {
                 hub: hub.to_string(),
-                client,
+                options: Box::new(options),
+                client: tokio::sync::Mutex::new(client),
             });
         }
         Err(StreamError::BadSink(spec.to_string()))
@@ -93,16 +111,55 @@ impl Sink {
                         source,
                     })
             }
-            Sink::EventHubs { hub, client } => send_to_hub(hub, client, events).await,
+            Sink::EventHubs {
+                hub,
+                options,
+                client,
+            } => {
+                let mut client = client.lock().await;
+                if client.is_none() {
+                    *client = Some(alert_producer(options).await?);
+                }
+                let sent = send_to_hub(hub, client.as_ref().expect("opened"), events).await;
+                if sent.is_err() {
+                    close_producer(client.take()).await;
+                }
+                sent
+            }
         }
     }
 
-    pub async fn close(self) {
-        if let Sink::EventHubs { client, .. } = self
-            && let Err(e) = client.close().await
-        {
-            tracing::debug!(error = %e, "closing the alert producer");
+    pub async fn close(&self) {
+        if let Sink::EventHubs { client, .. } = self {
+            close_producer(client.lock().await.take()).await;
         }
+    }
+}
+
+/// A producer whose own retries end well within [`SEND_TIMEOUT`].
+async fn alert_producer(options: &EventHubsOptions) -> Result<ProducerClient, StreamError> {
+    let retry = RetryOptions {
+        initial_delay: azure_core::time::Duration::milliseconds(200),
+        max_delay: azure_core::time::Duration::seconds(2),
+        max_total_elapsed: azure_core::time::Duration::seconds(10),
+        max_retries: 3,
+    };
+    let builder = ProducerClient::builder().with_retry_options(retry);
+    tokio::time::timeout(SEND_TIMEOUT, producer_with(options, builder))
+        .await
+        .unwrap_or_else(|_| {
+            Err(StreamError::EventHubs(format!(
+                "connecting to Event Hubs: no answer within {} s",
+                SEND_TIMEOUT.as_secs()
+            )))
+        })
+}
+
+async fn close_producer(client: Option<ProducerClient>) {
+    if let Some(client) = client
+        && let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(5), client.close()).await
+    {
+        tracing::debug!(error = %e, "closing the alert producer");
     }
 }
 
@@ -139,8 +196,13 @@ async fn send_to_hub(
                 )));
             }
         }
-        crate::stream::event_hubs::send_batch(client, batch, &format!("sending alerts to {hub}"))
-            .await?;
+        send_batch_within(
+            client,
+            batch,
+            &format!("sending alerts to {hub}"),
+            SEND_TIMEOUT,
+        )
+        .await?;
     }
     Ok(())
 }

@@ -1,6 +1,10 @@
-//! `silver/alerts`: every alert event, as sent (or recorded as not sent: shadow, backfill,
-//! inhibited). One row per CloudEvent id; the stream never records an id twice, so the table is
-//! the answer to "was this alert already sent?" after a restart.
+//! `silver/alerts`: every alert event raised, for the clinicians (`delivery = 'sent'`) or recorded
+//! only (shadow, backfill, inhibited). One row per CloudEvent id; the stream never records an id
+//! twice, so the table is the answer to "was this alert already raised?" after a restart.
+//!
+//! `silver/alert_deliveries`: one receipt per alert the sink took (when, after how many attempts,
+//! how long after detection). An alert for the clinicians without a receipt is still waiting in the
+//! outbox ([`super::outbox`]): a restart sends it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
@@ -10,6 +14,7 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use super::Outgoing;
 use crate::lake::append::AppendBuilder;
 use crate::lake::utc_timestamp;
 use crate::lake::{Lake, LakeError};
@@ -94,17 +99,122 @@ pub async fn append(lake: &Lake, rows: RecordBatch) -> Result<(), LakeError> {
     Ok(())
 }
 
-/// The ids already recorded for episodes that started at or after `since` (Unix ms).
-pub async fn recorded_ids(lake: &Lake, since: i64) -> Result<HashSet<String>, LakeError> {
+pub const DELIVERIES_TABLE: &str = "silver/alert_deliveries";
+
+pub static DELIVERIES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Utf8, false),
+        Field::new("sink", DataType::Utf8, false),
+        Field::new("delivered_at", utc_timestamp(), false),
+        Field::new("attempts", DataType::Int32, false),
+        Field::new("delay_ms", DataType::Int64, false),
+    ]))
+});
+
+/// That the sink took an alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    pub id: String,
+    /// Unix ms.
+    pub delivered_at: i64,
+    /// Sends tried, the successful one included.
+    pub attempts: u32,
+    /// From the alert's detection to its delivery: the delay a clinician sees.
+    pub delay_ms: i64,
+}
+
+/// Appends receipts of deliveries to `sink` in one commit.
+pub async fn append_receipts(
+    lake: &Lake,
+    receipts: &[Receipt],
+    sink: &str,
+) -> Result<(), LakeError> {
+    if receipts.is_empty() {
+        return Ok(());
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            receipts.iter().map(|r| r.id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(receipts.iter().map(|_| sink))),
+        Arc::new(
+            TimestampMicrosecondArray::from_iter_values(
+                receipts.iter().map(|r| r.delivered_at * 1000),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(Int32Array::from_iter_values(
+            receipts.iter().map(|r| r.attempts as i32),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            receipts.iter().map(|r| r.delay_ms),
+        )),
+    ];
+    let rows = RecordBatch::try_new(DELIVERIES_SCHEMA.clone(), columns)
+        .expect("columns match the deliveries schema");
+    let table = lake.table(DELIVERIES_TABLE).await?;
+    AppendBuilder::new(table, DELIVERIES_TABLE, vec![rows])
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// The alerts for the clinicians detected at or after `since` (Unix ms) that have no receipt, in
+/// the order they were detected.
+pub async fn undelivered(lake: &Lake, since: i64) -> Result<Vec<Outgoing>, LakeError> {
     let Some(table) = lake.existing_table(ALERTS_TABLE).await? else {
+        return Ok(Vec::new());
+    };
+    let delivered = delivered_ids(lake, since).await?;
+    let sql = format!(
+        "SELECT id, patient_id, event FROM t WHERE delivery = 'sent' AND detected_at >= '{}' ORDER BY detected_at",
+        rfc3339(since)
+    );
+    let mut waiting = Vec::new();
+    for batch in crate::lake::read::query(&table, ALERTS_TABLE, &sql).await? {
+        let column = |i: usize| {
+            deltalake::arrow::compute::cast(batch.column(i), &DataType::Utf8)
+                .expect("a string column casts to Utf8")
+        };
+        let (ids, patients, events) = (column(0), column(1), column(2));
+        for row in 0..batch.num_rows() {
+            let id = ids.as_string::<i32>().value(row);
+            if delivered.contains(id) {
+                continue;
+            }
+            waiting.push(Outgoing {
+                id: id.to_string(),
+                patient: patients.as_string::<i32>().value(row).to_string(),
+                event: serde_json::from_str(events.as_string::<i32>().value(row))
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    Ok(waiting)
+}
+
+/// The ids of the alerts delivered at or after `since` (Unix ms).
+pub async fn delivered_ids(lake: &Lake, since: i64) -> Result<HashSet<String>, LakeError> {
+    let sql = format!(
+        "SELECT id FROM t WHERE delivered_at >= '{}'",
+        rfc3339(since)
+    );
+    ids(lake, DELIVERIES_TABLE, &sql).await
+}
+
+fn rfc3339(millis: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(millis)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The first column of `sql` on `table`, as strings (nothing if the table does not exist yet).
+async fn ids(lake: &Lake, table: &str, sql: &str) -> Result<HashSet<String>, LakeError> {
+    let Some(delta) = lake.existing_table(table).await? else {
         return Ok(HashSet::new());
     };
-    let since = chrono::DateTime::from_timestamp_millis(since)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let sql = format!("SELECT id FROM t WHERE episode_start >= '{since}'");
     let mut ids = HashSet::new();
-    for batch in crate::lake::read::query(&table, ALERTS_TABLE, &sql).await? {
+    for batch in crate::lake::read::query(&delta, table, sql).await? {
         let column = deltalake::arrow::compute::cast(batch.column(0), &DataType::Utf8)
             .expect("a string column casts to Utf8");
         ids.extend(
@@ -116,4 +226,13 @@ pub async fn recorded_ids(lake: &Lake, since: i64) -> Result<HashSet<String>, La
         );
     }
     Ok(ids)
+}
+
+/// The ids already recorded for episodes that started at or after `since` (Unix ms).
+pub async fn recorded_ids(lake: &Lake, since: i64) -> Result<HashSet<String>, LakeError> {
+    let sql = format!(
+        "SELECT id FROM t WHERE episode_start >= '{}'",
+        rfc3339(since)
+    );
+    ids(lake, ALERTS_TABLE, &sql).await
 }

@@ -16,6 +16,10 @@
 //! how often claims are renewed and how soon a silent process's partitions are taken over.
 //! `EVENTHUBS_STALL_SECONDS` (default 10) is how long a partition may receive nothing while the hub
 //! holds newer events before its receiver is rebuilt.
+//!
+//! Alerts may go to another namespace than the one the stream reads: `ALERTS_EVENTHUBS_CONNECTION_STRING`
+//! or `ALERTS_EVENTHUBS_NAMESPACE` (and `ALERTS_EVENTHUBS_ENDPOINT`), when set, stand in for the
+//! variables above for the alert sink ([`EventHubsOptions::for_alerts`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,10 +122,30 @@ impl StartFrom {
     }
 }
 
+/// The prefix of the alert sink's own sign-in variables.
+const ALERTS_PREFIX: &str = "ALERTS_";
+
 impl EventHubsOptions {
     /// Options from the environment; the hub and consumer group from the command line.
     pub fn from_env(hub: &str, consumer_group: &str) -> Result<Self, StreamError> {
-        let credentials = Credentials::from_env()?;
+        Self::from_env_prefixed("", hub, consumer_group)
+    }
+
+    /// Options for the alert sink: the `ALERTS_EVENTHUBS_*` variables if any of its sign-in
+    /// variables is set (alerts on a namespace of their own), else the stream's.
+    pub fn for_alerts(hub: &str) -> Result<Self, StreamError> {
+        let own = [CONNECTION_STRING_VAR, NAMESPACE_VAR]
+            .iter()
+            .any(|var| std::env::var(format!("{ALERTS_PREFIX}{var}")).is_ok_and(|v| !v.is_empty()));
+        Self::from_env_prefixed(if own { ALERTS_PREFIX } else { "" }, hub, "$Default")
+    }
+
+    fn from_env_prefixed(
+        prefix: &str,
+        hub: &str,
+        consumer_group: &str,
+    ) -> Result<Self, StreamError> {
+        let credentials = Credentials::from_env_prefixed(prefix)?;
         let seconds = |var: &str, default: u64| {
             std::env::var(var)
                 .ok()
@@ -132,7 +156,9 @@ impl EventHubsOptions {
             hub: hub.to_string(),
             consumer_group: consumer_group.to_string(),
             credentials,
-            endpoint: std::env::var(ENDPOINT_VAR).ok().filter(|e| !e.is_empty()),
+            endpoint: std::env::var(format!("{prefix}{ENDPOINT_VAR}"))
+                .ok()
+                .filter(|e| !e.is_empty()),
             update_interval: seconds(OWNERSHIP_INTERVAL_VAR, 10),
             partition_expiration: seconds(OWNERSHIP_EXPIRY_VAR, 30),
             start: StartFrom::default(),
@@ -167,13 +193,22 @@ impl Credentials {
     /// A connection string if `EVENTHUBS_CONNECTION_STRING` is set, else Entra ID for
     /// `EVENTHUBS_NAMESPACE` with the identity the environment describes (see the module docs).
     pub fn from_env() -> Result<Credentials, StreamError> {
+        Self::from_env_prefixed("")
+    }
+
+    /// The same, from `{prefix}EVENTHUBS_CONNECTION_STRING` and `{prefix}EVENTHUBS_NAMESPACE`.
+    fn from_env_prefixed(prefix: &str) -> Result<Credentials, StreamError> {
+        let (connection_var, namespace_var) = (
+            format!("{prefix}{CONNECTION_STRING_VAR}"),
+            format!("{prefix}{NAMESPACE_VAR}"),
+        );
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        if let Some(connection_string) = var(CONNECTION_STRING_VAR) {
+        if let Some(connection_string) = var(&connection_var) {
             return Ok(Credentials::ConnectionString(connection_string));
         }
-        let Some(namespace) = var(NAMESPACE_VAR) else {
+        let Some(namespace) = var(&namespace_var) else {
             return Err(StreamError::EventHubs(format!(
-                "set {CONNECTION_STRING_VAR} to the namespace's connection string, or {NAMESPACE_VAR} (<name>.servicebus.windows.net) to sign in with Microsoft Entra ID"
+                "set {connection_var} to the namespace's connection string, or {namespace_var} (<name>.servicebus.windows.net) to sign in with Microsoft Entra ID"
             )));
         };
         let credential = crate::entra::credential_from_env()
@@ -683,8 +718,16 @@ fn event(partition_id: &str, received: &ReceivedEventData) -> Event {
 
 /// A producer on the hub, for `vitalake send`.
 pub async fn producer(options: &EventHubsOptions) -> Result<ProducerClient, StreamError> {
+    producer_with(options, ProducerClient::builder()).await
+}
+
+/// A producer built from `builder` (retry options set by the caller).
+pub async fn producer_with(
+    options: &EventHubsOptions,
+    builder: azure_messaging_eventhubs::builders::ProducerClientBuilder,
+) -> Result<ProducerClient, StreamError> {
     install_tls_provider();
-    let mut builder = ProducerClient::builder();
+    let mut builder = builder;
     if let Some(endpoint) = &options.endpoint {
         builder = builder.with_custom_endpoint(endpoint.clone());
     }
@@ -719,11 +762,21 @@ pub async fn send_batch(
     batch: azure_messaging_eventhubs::EventDataBatch<'_>,
     what: &str,
 ) -> Result<(), StreamError> {
-    match tokio::time::timeout(SEND_TIMEOUT, client.send_batch(batch, None)).await {
+    send_batch_within(client, batch, what, SEND_TIMEOUT).await
+}
+
+/// [`send_batch`] with a timeout of the caller's.
+pub async fn send_batch_within(
+    client: &ProducerClient,
+    batch: azure_messaging_eventhubs::EventDataBatch<'_>,
+    what: &str,
+    timeout: Duration,
+) -> Result<(), StreamError> {
+    match tokio::time::timeout(timeout, client.send_batch(batch, None)).await {
         Ok(sent) => sent.map_err(|e| error(what, e)),
         Err(_) => Err(StreamError::EventHubs(format!(
             "{what}: no acknowledgement from Event Hubs within {} s",
-            SEND_TIMEOUT.as_secs()
+            timeout.as_secs()
         ))),
     }
 }

@@ -706,16 +706,134 @@ async fn alerts_go_back_to_event_hubs_keyed_by_patient_each_episode_once() {
     // What the hub received is what silver/alerts records as sent, each once.
     let mut hub_ids: Vec<String> = delivered.iter().map(|e| body_and_id(e).1).collect();
     hub_ids.sort();
-    let recorded: Vec<String> = rows(
-        &lake,
+    assert_eq!(hub_ids, alerts_for_clinicians(&lake).await);
+}
+
+/// The ids of the alerts `silver/alerts` holds for clinicians (`delivery = 'sent'`), in order.
+async fn alerts_for_clinicians(lake: &vitalake::lake::Lake) -> Vec<String> {
+    rows(
+        lake,
         "silver/alerts",
         "SELECT id FROM t WHERE delivery = 'sent' ORDER BY id",
     )
     .await
     .into_iter()
     .map(|r| r[0].clone())
-    .collect();
-    assert_eq!(hub_ids, recorded);
+    .collect()
+}
+
+/// Alerts on a namespace of their own that cannot be reached, then throttles: the stream lands
+/// every event meanwhile; the alerts wait in the outbox, recorded in `silver/alerts`, survive a
+/// SIGKILL, and reach the hub once each when it takes them again, each with a receipt.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_alert_hub_that_is_down_or_throttles_delays_alerts_and_stops_no_ingest() {
+    use crate::rules::{RULES, SAMPLE, assert_episodes_alerted_once, episodes};
+    let peer = Peer::start("observations", 2).await;
+    let alert_peer = Peer::start("alerts", 2).await;
+    alert_peer.unreachable_for(Duration::from_secs(3600));
+    let (dir, lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let file = Path::new(SAMPLE).join("observations.ndjson");
+    let expected = expected(&file);
+    let start = || {
+        let mut stream = against(&peer, &lake_path);
+        stream
+            .env(
+                "ALERTS_EVENTHUBS_CONNECTION_STRING",
+                alert_peer.connection_string(),
+            )
+            .env("ALERTS_EVENTHUBS_ENDPOINT", alert_peer.endpoint())
+            .args([
+                "stream",
+                "--source",
+                "eventhubs:observations",
+                "--batch-ms",
+                "200",
+            ])
+            .args(["--rules", RULES, "--alerts", "eventhubs:alerts"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stream.log")).unwrap());
+        stream.spawn().unwrap()
+    };
+
+    // The alert hub is down: every event lands all the same, and its alerts are on record.
+    let mut stream = start();
+    send(&peer, &lake_path, &file);
+    wait_for_bronze(&lake, expected.events).await;
+    let recorded = alerts_for_clinicians(&lake).await;
+    assert!(!recorded.is_empty());
+    assert_eq!(peer_events_of(&alert_peer, "alerts"), 0);
+    assert_eq!(count(&lake, "silver/alert_deliveries").await, 0);
+    let log = std::fs::read_to_string(dir.path().join("stream.log")).unwrap();
+    assert!(
+        log.contains("alerts wait in the outbox"),
+        "the outage is logged: {log}"
+    );
+    stream.kill().unwrap();
+    stream.wait().unwrap();
+
+    // Back, but throttling until the new run has been refused: then it sends what the killed one
+    // left waiting.
+    alert_peer.throttle("alerts", Duration::from_secs(3600));
+    alert_peer.reachable();
+    let stream = start();
+    let started = Instant::now();
+    while !std::fs::read_to_string(dir.path().join("stream.log"))
+        .unwrap()
+        .contains("the alert sink fails")
+    {
+        assert!(started.elapsed() < Duration::from_secs(90), "never refused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(peer_events_of(&alert_peer, "alerts"), 0);
+    alert_peer.throttle("alerts", Duration::ZERO);
+    while peer_events_of(&alert_peer, "alerts") < recorded.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "{} of {} alerts delivered",
+            peer_events_of(&alert_peer, "alerts"),
+            recorded.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(stop(stream).success());
+
+    let delivered: Vec<_> = (0..2)
+        .flat_map(|p| alert_peer.events_of("alerts", p))
+        .collect();
+    let events: Vec<serde_json::Value> = delivered.iter().map(|e| body_and_id(e).0).collect();
+    assert_episodes_alerted_once(&events, &episodes(Path::new(SAMPLE)));
+    let mut hub_ids: Vec<String> = delivered.iter().map(|e| body_and_id(e).1).collect();
+    hub_ids.sort();
+    assert_eq!(
+        hub_ids,
+        alerts_for_clinicians(&lake).await,
+        "each alert on record reaches the hub once"
+    );
+    let receipts = rows(
+        &lake,
+        "silver/alert_deliveries",
+        "SELECT id, attempts FROM t ORDER BY id",
+    )
+    .await;
+    assert_eq!(
+        receipts.iter().map(|r| r[0].clone()).collect::<Vec<_>>(),
+        hub_ids,
+        "one receipt per delivered alert"
+    );
+    assert!(
+        receipts.iter().any(|r| r[1].parse::<u32>().unwrap() > 1),
+        "the throttled sends were tried again: {receipts:?}"
+    );
+    assert_eq!(
+        count(&lake, BRONZE).await,
+        expected.events,
+        "no event landed twice"
+    );
+}
+
+fn peer_events_of(peer: &Peer, hub: &str) -> usize {
+    (0..2).map(|p| peer.events_of(hub, p).len()).sum()
 }
 
 /// An App Service managed-identity endpoint (`IDENTITY_ENDPOINT`, plain HTTP on the host, as Azure

@@ -7,6 +7,11 @@
 //! log per partition with sequence numbers, offsets and enqueued times; receivers honouring the
 //! offset / sequence-number start filter and the owner level (`com.microsoft:epoch`: a higher one
 //! steals the partition with `amqp:link:stolen`).
+//!
+//! Faults a test can order: a partition whose reader stalls ([`Peer::stall_next_reader`]), a hub
+//! that throttles its senders as the service does (`com.microsoft:server-busy`,
+//! [`Peer::throttle`]), and a namespace that cannot be reached ([`Peer::unreachable_for`]: every
+//! connection cut, new ones closed as soon as they are accepted).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -86,6 +91,27 @@ struct State {
     /// while it stays open (what a wedged receiver looks like from the client), and whether it
     /// still answers a detach.
     stalls: Mutex<HashMap<String, (usize, Stall)>>,
+    /// Per hub: sends to it are refused as throttled until then.
+    throttled_until: Mutex<HashMap<String, std::time::Instant>>,
+    /// Connections are closed on arrival until then.
+    down_until: Mutex<Option<std::time::Instant>>,
+}
+
+impl State {
+    fn is_down(&self) -> bool {
+        self.down_until
+            .lock()
+            .unwrap()
+            .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    fn is_throttled(&self, hub: &str) -> bool {
+        self.throttled_until
+            .lock()
+            .unwrap()
+            .get(hub)
+            .is_some_and(|until| std::time::Instant::now() < *until)
+    }
 }
 
 impl State {
@@ -149,12 +175,18 @@ impl Peer {
             open: Mutex::default(),
             tokens: Mutex::default(),
             stalls: Mutex::default(),
+            throttled_until: Mutex::default(),
+            down_until: Mutex::default(),
         });
         let accepting = state.clone();
         let listener = runtime.spawn(async move {
             let listener = TcpListener::from_std(listener).unwrap();
             while let Ok((stream, client)) = listener.accept().await {
                 let state = accepting.clone();
+                if state.is_down() {
+                    drop(stream);
+                    continue;
+                }
                 let socket = stream.into_std().unwrap();
                 state
                     .sockets
@@ -225,6 +257,28 @@ impl Peer {
             .lock()
             .unwrap()
             .insert(format!("{hub}/{partition}"), (after, stall));
+    }
+
+    /// Sends to `hub` are refused for `duration` with `com.microsoft:server-busy`, as the service
+    /// refuses them when a namespace exceeds its throughput units.
+    pub fn throttle(&self, hub: &str, duration: std::time::Duration) {
+        self.state
+            .throttled_until
+            .lock()
+            .unwrap()
+            .insert(hub.to_string(), std::time::Instant::now() + duration);
+    }
+
+    /// The namespace cannot be reached for `duration`: every connection is cut now, and those
+    /// that arrive before it ends are closed at once.
+    pub fn unreachable_for(&self, duration: std::time::Duration) {
+        *self.state.down_until.lock().unwrap() = Some(std::time::Instant::now() + duration);
+        self.drop_connections();
+    }
+
+    /// The namespace can be reached again.
+    pub fn reachable(&self) {
+        *self.state.down_until.lock().unwrap() = None;
     }
 
     /// The client address reading each partition (`hub/group/partition`), as last attached.
@@ -366,6 +420,13 @@ async fn reply(
     Err(format!("no reply link for {reply_to}"))
 }
 
+/// Why the peer refuses a message.
+enum Refusal {
+    /// The hub is throttled ([`Peer::throttle`]).
+    Throttled,
+    Failed(String),
+}
+
 /// The client sends: `$cbs` and `$management` requests, or events to the hub or one partition.
 async fn serve_incoming(mut receiver: Receiver, state: Arc<State>, replies: Replies) {
     let target = receiver
@@ -374,6 +435,7 @@ async fn serve_incoming(mut receiver: Receiver, state: Arc<State>, replies: Repl
         .and_then(|t| t.address.clone())
         .unwrap_or_default();
     let node = address_path(&target);
+    let hub = node.split('/').next().unwrap_or_default().to_string();
     loop {
         let delivery = match receiver.recv::<Body<Value>>().await {
             Ok(delivery) => delivery,
@@ -393,18 +455,35 @@ async fn serve_incoming(mut receiver: Receiver, state: Arc<State>, replies: Repl
                     _ => String::new(),
                 };
                 state.tokens.lock().unwrap().push((kind, token));
-                reply(&message, 202, Value::Null, &replies).await
+                reply(&message, 202, Value::Null, &replies)
+                    .await
+                    .map_err(Refusal::Failed)
             }
             "$management" => match management(&message, &state) {
-                Ok((status, body)) => reply(&message, status, body, &replies).await,
-                Err(e) => Err(e),
+                Ok((status, body)) => reply(&message, status, body, &replies)
+                    .await
+                    .map_err(Refusal::Failed),
+                Err(e) => Err(Refusal::Failed(e)),
             },
-            _ => append(&node, format, message, &state),
+            _ if state.is_throttled(&hub) => Err(Refusal::Throttled),
+            _ => append(&node, format, message, &state).map_err(Refusal::Failed),
         };
         tokio::time::sleep(SETTLE_DELAY).await;
         let settled = match outcome {
             Ok(()) => receiver.accept(info).await,
-            Err(reason) => {
+            Err(Refusal::Throttled) => {
+                let busy = definitions::Error::new(
+                    definitions::ErrorCondition::Custom(
+                        fe2o3_amqp::types::primitives::Symbol::from("com.microsoft:server-busy"),
+                    ),
+                    format!(
+                        "The request was terminated because the entity is being throttled. Error code : 50002. Sub error : 102. Reference: {hub}"
+                    ),
+                    None,
+                );
+                receiver.reject(info, busy).await
+            }
+            Err(Refusal::Failed(reason)) => {
                 eprintln!("eventhubs peer: rejected a message to {node}: {reason}");
                 receiver
                     .reject(

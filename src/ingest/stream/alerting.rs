@@ -1,15 +1,17 @@
 //! The anomaly rules on the stream: every reading is evaluated as soon as its event is decoded and
-//! checked, before its batch lands, and alerts are sent at once; the lake's commit never delays an
-//! alert. Only readings of resources that passed the same checks as silver are evaluated: one that
-//! lands in quarantine raises nothing.
+//! checked, before its batch lands, and its alerts go to the outbox ([`Outbox`]) at once, whose
+//! sender delivers them while the batch lands; the lake's commit never delays an alert, and a sink
+//! that fails never stops the stream. Only readings of resources that passed the same checks as
+//! silver are evaluated: one that lands in quarantine raises nothing.
 //!
 //! Exactly-once bookkeeping, with the lake as the memory:
-//! - an alert is sent, then recorded in `silver/alerts` *before* the bronze commit of its batch;
+//! - an alert is recorded in `silver/alerts` *before* the bronze commit of its batch, and gets a
+//!   receipt in `silver/alert_deliveries` when the sink takes it;
 //! - on restart the evaluator's state is rebuilt from silver's readings over the longest rule
-//!   window, and the ids already in `silver/alerts` are not sent again. Events after the last
-//!   bronze commit are read again and evaluated again: their alerts have the same ids, so an
-//!   alert sent and recorded before a crash is not sent twice, and one sent but not yet recorded
-//!   is sent again (at least once, with a stable id).
+//!   window; the ids in `silver/alerts` are not raised again, and those of them without a receipt
+//!   are queued again. Events after the last bronze commit are read again and evaluated again:
+//!   their alerts have the same ids, so an alert with a receipt is not sent twice, and one
+//!   delivered whose receipt was not yet committed is sent again (at least once, with a stable id).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -20,13 +22,19 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{IngestError, events};
+use crate::alerts::Outgoing;
+use crate::alerts::outbox::{Outbox, OutboxStats};
 use crate::alerts::sink::Sink;
 use crate::alerts::{cloud_event, table};
 use crate::lake::Lake;
 use crate::rules::evaluate::{AlertEvent, Delivery, Evaluator, Options};
 use crate::rules::reading::{self, Reading};
 use crate::rules::{RuleSet, fingerprint};
-use crate::stream::{Event, StreamError};
+use crate::stream::Event;
+
+/// How long a stopping stream keeps trying a failing sink before it leaves the alerts still
+/// waiting to the next start.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// An alert and its CloudEvent.
 pub type Alert = (AlertEvent, Value);
@@ -36,8 +44,8 @@ pub struct Alerting {
     evaluator: Mutex<Evaluator>,
     longest_window: Mutex<i64>,
     lateness: i64,
-    sink: Sink,
-    /// Ids in `silver/alerts`, or sent and waiting for their batch to record them.
+    outbox: Arc<Outbox>,
+    /// Ids in `silver/alerts`, or raised and waiting for their batch to record them.
     recorded: Mutex<HashSet<String>>,
     /// The silver versions the state was last brought up to, if it was.
     warmed_at: Mutex<Option<Vec<Option<u64>>>>,
@@ -45,17 +53,20 @@ pub struct Alerting {
 }
 
 impl Alerting {
-    /// Loads the rules (refusing to start on a broken set) and opens the sink.
+    /// Loads the rules (refusing to start on a broken set) and opens the sink behind its outbox,
+    /// which records receipts in `lake`.
     pub async fn open(
         dir: PathBuf,
         sink: &str,
         lateness: i64,
+        lake: &Lake,
+        stats: Arc<OutboxStats>,
     ) -> Result<Arc<Alerting>, IngestError> {
         let rules = RuleSet::load_dir(&dir).map_err(|problems| IngestError::Input {
             path: dir.display().to_string(),
             source: std::io::Error::other(format!("the rules are not valid:\n{problems}")),
         })?;
-        let sink = Sink::open(sink).await?;
+        let outbox = Outbox::start(Sink::open(sink).await?, sink, lake.clone(), stats);
         tracing::info!(rules = rules.rules.len(), folder = %dir.display(), "anomaly rules loaded");
         Ok(Arc::new(Alerting {
             folder: Mutex::new(fingerprint(&dir)),
@@ -63,7 +74,7 @@ impl Alerting {
             evaluator: Mutex::new(Evaluator::new(&rules, Options { lateness })),
             dir,
             lateness,
-            sink,
+            outbox,
             recorded: Mutex::new(HashSet::new()),
             warmed_at: Mutex::new(None),
         }))
@@ -94,21 +105,36 @@ impl Alerting {
         };
         let window = *self.longest_window.lock().expect("lock") + self.lateness;
         let newest = reading::newest_time(lake).await?;
-        // Alerts on record are never sent again. With no reading in silver yet, every one: a batch
-        // that never reached silver may have recorded the alerts of its events (and of events read
-        // ahead of it) before a crash.
-        let recorded = table::recorded_ids(lake, newest.map_or(0, |n| n - 2 * window)).await?;
+        // Alerts on record are never raised again (those without a receipt are queued again
+        // below). With no reading in silver yet, every one: a batch that never reached silver may
+        // have recorded the alerts of its events (and of events read ahead of it) before a crash.
+        let recorded_since = newest.map_or(0, |n| n - 2 * window);
+        let recorded = table::recorded_ids(lake, recorded_since).await?;
         let recorded_alerts = recorded.len();
         self.recorded.lock().expect("lock").extend(recorded);
+        self.outbox
+            .know_delivered(table::delivered_ids(lake, recorded_since).await?);
+        let patients = match newest {
+            Some(newest) if !first => Some(
+                events::partition_patients(lake, bronze, partition_id, newest - 2 * window).await?,
+            ),
+            _ => None,
+        };
+        // Alerts a run before this one (or the process this partition came from) recorded but did
+        // not deliver.
+        let undelivered: Vec<_> = table::undelivered(lake, recorded_since)
+            .await?
+            .into_iter()
+            .filter(|a| patients.as_ref().is_none_or(|p| p.contains(&a.patient)))
+            .collect();
+        let requeued = self.outbox.push(undelivered);
+        if requeued > 0 {
+            tracing::info!(partition_id, requeued, "undelivered alerts queued again");
+        }
         let Some(newest) = newest else {
             return Ok(());
         };
         let since = newest - window;
-        let patients = if first {
-            None
-        } else {
-            Some(events::partition_patients(lake, bronze, partition_id, since - window).await?)
-        };
         let readings = reading::from_silver(lake, since).await?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut evaluator = self.evaluator.lock().expect("lock");
@@ -138,14 +164,11 @@ impl Alerting {
     }
 
     /// Evaluates the readings of one decoded event (those of its resources that passed every
-    /// check) and sends its new alerts. Returns every new alert (sent or only to be recorded).
-    pub async fn offer(
-        &self,
-        event: &Event,
-        mut readings: Vec<Reading>,
-    ) -> Result<Vec<Alert>, StreamError> {
+    /// check) and queues its new alerts for the sink. Returns every new alert (for the clinicians
+    /// or only to be recorded).
+    pub fn offer(&self, event: &Event, mut readings: Vec<Reading>) -> Vec<Alert> {
         if readings.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         let received_at = event.enqueued_time.map_or_else(
             || chrono::Utc::now().timestamp_millis(),
@@ -168,20 +191,16 @@ impl Alerting {
                 }
             }
         }
-        let to_send: Vec<(String, Value)> = alerts
-            .iter()
-            .filter(|(a, _)| a.delivery == Delivery::Sent)
-            .map(|(a, e)| (a.patient.clone(), e.clone()))
-            .collect();
-        let mut attempt = 0;
-        while let Err(e) = self.sink.send(&to_send).await {
-            attempt += 1;
-            if attempt == 5 {
-                return Err(e);
-            }
-            tracing::warn!(error = %e, attempt, "sending alerts failed; retrying");
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-        }
+        self.outbox.push(
+            alerts
+                .iter()
+                .filter(|(a, _)| a.delivery == Delivery::Sent)
+                .map(|(a, e)| Outgoing {
+                    id: a.id.clone(),
+                    patient: a.patient.clone(),
+                    event: e.clone(),
+                }),
+        );
         for (alert, _) in &alerts {
             tracing::info!(
                 rule = %alert.rule.id,
@@ -192,7 +211,7 @@ impl Alerting {
                 "alert"
             );
         }
-        Ok(alerts)
+        alerts
     }
 
     /// Reloads the rules if the folder changed (or `force`, on SIGHUP). All or nothing: a broken
@@ -237,10 +256,10 @@ impl Alerting {
         });
     }
 
-    pub async fn close(self: Arc<Self>) {
-        if let Ok(alerting) = Arc::try_unwrap(self) {
-            alerting.sink.close().await;
-        }
+    /// Delivers what waits (for a while, if the sink fails) and closes the sink. Returns how many
+    /// alerts are still waiting: the next start sends them.
+    pub async fn close(&self) -> u64 {
+        self.outbox.close(CLOSE_PATIENCE).await
     }
 }
 

@@ -36,6 +36,10 @@ use crate::stream::{Event, StreamId};
 pub const STREAM_STAGE: &str = "stream";
 
 /// One partition's events for one landing, in sequence order, all above what bronze has.
+/// A resource of a landing on its way into silver: the record, where it came from, and its view
+/// rows if its reader flattened it ahead.
+type ResourceToMerge = (ResourceRecord, Arc<Provenance>, Option<Flattened>);
+
 pub struct PartitionBatch {
     pub partition_id: String,
     pub events: Vec<Event>,
@@ -435,10 +439,7 @@ impl<'l> Lander<'l> {
         redo: bool,
     ) -> Result<Landed, IngestError> {
         let mut landed = Landed::default();
-        let mut by_type: BTreeMap<
-            String,
-            Vec<(ResourceRecord, Arc<Provenance>, Option<Flattened>)>,
-        > = BTreeMap::new();
+        let mut by_type: BTreeMap<String, Vec<ResourceToMerge>> = BTreeMap::new();
         let mut rejected: Vec<(Rejected, Arc<Provenance>)> = Vec::new();
         // In redo mode, what an interrupted attempt may have quarantined for these events goes.
         let mut redone = Vec::new();

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::alerts::outbox::OutboxStats;
 use crate::stream::event_hubs::Recoveries;
 
 /// Upper bounds (seconds) of the batch latency histogram.
@@ -28,6 +29,8 @@ pub struct Metrics {
     lag_seconds: Mutex<BTreeMap<String, f64>>,
     /// What the Event Hubs source's watchdog did.
     pub recoveries: Arc<Recoveries>,
+    /// What the alert outbox did.
+    pub alert_outbox: Arc<OutboxStats>,
 }
 
 impl Metrics {
@@ -88,6 +91,28 @@ impl Metrics {
             "vitalake_stream_reconnects_total",
             "Event Hubs consumers built again (receivers failing, a hub not answering).",
             &self.recoveries.reconnects,
+        );
+        counter(
+            &mut out,
+            "vitalake_alerts_delivered_total",
+            "Alerts the alert sink took.",
+            &self.alert_outbox.delivered,
+        );
+        counter(
+            &mut out,
+            "vitalake_alert_send_failures_total",
+            "Sends to the alert sink that failed (retried).",
+            &self.alert_outbox.failed_sends,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vitalake_alerts_waiting Alerts waiting in the outbox for the sink.\n# TYPE vitalake_alerts_waiting gauge\nvitalake_alerts_waiting {}",
+            self.alert_outbox.waiting.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP vitalake_alert_delivery_delay_seconds Detection to delivery of the last alert delivered.\n# TYPE vitalake_alert_delivery_delay_seconds gauge\nvitalake_alert_delivery_delay_seconds {}",
+            self.alert_outbox.last_delay_ms.load(Ordering::Relaxed) as f64 / 1000.0
         );
         let batches = self.batches.load(Ordering::Relaxed);
         let _ = writeln!(
@@ -175,5 +200,13 @@ mod tests {
         assert!(text.contains("vitalake_stream_batch_seconds_bucket{le=\"0.1\"} 0\n"));
         assert!(text.contains("vitalake_stream_batch_seconds_bucket{le=\"0.25\"} 1\n"));
         assert!(text.contains("vitalake_stream_partition_lag_seconds{partition=\"0\"} 1.5\n"));
+        metrics.alert_outbox.waiting.store(3, Ordering::Relaxed);
+        metrics
+            .alert_outbox
+            .failed_sends
+            .store(2, Ordering::Relaxed);
+        let text = metrics.render();
+        assert!(text.contains("vitalake_alerts_waiting 3\n"));
+        assert!(text.contains("vitalake_alert_send_failures_total 2\n"));
     }
 }

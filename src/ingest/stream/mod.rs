@@ -80,6 +80,11 @@ pub struct StreamReport {
     pub recovered_events: u64,
     /// Alert events recorded in silver/alerts (sent, shadow, backfill or inhibited).
     pub alerts: u64,
+    /// Alerts the sink took (this run's and those an earlier run left waiting).
+    pub alerts_delivered: u64,
+    /// Alerts for clinicians still waiting for the sink when the stream stopped: the next start
+    /// sends them.
+    pub alerts_waiting: u64,
     pub duration_secs: f64,
 }
 
@@ -127,7 +132,14 @@ pub async fn run_stream(
     };
     let alerting = match &options.rules {
         Some(rules) => {
-            let alerting = Alerting::open(rules.dir.clone(), &rules.sink, rules.lateness).await?;
+            let alerting = Alerting::open(
+                rules.dir.clone(),
+                &rules.sink,
+                rules.lateness,
+                lake,
+                metrics.alert_outbox.clone(),
+            )
+            .await?;
             alerting.watch(options.stop.clone());
             Some(alerting)
         }
@@ -215,7 +227,11 @@ pub async fn run_stream(
         }
     }
     if let Some(alerting) = alerting {
-        alerting.close().await;
+        report.alerts_waiting = alerting.close().await;
+        report.alerts_delivered = metrics
+            .alert_outbox
+            .delivered
+            .load(std::sync::atomic::Ordering::Relaxed);
     }
     report.duration_secs = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -594,9 +610,10 @@ fn decoded(
 
 /// The partition's decoded events, the readings of each evaluated by the rules (events at or below
 /// `committed` were evaluated before they landed, and are skipped). An event comes out only after
-/// its alerts were sent and put in `alerts`; a batch takes every alert there when it closes, so an
-/// event never reaches bronze before its alerts are on their way to `silver/alerts` (alerts of
-/// later events may go with it, which is harmless: they were sent).
+/// its alerts were queued for the sink and put in `alerts`; a batch takes every alert there when it
+/// closes, so an event never reaches bronze before its alerts are on their way to `silver/alerts`
+/// (alerts of later events may go with it, which is harmless: a restart that reads those events
+/// again finds them on record).
 fn evaluated(
     events: BoxStream<'static, Result<DecodedEvent, StreamError>>,
     alerting: Arc<Alerting>,
@@ -613,7 +630,7 @@ fn evaluated(
                         .iter_mut()
                         .flat_map(|p| std::mem::take(&mut p.readings))
                         .collect();
-                    let raised = alerting.offer(&event, readings).await?;
+                    let raised = alerting.offer(&event, readings);
                     alerts.lock().expect("lock").extend(raised);
                 }
                 Ok((event, decoded))
@@ -642,11 +659,18 @@ impl std::fmt::Display for StreamReport {
                 self.skipped_already_landed
             )?;
         }
-        if self.alerts > 0 {
+        if self.alerts > 0 || self.alerts_delivered > 0 {
             writeln!(
                 f,
-                "  {} alert events recorded in silver/alerts",
-                self.alerts
+                "  {} alert events recorded in silver/alerts; {} delivered",
+                self.alerts, self.alerts_delivered
+            )?;
+        }
+        if self.alerts_waiting > 0 {
+            writeln!(
+                f,
+                "  {} alerts still waiting for the sink: the next start sends them",
+                self.alerts_waiting
             )?;
         }
         if self.recovered_events > 0 {
