@@ -12,6 +12,7 @@
 //!   restart.
 
 pub mod connection;
+pub mod frames;
 pub mod masks;
 pub mod read_only;
 pub mod users;
@@ -25,7 +26,7 @@ use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::hooks::cursor::CursorStatementHook;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
-use datafusion_postgres::pgwire::tokio::{TlsAcceptor, process_socket};
+use datafusion_postgres::pgwire::tokio::TlsAcceptor;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::prelude::SessionContext;
@@ -167,7 +168,7 @@ impl Server {
                         let handlers = Arc::new(Connection::new(self.shared.clone()));
                         let tls = self.tls.clone();
                         connections.spawn(async move {
-                            if let Err(error) = process_socket(socket, tls, handlers).await {
+                            if let Err(error) = frames::serve(socket, tls, handlers).await {
                                 tracing::debug!(%peer, %error, "connection ended with an error");
                             }
                         });

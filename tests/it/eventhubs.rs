@@ -159,19 +159,22 @@ fn start_stream(peer: &Peer, lake: &Path) -> Child {
     start_stream_with(peer, lake, &[])
 }
 
+/// `vitalake stream` on the peer's `observations` hub, landing every 200 ms.
+const STREAM_FROM_THE_PEER: [&str; 5] = [
+    "stream",
+    "--source",
+    "eventhubs:observations",
+    "--batch-ms",
+    "200",
+];
+
 fn start_stream_with(peer: &Peer, lake: &Path, extra: &[&str]) -> Child {
     // The log goes beside the lake, for a failing test to show.
     let log =
         std::fs::File::create(lake.with_extension(format!("stream-{}.log", uuid::Uuid::now_v7())))
             .unwrap();
     against(peer, lake)
-        .args([
-            "stream",
-            "--source",
-            "eventhubs:observations",
-            "--batch-ms",
-            "200",
-        ])
+        .args(STREAM_FROM_THE_PEER)
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
@@ -743,13 +746,7 @@ async fn an_alert_hub_that_is_down_or_throttles_delays_alerts_and_stops_no_inges
                 alert_peer.connection_string(),
             )
             .env("ALERTS_EVENTHUBS_ENDPOINT", alert_peer.endpoint())
-            .args([
-                "stream",
-                "--source",
-                "eventhubs:observations",
-                "--batch-ms",
-                "200",
-            ])
+            .args(STREAM_FROM_THE_PEER)
             .args(["--rules", RULES, "--alerts", "eventhubs:alerts"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("stream.log")).unwrap());
