@@ -62,4 +62,46 @@ pub enum Error {
     Terminology(#[from] terminology::TerminologyError),
 }
 
+impl Error {
+    /// The exit status of a command that failed with this error: 2 for bad input (a file,
+    /// setting or argument the user can fix), 1 for everything else (a service or the network
+    /// failed, the lake refused a commit: trying again may work).
+    pub fn exit_code(&self) -> u8 {
+        use ingest::IngestError;
+        use stream::StreamError;
+        let bad_input = match self {
+            Error::Config(_) => true,
+            Error::Ingest(e) => match e {
+                IngestError::Input { .. } | IngestError::Remote { .. } => true,
+                IngestError::Stream(e) => {
+                    matches!(e, StreamError::BadSource(_) | StreamError::BadSink(_))
+                }
+                IngestError::FhirServer(e) => {
+                    matches!(**e, ingest::fhir_server::FhirServerError::Setup(_))
+                }
+                _ => false,
+            },
+            Error::Db(e) => matches!(e, ingest::db::DbError::Expectations { .. }),
+            Error::Maintain(e) => {
+                matches!(e, lake::maintain::MaintainError::RetentionTooShort { .. })
+            }
+            Error::Terminology(e) => matches!(
+                e,
+                terminology::TerminologyError::Read { .. }
+                    | terminology::TerminologyError::Format { .. }
+            ),
+            Error::Serve(e) => matches!(
+                e,
+                serve::ServeError::NoUsers
+                    | serve::ServeError::MissingPassword { .. }
+                    | serve::ServeError::DuplicateUser(_)
+                    | serve::ServeError::UnknownMaskColumn { .. }
+                    | serve::ServeError::Tls(_)
+            ),
+            Error::Lake(_) | Error::Generate(_) => false,
+        };
+        if bad_input { 2 } else { 1 }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -18,13 +18,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use cli::{Cli, Command, GenerateCommand, IngestCommand, RefreshCommand, ViewsCommand};
 use vitalake::config::Config;
-use vitalake::ingest::db::DbError;
-use vitalake::ingest::fhir_server::FhirServerError;
 use vitalake::ingest::silver::SilverViews;
 use vitalake::ingest::{IngestError, IngestOptions};
-use vitalake::lake::maintain::MaintainError;
-use vitalake::serve::ServeError;
-use vitalake::terminology::TerminologyError;
 use vitalake::views::View;
 
 fn main() -> ExitCode {
@@ -39,29 +34,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            let bad_input = err.downcast_ref::<vitalake::Error>().is_some_and(|e| {
-                matches!(
-                    e,
-                    vitalake::Error::Config(_)
-                        | vitalake::Error::Ingest(
-                            IngestError::Input { .. } | IngestError::Remote { .. }
-                        )
-                        | vitalake::Error::Db(DbError::Expectations { .. })
-                        | vitalake::Error::Maintain(MaintainError::RetentionTooShort { .. })
-                        | vitalake::Error::Terminology(
-                            TerminologyError::Read { .. } | TerminologyError::Format { .. }
-                        )
-                        | vitalake::Error::Serve(
-                            ServeError::NoUsers
-                                | ServeError::MissingPassword { .. }
-                                | ServeError::DuplicateUser(_)
-                                | ServeError::UnknownMaskColumn { .. }
-                                | ServeError::Tls(_)
-                        )
-                ) || matches!(e, vitalake::Error::Ingest(IngestError::FhirServer(f))
-                        if matches!(**f, FhirServerError::Setup(_)))
-            });
-            ExitCode::from(if bad_input { 2 } else { 1 })
+            ExitCode::from(
+                err.downcast_ref::<vitalake::Error>()
+                    .map_or(1, vitalake::Error::exit_code),
+            )
         }
     }
 }

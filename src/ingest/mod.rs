@@ -47,6 +47,10 @@ pub enum IngestError {
     },
     #[error("landing folder {uri}: {reason}")]
     Remote { uri: String, reason: String },
+    /// A stream's source, checkpoints or alert sink failed (Event Hubs unreachable, refused, or a
+    /// bad `--source`/`--alerts` spec).
+    #[error(transparent)]
+    Stream(crate::stream::StreamError),
     /// Boxed: Delta's errors are large, and this one travels through every ingest `Result`.
     #[error(transparent)]
     Lake(Box<LakeError>),

@@ -833,6 +833,37 @@ fn peer_events_of(peer: &Peer, hub: &str) -> usize {
     (0..2).map(|p| peer.events_of(hub, p).len()).sum()
 }
 
+/// A namespace that cannot be reached is a failure worth retrying (exit 1), not bad input; a source
+/// that is not one is bad input (exit 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_hub_exits_1_and_a_bad_source_exits_2() {
+    let peer = Peer::start("observations", 1).await;
+    peer.unreachable_for(Duration::from_secs(3600));
+    let (dir, _lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let stream = against(&peer, &lake_path)
+        .args(STREAM_FROM_THE_PEER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = finish_within(stream, "a stream against an unreachable hub");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: Event Hubs"), "{stderr}");
+
+    let out = against(&peer, &lake_path)
+        .args(["stream", "--source", "kafka:observations"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An App Service managed-identity endpoint (`IDENTITY_ENDPOINT`, plain HTTP on the host, as Azure
 /// runs it): answers every token request with `token`, and records each request's first line and
 /// headers.

@@ -92,10 +92,7 @@ impl From<StreamError> for IngestError {
     fn from(error: StreamError) -> Self {
         match error {
             StreamError::Read { path, source } => IngestError::Input { path, source },
-            other => IngestError::Remote {
-                uri: "stream".into(),
-                reason: other.to_string(),
-            },
+            other => IngestError::Stream(other),
         }
     }
 }
