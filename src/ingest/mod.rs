@@ -67,6 +67,13 @@ pub enum IngestError {
     FhirServer(Box<fhir_server::FhirServerError>),
 }
 
+impl IngestError {
+    /// See [`LakeError::is_concurrent_transaction`].
+    pub fn is_concurrent_transaction(&self) -> bool {
+        matches!(self, IngestError::Lake(e) if e.is_concurrent_transaction())
+    }
+}
+
 impl From<LakeError> for IngestError {
     fn from(err: LakeError) -> Self {
         IngestError::Lake(Box::new(err))

@@ -58,6 +58,25 @@ pub enum LakeError {
     },
 }
 
+impl LakeError {
+    /// Whether another writer committed the same application transaction (Delta `txn`) first:
+    /// the commit lost a race for work someone else has done, and the caller reads again.
+    pub fn is_concurrent_transaction(&self) -> bool {
+        use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+        matches!(
+            self,
+            LakeError::Delta {
+                source: DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(
+                        CommitConflictError::ConcurrentTransaction
+                    )
+                },
+                ..
+            }
+        )
+    }
+}
+
 /// The version of application transaction `app_id` last committed to `table` (Delta `txn`), if any.
 /// Delta records it but does not enforce it: a writer skips work at or below it itself.
 pub async fn app_version(
@@ -274,6 +293,38 @@ mod tests {
             ),
         ])
         .unwrap()
+    }
+
+    /// Two writers that read the same version commit the same application transaction: the
+    /// second is told so by its error's kind, which the stream's landing retries on.
+    #[tokio::test]
+    async fn a_second_commit_of_the_same_transaction_is_a_concurrent_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let keys = vec!["Observation/a".to_string()];
+        let table = lake.table("t").await.unwrap();
+        AppendBuilder::new(table, "t", vec![rows(&keys, 1)])
+            .execute()
+            .await
+            .unwrap();
+        let first = lake.existing_table("t").await.unwrap().unwrap();
+        let second = lake.existing_table("t").await.unwrap().unwrap();
+        AppendBuilder::new(first, "t", vec![rows(&keys, 2)])
+            .with_transaction("stream-partition-0", 7)
+            .execute()
+            .await
+            .unwrap();
+        let lost = AppendBuilder::new(second, "t", vec![rows(&keys, 2)])
+            .with_transaction("stream-partition-0", 7)
+            .execute()
+            .await
+            .unwrap_err();
+        assert!(lost.is_concurrent_transaction(), "{lost:?}");
+        let other = LakeError::Schema {
+            table: "t".into(),
+            message: "Concurrent transaction failed.".into(),
+        };
+        assert!(!other.is_concurrent_transaction());
     }
 
     /// A stream landing replaces up to a batch's worth of keys at once. The predicate must not

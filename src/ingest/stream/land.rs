@@ -253,7 +253,7 @@ impl<'l> Lander<'l> {
                 Ok(()) => break Some((batches, batch_id, ingested_at)),
                 // Another process landed some of these events since bronze was read (Delta
                 // refuses a second commit of the partition's transaction): read again and retry.
-                Err(e) if attempt < 5 && e.to_string().contains("Concurrent transaction") => {
+                Err(e) if attempt < 5 && e.is_concurrent_transaction() => {
                     tracing::warn!(
                         attempt,
                         "bronze commit lost a race for a partition; retrying"
