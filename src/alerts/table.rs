@@ -159,13 +159,16 @@ pub async fn append_receipts(
     Ok(())
 }
 
-/// The alerts for the clinicians detected at or after `since` (Unix ms) that have no receipt, in
-/// the order they were detected.
-pub async fn undelivered(lake: &Lake, since: i64) -> Result<Vec<Outgoing>, LakeError> {
+/// The alerts for the clinicians detected at or after `since` (Unix ms) whose ids are not among
+/// `delivered` (the receipts, [`delivered_ids`]), in the order they were detected.
+pub async fn undelivered(
+    lake: &Lake,
+    since: i64,
+    delivered: &HashSet<String>,
+) -> Result<Vec<Outgoing>, LakeError> {
     let Some(table) = lake.existing_table(ALERTS_TABLE).await? else {
         return Ok(Vec::new());
     };
-    let delivered = delivered_ids(lake, since).await?;
     let sql = format!(
         "SELECT id, patient_id, event FROM t WHERE delivery = 'sent' AND detected_at >= '{}' ORDER BY detected_at",
         rfc3339(since)

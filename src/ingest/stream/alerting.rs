@@ -112,8 +112,7 @@ impl Alerting {
         let recorded = table::recorded_ids(lake, recorded_since).await?;
         let recorded_alerts = recorded.len();
         self.recorded.lock().expect("lock").extend(recorded);
-        self.outbox
-            .know_delivered(table::delivered_ids(lake, recorded_since).await?);
+        let delivered = table::delivered_ids(lake, recorded_since).await?;
         let patients = match newest {
             Some(newest) if !first => Some(
                 events::partition_patients(lake, bronze, partition_id, newest - 2 * window).await?,
@@ -122,11 +121,12 @@ impl Alerting {
         };
         // Alerts a run before this one (or the process this partition came from) recorded but did
         // not deliver.
-        let undelivered: Vec<_> = table::undelivered(lake, recorded_since)
+        let undelivered: Vec<_> = table::undelivered(lake, recorded_since, &delivered)
             .await?
             .into_iter()
             .filter(|a| patients.as_ref().is_none_or(|p| p.contains(&a.patient)))
             .collect();
+        self.outbox.know_delivered(delivered);
         let requeued = self.outbox.push(undelivered);
         if requeued > 0 {
             tracing::info!(partition_id, requeued, "undelivered alerts queued again");
