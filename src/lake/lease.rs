@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use object_store::azure::MicrosoftAzureBuilder;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
@@ -255,14 +254,8 @@ impl Remote {
             name: name.to_string(),
             message,
         };
-        let root = lake.root().as_str();
-        let store: Arc<dyn ObjectStore> = Arc::new(
-            MicrosoftAzureBuilder::from_env()
-                .with_url(root)
-                .build()
-                .map_err(|e| storage(e.to_string()))?,
-        );
-        let path = Path::from(lake.root().path().trim_matches('/')).join(name);
+        let store = lake.object_store().map_err(|e| storage(e.to_string()))?;
+        let path = Path::from(name);
         let ttl = Duration::from_secs(record.ttl_secs);
         let body = || PutPayload::from(serde_json::to_vec(&record).expect("serializes"));
         // Two tries: a race lost between reading and writing is read again once.

@@ -257,7 +257,9 @@ impl Lake {
         Ok(found)
     }
 
-    fn object_store(&self) -> Result<Arc<dyn ObjectStore>, LakeError> {
+    /// The lake's storage, with paths relative to its root (Delta's own store: the same
+    /// credentials from the environment).
+    pub(crate) fn object_store(&self) -> Result<Arc<dyn ObjectStore>, LakeError> {
         let delta = |source| LakeError::Delta {
             table: self.root.to_string(),
             source,
