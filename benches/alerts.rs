@@ -33,7 +33,7 @@ use azure_messaging_eventhubs::models::EventData;
 use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient};
 use eventhubs_peer::{Peer, StoredEvent};
 use fe2o3_amqp::types::messaging::Body;
-use support::{env, query_csv};
+use support::{bp_reading, env, query_csv};
 
 #[derive(Clone, Copy, Debug)]
 enum Scenario {
@@ -42,23 +42,10 @@ enum Scenario {
     Unreachable,
 }
 
-/// A blood-pressure Observation, effective `minutes_ago` before now.
-fn reading(id: &str, patient: &str, systolic: u32, diastolic: u32, minutes_ago: i64) -> Vec<u8> {
+/// A blood-pressure reading of `patient`, effective `minutes_ago` before now.
+fn reading(id: &str, patient: &str, systolic: u64, diastolic: u64, minutes_ago: i64) -> Vec<u8> {
     let at = (chrono::Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339();
-    let quantity = |code: &str, value: u32| {
-        serde_json::json!({"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-            "valueQuantity": {"value": value, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}})
-    };
-    serde_json::json!({
-        "resourceType": "Observation", "id": id, "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
-        "subject": {"reference": format!("Patient/{patient}")},
-        "effectiveDateTime": at,
-        "component": [quantity("8480-6", systolic), quantity("8462-4", diastolic)]
-    })
-    .to_string()
-    .into_bytes()
+    bp_reading(id, patient, systolic, diastolic, &at).into_bytes()
 }
 
 fn body_text(event: &StoredEvent) -> String {
@@ -107,7 +94,7 @@ async fn send_burst(peer: &Peer, patients: u64, secs: u64) -> u64 {
             .map(|i| {
                 let n = t * 10 + i;
                 let patient = format!("other-{:04}", n % 2000);
-                reading(&format!("bg-{n}"), &patient, 115 + (n % 10) as u32, 75, 0)
+                reading(&format!("bg-{n}"), &patient, 115 + n % 10, 75, 0)
             })
             .collect();
         send(&producer, None, normal).await;

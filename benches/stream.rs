@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use azure_messaging_eventhubs::models::EventData;
 use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient};
 use eventhubs_peer::Peer;
-use support::{env, query_csv};
+use support::{bp_reading, env, query_csv};
 
 fn vitalake(peer: &Peer, lake: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalake"));
@@ -114,20 +114,13 @@ fn stop(mut child: Child) {
 fn reading(n: u64) -> String {
     let patient = format!("bench-{:05}", n % 5000);
     let now = chrono::Utc::now().to_rfc3339();
-    serde_json::json!({
-        "resourceType": "Observation", "id": format!("bench-bp-{n}"), "status": "final",
-        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
-        "subject": {"reference": format!("Patient/{patient}")},
-        "effectiveDateTime": now,
-        "component": [
-            {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
-             "valueQuantity": {"value": 110 + n % 40, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
-            {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
-             "valueQuantity": {"value": 70 + n % 20, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}
-        ]
-    })
-    .to_string()
+    bp_reading(
+        &format!("bench-bp-{n}"),
+        &patient,
+        110 + n % 40,
+        70 + n % 20,
+        &now,
+    )
 }
 
 /// Sends `rate` readings a second for `secs` seconds, in batches every 50 ms; returns how many.

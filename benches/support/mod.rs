@@ -1,5 +1,5 @@
 //! What the benches share: the release binary run in a child process, its peak RSS sampled;
-//! `vitalake query` on a bench's lake; settings from the environment.
+//! `vitalake query` on a bench's lake; settings from the environment; a blood-pressure reading.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -69,4 +69,22 @@ pub fn query_csv(lake: &Path, sql: &str) -> Vec<Vec<String>> {
         .skip(1)
         .map(|line| line.split(',').map(str::to_string).collect())
         .collect()
+}
+
+/// A blood-pressure Observation as a wearable sends it (vital-signs panel 85354-9, systolic 8480-6
+/// and diastolic 8462-4 in mm[Hg]), effective at `at` (RFC 3339).
+pub fn bp_reading(id: &str, patient: &str, systolic: u64, diastolic: u64, at: &str) -> String {
+    let quantity = |code: &str, value: u64| {
+        serde_json::json!({"code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {"value": value, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}})
+    };
+    serde_json::json!({
+        "resourceType": "Observation", "id": id, "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": format!("Patient/{patient}")},
+        "effectiveDateTime": at,
+        "component": [quantity("8480-6", systolic), quantity("8462-4", diastolic)]
+    })
+    .to_string()
 }
