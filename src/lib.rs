@@ -20,7 +20,8 @@
 //! - [`serve`]: the PostgreSQL-wire server over that catalogue: sign-in, roles and masks, read-only.
 //! - [`generate`]: deterministic synthetic FHIR drops and streams for samples, tests and benchmarks.
 //!
-//! `main.rs` is only the command line; `cli.rs` turns its arguments into the option types here.
+//! `main.rs` and `cmd/` are only the command line: each command turns its arguments into the option
+//! types here and prints the report it gets back.
 
 pub mod alerts;
 pub mod config;

@@ -44,7 +44,7 @@ pub struct GenerateOptions {
 }
 
 /// What was written.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct GenerateSummary {
     pub files: usize,
     pub resources: usize,

@@ -34,12 +34,70 @@ impl RecordOutcome {
     }
 }
 
-/// Every record with findings, and how many records were read.
-#[derive(Debug, Default, Serialize)]
+/// Every record with findings, and how many records were read. As JSON (`validate --json`), one
+/// FHIR OperationOutcome per record with findings, with the record's place.
+#[derive(Debug, Default)]
 pub struct CheckReport {
     pub records: u64,
     pub valid: u64,
     pub outcomes: Vec<RecordOutcome>,
+}
+
+impl CheckReport {
+    /// Records with at least one error: ingest would quarantine them.
+    pub fn failed(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.has_errors()).count()
+    }
+}
+
+impl Serialize for CheckReport {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.outcomes.iter().map(|o| {
+            serde_json::json!({
+                "source": o.source_uri,
+                "line": o.line,
+                "jsonPath": o.json_path,
+                "resource": format!("{}/{}", o.resource_type.as_deref().unwrap_or("?"), o.id.as_deref().unwrap_or("?")),
+                "outcome": crate::validate::operation_outcome(&o.issues),
+            })
+        }))
+    }
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for outcome in &self.outcomes {
+            let place = match outcome.line {
+                Some(line) => format!("line {line} {}", outcome.json_path),
+                None => outcome.json_path.clone(),
+            };
+            writeln!(
+                f,
+                "{} {place} {}/{}",
+                outcome.source_uri,
+                outcome.resource_type.as_deref().unwrap_or("?"),
+                outcome.id.as_deref().unwrap_or("?")
+            )?;
+            for issue in &outcome.issues {
+                writeln!(
+                    f,
+                    "  {:<8} [{}] {}: {}",
+                    issue.severity.as_str(),
+                    issue.rule,
+                    issue.location,
+                    issue.message
+                )?;
+            }
+        }
+        let failed = self.failed();
+        writeln!(
+            f,
+            "{} records: {} valid, {failed} with errors, {} with warnings only",
+            self.records,
+            self.valid,
+            self.outcomes.len() - failed
+        )
+    }
 }
 
 fn outcomes(
@@ -101,9 +159,7 @@ pub async fn check_files(
             outcomes(quarantine, "errors", None, &mut report.outcomes);
         }
     }
-    let stats = producer
-        .await
-        .map_err(|e| IngestError::Decoder(e.to_string()))?;
+    let stats = producer.await?;
     if let Some((uri, error)) = stats.files_failed.first() {
         return Err(IngestError::Input {
             path: uri.clone(),

@@ -57,11 +57,19 @@ pub enum IngestError {
     #[error(transparent)]
     Lease(#[from] crate::lake::LeaseError),
     #[error("decoding stopped unexpectedly: {0}")]
-    Decoder(String),
+    Decoder(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Views(#[from] crate::views::ViewError),
-    #[error("silver: {0}")]
-    Silver(String),
+    #[error("no view named '{0}' in the silver views")]
+    UnknownView(String),
+    /// A bronze row whose raw JSON does not parse: the table was written by something else.
+    #[error("{table} holds a row that is not JSON: {source}")]
+    CorruptBronze {
+        table: String,
+        source: serde_json::Error,
+    },
+    #[error("writing the stream checkpoint: {0}")]
+    Checkpoint(azure_core::Error),
     /// Boxed like `Lake`: a FHIR server's errors carry URLs and messages.
     #[error("FHIR server export: {0}")]
     FhirServer(Box<fhir_server::FhirServerError>),
@@ -168,9 +176,7 @@ async fn land_files(
     let (tx, rx) = mpsc::channel(1);
     let producer = tokio::task::spawn_blocking(move || produce::produce(files, known, &ctx, tx));
     let written = write_chunks(lake, &views, rx, &batch_id, lease).await;
-    let stats = producer
-        .await
-        .map_err(|e| IngestError::Decoder(e.to_string()))?;
+    let stats = producer.await?;
     let written = written?;
 
     let duration = started.elapsed().as_secs_f64().max(1e-9);

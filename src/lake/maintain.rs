@@ -88,12 +88,50 @@ pub struct TableMaintenance {
     pub error: Option<String>,
 }
 
+/// What maintenance did to every table, in order.
+#[derive(Debug, Default, Serialize)]
+#[serde(transparent)]
+pub struct MaintenanceReport(pub Vec<TableMaintenance>);
+
+impl MaintenanceReport {
+    /// Whether a table was left as it was because its maintenance failed.
+    pub fn failed(&self) -> bool {
+        self.0.iter().any(|t| t.error.is_some())
+    }
+}
+
+impl std::fmt::Display for MaintenanceReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<44} {:>12} {:>12} {:>9}  z-order",
+            "table", "files before", "files after", "vacuumed"
+        )?;
+        for table in &self.0 {
+            write!(
+                f,
+                "{:<44} {:>12} {:>12} {:>9}  {}",
+                table.table,
+                table.files_before,
+                table.files_after,
+                table.vacuumed,
+                table.zorder.join(", "),
+            )?;
+            match &table.error {
+                Some(error) => writeln!(f, "  FAILED: {error}")?,
+                None => writeln!(f)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Maintains every table under `layers` (`bronze`, `silver`, `gold`), one after the other.
 pub async fn maintain(
     lake: &Lake,
     layers: &[&str],
     options: &MaintainOptions,
-) -> Result<Vec<TableMaintenance>, MaintainError> {
+) -> Result<MaintenanceReport, MaintainError> {
     if options.retention < MIN_RETENTION && !options.force {
         return Err(MaintainError::RetentionTooShort {
             hours: options.retention.as_secs() / 3600,
@@ -133,7 +171,7 @@ pub async fn maintain(
             reports.push(report);
         }
     }
-    Ok(reports)
+    Ok(MaintenanceReport(reports))
 }
 
 /// Compacts (or Z-orders) `table` as `report.zorder` says, vacuums it and writes a checkpoint.

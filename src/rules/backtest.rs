@@ -8,8 +8,7 @@ use serde::Serialize;
 
 use super::RuleSet;
 use super::evaluate::{Delivery, Evaluator, Options, Transition};
-use super::reading::from_silver;
-use crate::lake::{Lake, LakeError};
+use super::reading::Reading;
 
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct RuleFigures {
@@ -35,14 +34,9 @@ pub struct Backtest {
     pub rules: Vec<RuleFigures>,
 }
 
-/// Replays the readings of the last `since` milliseconds (before `now`).
-pub async fn run(
-    lake: &Lake,
-    rules: &RuleSet,
-    since: i64,
-    now: i64,
-) -> Result<Backtest, LakeError> {
-    let readings = from_silver(lake, now - since).await?;
+/// Replays `readings` (in effective-time order; silver's, read by
+/// `ingest::stream::readings::from_silver`) through `rules` as of `now`.
+pub fn run(rules: &RuleSet, readings: &[Reading], now: i64) -> Backtest {
     let mut evaluator = Evaluator::new(rules, Options::default());
     let mut figures: BTreeMap<String, (RuleFigures, HashSet<String>)> = rules
         .rules
@@ -58,7 +52,7 @@ pub async fn run(
         })
         .collect();
     let mut patient_days = HashSet::new();
-    for reading in &readings {
+    for reading in readings {
         patient_days.insert((
             reading.patient.as_str(),
             reading.at.div_euclid(super::rule::DAY),
@@ -77,7 +71,7 @@ pub async fn run(
         }
     }
     let days = patient_days.len() as u64;
-    Ok(Backtest {
+    Backtest {
         readings: readings.len() as u64,
         patients: evaluator.patients() as u64,
         patient_days: days,
@@ -90,7 +84,7 @@ pub async fn run(
                 f
             })
             .collect(),
-    })
+    }
 }
 
 impl fmt::Display for Backtest {

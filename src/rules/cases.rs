@@ -14,6 +14,7 @@ use super::rule::{Rule, duration_millis};
 /// The instant a test's durations count from.
 const TEST_START: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 
+#[derive(Debug, serde::Serialize)]
 pub struct Outcome {
     pub rule: String,
     pub file: String,
@@ -35,8 +36,35 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// The outcome of every inline test of a rule set.
+#[derive(Debug, serde::Serialize)]
+pub struct TestReport {
+    pub outcomes: Vec<Outcome>,
+}
+
+impl TestReport {
+    pub fn failed(&self) -> usize {
+        self.outcomes.iter().filter(|o| o.failure.is_some()).count()
+    }
+}
+
+impl fmt::Display for TestReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for outcome in &self.outcomes {
+            writeln!(f, "{outcome}")?;
+        }
+        let failed = self.failed();
+        writeln!(
+            f,
+            "{} tests: {} passed, {failed} failed",
+            self.outcomes.len(),
+            self.outcomes.len() - failed
+        )
+    }
+}
+
 /// Runs every inline test of every rule in `set`.
-pub fn run_all(set: &RuleSet) -> Vec<Outcome> {
+pub fn run_all(set: &RuleSet) -> TestReport {
     let mut outcomes = Vec::new();
     for rule in &set.rules {
         for test in &rule.tests {
@@ -48,7 +76,7 @@ pub fn run_all(set: &RuleSet) -> Vec<Outcome> {
             });
         }
     }
-    outcomes
+    TestReport { outcomes }
 }
 
 /// One event as a test writes it: `raised at 5m (sent)`.
@@ -137,7 +165,7 @@ mod tests {
 
     #[test]
     fn the_shipped_rules_pass_their_own_tests() {
-        let outcomes = run_all(&shipped());
+        let outcomes = run_all(&shipped()).outcomes;
         assert!(outcomes.len() >= 20, "the shipped rules carry their tests");
         let failed: Vec<String> = outcomes
             .iter()

@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::StreamError;
 use super::event_hubs::{EventHubsOptions, producer, send_batch};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Sent {
     pub events: u64,
     pub batches: u64,

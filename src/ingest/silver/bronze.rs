@@ -189,3 +189,27 @@ pub(super) fn bronze_columns(
 }
 
 pub(super) const BRONZE_COLUMNS: &str = "resource_id, version_id, last_updated, full_url, source_uri, source_sha256, line, json_path, raw, ingested_at, batch_id";
+
+/// Every version of every `resource_type` resource in bronze, parsed (`views run --bronze`, the
+/// tool for trying a view on what the lake holds). Empty when bronze has none of that type.
+pub async fn bronze_resources(
+    lake: &Lake,
+    resource_type: &str,
+) -> Result<Vec<serde_json::Value>, IngestError> {
+    let name = bronze_fhir_table(resource_type);
+    let Some(table) = lake.existing_table(&name).await? else {
+        return Ok(Vec::new());
+    };
+    let mut resources = Vec::new();
+    for batch in read::query(&table, &name, "SELECT raw FROM t").await? {
+        for raw in strings(&batch, "raw").iter().flatten() {
+            let resource =
+                serde_json::from_str(raw).map_err(|source| IngestError::CorruptBronze {
+                    table: name.clone(),
+                    source,
+                })?;
+            resources.push(resource);
+        }
+    }
+    Ok(resources)
+}

@@ -15,6 +15,16 @@ impl Flattened {
     pub fn quarantines(&self) -> bool {
         self.rejected.is_some()
     }
+
+    /// The rows of each view that evaluated the resource.
+    pub fn rows<'a>(
+        &'a self,
+        views: &'a SilverViews,
+    ) -> impl Iterator<Item = (&'a View, &'a [Vec<Cell>])> + 'a {
+        self.rows
+            .iter()
+            .map(|(index, rows)| (&views.views()[*index], rows.as_slice()))
+    }
 }
 
 pub(super) fn flatten(views: &SilverViews, resource: &BronzeResource) -> Flattened {

@@ -47,7 +47,7 @@ use bronze::*;
 use flatten::*;
 use history::*;
 
-pub use bronze::{BronzeResource, from_bronze, from_records};
+pub use bronze::{BronzeResource, bronze_resources, from_bronze, from_records};
 pub use flatten::{Flattened, flatten_ahead};
 pub use refresh::{RefreshReport, refresh};
 pub use writer::SilverWriter;
@@ -57,7 +57,7 @@ use super::tables::{Provenance, QUARANTINE_TABLE, bronze_fhir_table, quarantine_
 use crate::fhir::{Location, Rejected, ResourceRecord};
 use crate::issue::{Issue, Severity};
 use crate::lake::stream_append::append_columns;
-use crate::lake::{AppendBuilder, Lake, delete, read};
+use crate::lake::{AppendBuilder, Lake, LakeError, delete, read};
 use crate::views::{self, Cell, View, ViewError};
 
 pub const VERSIONS_PREFIX: &str = "silver/versions";

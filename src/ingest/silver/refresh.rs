@@ -11,6 +11,20 @@ pub struct RefreshReport {
     pub quarantined: u64,
 }
 
+impl std::fmt::Display for RefreshReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "refresh silver: {} bronze resources read, {} quarantined by a view",
+            self.resources_read, self.quarantined
+        )?;
+        for (table, rows) in &self.tables {
+            writeln!(f, "  {table:<40} {rows:>10} rows")?;
+        }
+        Ok(())
+    }
+}
+
 /// Rebuilds silver from bronze: every view (or only `only`), the version index and the patient history.
 pub async fn refresh(
     lake: &Lake,
@@ -20,9 +34,7 @@ pub async fn refresh(
     if let Some(name) = only
         && !views.views().iter().any(|v| v.name() == Some(name))
     {
-        return Err(IngestError::Silver(format!(
-            "no view named '{name}' in the silver views"
-        )));
+        return Err(IngestError::UnknownView(name.to_string()));
     }
     ensure_view_tables(lake, views).await?;
     let batch_id = uuid::Uuid::now_v7().to_string();
@@ -61,11 +73,10 @@ pub async fn refresh(
             };
             let mut stream =
                 read::stream(&bronze, &bronze_name, &format!("SELECT {columns} FROM t")).await?;
-            while let Some(batch) = stream
-                .try_next()
-                .await
-                .map_err(|source| IngestError::Silver(format!("reading {bronze_name}: {source}")))?
-            {
+            while let Some(batch) = stream.try_next().await.map_err(|source| LakeError::Query {
+                table: bronze_name.clone(),
+                source,
+            })? {
                 let resources = from_bronze(resource_type, &batch);
                 report.resources_read += resources.len() as u64;
                 if let Some(view) = history_view {

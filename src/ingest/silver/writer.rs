@@ -98,11 +98,10 @@ impl<'l> SilverWriter<'l> {
         let mut hashes = HashSet::new();
         if let Some(table) = self.lake.existing_table(&name).await? {
             let mut stream = read::stream(&table, &name, "SELECT _key FROM t").await?;
-            while let Some(batch) = stream
-                .try_next()
-                .await
-                .map_err(|source| IngestError::Silver(format!("reading {name}: {source}")))?
-            {
+            while let Some(batch) = stream.try_next().await.map_err(|source| LakeError::Query {
+                table: name.clone(),
+                source,
+            })? {
                 let keys = strings(&batch, "_key");
                 hashes.extend(keys.iter().flatten().map(key_hash));
             }

@@ -21,14 +21,14 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{IngestError, events};
+use super::{IngestError, events, readings};
 use crate::alerts::Outgoing;
 use crate::alerts::outbox::{Outbox, OutboxStats};
 use crate::alerts::sink::Sink;
 use crate::alerts::{cloud_event, table};
 use crate::lake::Lake;
+use crate::rules::Reading;
 use crate::rules::evaluate::{AlertEvent, Delivery, Evaluator, Options};
-use crate::rules::reading::{self, Reading};
 use crate::rules::{RuleSet, fingerprint};
 use crate::stream::Event;
 
@@ -104,7 +104,7 @@ impl Alerting {
             warmed_at.replace(versions).is_none()
         };
         let window = *self.longest_window.lock().expect("lock") + self.lateness;
-        let newest = reading::newest_time(lake).await?;
+        let newest = readings::newest_time(lake).await?;
         // Alerts on record are never raised again (those without a receipt are queued again
         // below). With no reading in silver yet, every one: a batch that never reached silver may
         // have recorded the alerts of its events (and of events read ahead of it) before a crash.
@@ -135,7 +135,7 @@ impl Alerting {
             return Ok(());
         };
         let since = newest - window;
-        let readings = reading::from_silver(lake, since).await?;
+        let readings = readings::from_silver(lake, since).await?;
         let now = chrono::Utc::now().timestamp_millis();
         let mut evaluator = self.evaluator.lock().expect("lock");
         if let Some(patients) = &patients {
@@ -266,11 +266,10 @@ impl Alerting {
 /// The versions of the silver tables the state is rebuilt from.
 async fn silver_versions(lake: &Lake) -> Result<Vec<Option<u64>>, IngestError> {
     let mut versions = Vec::new();
-    for table in [
-        "silver/fhir/blood_pressure",
-        "silver/fhir/heart_rate",
-        table::ALERTS_TABLE,
-    ] {
+    for table in readings::READING_TABLES
+        .into_iter()
+        .chain([table::ALERTS_TABLE])
+    {
         versions.push(lake.existing_table(table).await?.and_then(|t| t.version()));
     }
     Ok(versions)

@@ -20,7 +20,7 @@ use deltalake::arrow::datatypes::{
 use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, decode};
 use crate::ingest::silver::{Flattened, SilverViews, flatten_ahead};
 use crate::issue::Issue;
-use crate::rules::reading::{self, Reading};
+use crate::rules::Reading;
 use crate::stream::{Event, StreamId};
 use crate::validate::Check;
 
@@ -56,10 +56,14 @@ impl EventDecoder {
             .map(|mut record| {
                 let (flattened, readings) = match &mut record {
                     Decoded::Resource(resource) => {
-                        let reading = resource.json.as_deref().and_then(reading::from_observation);
                         let flattened = flatten_ahead(&self.views, resource);
-                        let landed = flattened.as_ref().is_none_or(|f| !f.quarantines());
-                        (flattened, reading.filter(|_| landed).into_iter().collect())
+                        let readings = match &flattened {
+                            Some(f) if !f.quarantines() => {
+                                super::readings::from_view_rows(&self.views, f)
+                            }
+                            _ => Vec::new(),
+                        };
+                        (flattened, readings)
                     }
                     Decoded::Rejected(_) => (None, Vec::new()),
                 };

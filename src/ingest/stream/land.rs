@@ -28,7 +28,7 @@ use crate::ingest::IngestError;
 use crate::ingest::silver::{Flattened, SilverViews, SilverWriter, from_records, quote};
 use crate::ingest::tables::{Provenance, QUARANTINE_TABLE, quarantine_batch};
 use crate::lake::delete::delete_where;
-use crate::lake::{AppendBuilder, Lake, app_version, read};
+use crate::lake::{AppendBuilder, Lake, LakeError, app_version, read};
 use crate::stream::checkpoints::Checkpoints;
 use crate::stream::{Event, StreamId};
 
@@ -170,7 +170,7 @@ impl<'l> Lander<'l> {
                 partition_id,
             )
             .await
-            .map_err(|e| IngestError::Silver(e.to_string()))?
+            .map_err(IngestError::Stream)?
             .and_then(|c| c.sequence_number);
         if checkpoint.is_some_and(|c| c >= committed) {
             return Ok((Some(committed), 0));
@@ -206,7 +206,10 @@ impl<'l> Lander<'l> {
             .await?
             .try_collect()
             .await
-            .map_err(|e| IngestError::Silver(format!("reading {}: {e}", self.table_name)))?;
+            .map_err(|source| LakeError::Query {
+                table: self.table_name.clone(),
+                source,
+            })?;
         self.bronze = Some(table);
         let mut parts = [(
             partition_id.to_string(),
@@ -568,7 +571,7 @@ impl<'l> Lander<'l> {
                 sequence_number: Some(sequence_number),
             })
             .await
-            .map_err(|e| IngestError::Silver(format!("writing the checkpoint: {e}")))
+            .map_err(IngestError::Checkpoint)
     }
 }
 

@@ -13,6 +13,7 @@ pub mod alerting;
 pub mod events;
 pub mod land;
 pub mod metrics;
+pub mod readings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
