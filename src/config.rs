@@ -32,6 +32,7 @@
 //! # Per rule: "quarantine" or "warn", overriding the severity the profile gives.
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -64,9 +65,9 @@ pub enum ConfigError {
 pub struct Config {
     pub lake: LakeConfig,
     pub ingest: IngestConfig,
-    pub validate: crate::validate::ValidateConfig,
+    pub validate: ValidateConfig,
     pub db: DbConfig,
-    pub serve: crate::serve::ServeConfig,
+    pub serve: ServeConfig,
     pub maintain: MaintainConfig,
 }
 
@@ -110,7 +111,7 @@ impl Default for MaintainConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct DbConfig {
     /// `[[db.sources]]`, one per database.
-    pub sources: Vec<crate::ingest::db::SourceConfig>,
+    pub sources: Vec<SourceConfig>,
     /// A TOML file of data-quality expectations (`[[expectation]]`), checked after each run.
     pub expectations: Option<String>,
 }
@@ -129,18 +130,13 @@ impl Default for LakeConfig {
     fn default() -> Self {
         LakeConfig {
             root: "./lake".into(),
-            lease_seconds: crate::lake::lease::DEFAULT_LEASE_TTL.as_secs() as usize,
+            lease_seconds: DEFAULT_LEASE_SECONDS,
         }
     }
 }
 
-impl LakeConfig {
-    /// Opens the lake this section names.
-    pub fn open(&self) -> Result<crate::lake::Lake, crate::lake::LakeError> {
-        Ok(crate::lake::Lake::open(&self.root)?
-            .with_lease_ttl(std::time::Duration::from_secs(self.lease_seconds as u64)))
-    }
-}
+/// How long a killed run's lease on an `abfss://` lake holds it, by default.
+pub const DEFAULT_LEASE_SECONDS: usize = 60;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -244,6 +240,191 @@ impl Config {
         }
         Ok(())
     }
+}
+
+// The settings of each part of vitalake, as `vitalake.toml` writes them. They live here, with the
+// file they come from, so that this module needs none of the parts it configures; each part
+// re-exports its own.
+
+/// What a rule's findings do: send the resource to quarantine, or only warn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Quarantine,
+    Warn,
+}
+
+/// Which profiles apply beyond those a resource claims, and per-rule policies.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateConfig {
+    /// Validate against profiles at all (structure is always checked).
+    pub enabled: bool,
+    /// The folder of StructureDefinitions, ValueSets and CodeSystems.
+    pub profiles: String,
+    /// Hold every Observation coded LOINC 85354-9 to the R4 `bp` profile.
+    pub bp_panels_to_bp_profile: bool,
+    /// Hold every Patient to US Core Patient.
+    pub patients_to_us_core: bool,
+    /// Rule key (`vs-2`, `binding`, `dom-6`, ...) to `quarantine` or `warn`, overriding the severity
+    /// the profile gives.
+    pub policy: BTreeMap<String, Policy>,
+}
+
+impl Default for ValidateConfig {
+    fn default() -> Self {
+        ValidateConfig {
+            enabled: true,
+            profiles: DEFAULT_PROFILES.into(),
+            bp_panels_to_bp_profile: true,
+            patients_to_us_core: false,
+            policy: BTreeMap::new(),
+        }
+    }
+}
+
+/// The profiles folder a checkout has. Where it is missing (the binary run from another folder),
+/// the profiles built into the binary are used; a folder the configuration names must exist.
+pub const DEFAULT_PROFILES: &str = "profiles";
+
+/// `[serve]` in `vitalake.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Where to listen; `--listen` overrides it.
+    pub listen: String,
+    /// PEM certificate chain and PKCS#8/RSA/EC private key: with both, clients may (and with
+    /// `sslmode=require` must) use TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// How often the catalogue is re-read, so new commits and tables show.
+    pub refresh_seconds: u64,
+    pub users: Vec<UserConfig>,
+    /// Column masks for `bi_reader`; when given, they replace [`default_masks`].
+    pub masks: Vec<MaskConfig>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:5433".into(),
+            tls_cert: None,
+            tls_key: None,
+            refresh_seconds: 10,
+            users: Vec::new(),
+            masks: default_masks(),
+        }
+    }
+}
+
+/// `[[serve.masks]]`: how one column is shown to a `bi_reader`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MaskConfig {
+    /// The table's SQL name, `silver.patient`.
+    pub table: String,
+    pub column: String,
+    pub mask: Mask,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mask {
+    /// Text becomes `***`; a value of another type becomes NULL.
+    Redact,
+    /// A date or time becomes its year (an integer).
+    Year,
+    /// Always NULL (for the parts of an address other than the country).
+    Null,
+}
+
+/// The masks used when the configuration declares none: names, phone, record numbers and other
+/// identifiers redacted; birth and death dates reduced to the year; addresses to the country (HIPAA
+/// Safe Harbor, 45 CFR 164.514(b)(2), lists these as identifiers). Quarantined raw records and
+/// their messages, which may quote any field, are hidden.
+pub fn default_masks() -> Vec<MaskConfig> {
+    let patient = [
+        ("mrn", Mask::Redact),
+        ("identifiers", Mask::Redact),
+        ("family_name", Mask::Redact),
+        ("given_names", Mask::Redact),
+        ("phone", Mask::Redact),
+        ("birth_date", Mask::Year),
+        ("deceased_at", Mask::Year),
+        ("address_line", Mask::Null),
+        ("city", Mask::Null),
+        ("postal_code", Mask::Null),
+    ];
+    let ikhospital_patient = [
+        ("mrn", Mask::Redact),
+        ("given_name", Mask::Redact),
+        ("family_name", Mask::Redact),
+        ("phone", Mask::Redact),
+        ("birth_date", Mask::Year),
+        ("city", Mask::Null),
+    ];
+    let summary = [("birth_date", Mask::Year), ("city", Mask::Null)];
+    let quarantine = [("raw", Mask::Null), ("errors", Mask::Null)];
+    let tables: [(&str, &[(&str, Mask)]); 5] = [
+        ("silver.patient", &patient),
+        ("silver.patient_history", &patient),
+        ("silver.ikhospital_patients", &ikhospital_patient),
+        ("gold.patient_clinical_summary", &summary),
+        ("silver.quarantine", &quarantine),
+    ];
+    tables
+        .iter()
+        .flat_map(|(table, columns)| {
+            columns.iter().map(|(column, mask)| MaskConfig {
+                table: table.to_string(),
+                column: column.to_string(),
+                mask: *mask,
+            })
+        })
+        .collect()
+}
+
+/// What a user may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Every table of every layer, as stored.
+    Analyst,
+    /// Silver and gold only, with the PHI columns masked (`[[serve.masks]]`); never bronze, which
+    /// holds raw records.
+    BiReader,
+}
+
+/// `[[serve.users]]`: one login.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    pub role: Role,
+    /// The environment variable holding the password. There is no default password.
+    pub password_env: String,
+}
+
+/// One source database, from `[[db.sources]]` in `vitalake.toml` or `--source URL`.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// `mysql://user@host:3306/ikhospital` or `postgres://user@host:5432/ikhospital`. A password in
+    /// the URL works but belongs in the environment: `password_env`, else `MYSQL_PWD` / `PGPASSWORD`.
+    pub url: String,
+    /// The environment variable holding the password.
+    pub password_env: Option<String>,
+    /// Table name patterns to extract (`*`, `?`); empty: every table.
+    pub include: Vec<String>,
+    /// Table name patterns to leave out.
+    pub exclude: Vec<String>,
+    /// Extract views too.
+    pub views: bool,
+    /// PostgreSQL schema (default `public`).
+    pub schema: Option<String>,
+    /// Cursor column per table, where the detected one (an `updated_at`-like timestamp, else an
+    /// auto-increment key) is not the right one.
+    pub cursors: BTreeMap<String, String>,
 }
 
 #[cfg(test)]

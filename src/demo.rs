@@ -70,6 +70,7 @@ fn stream_options(hub: &str, options: &DemoOptions, rules: bool) -> StreamOption
         checks: options.ingest.checks.clone(),
         views: options.ingest.views.clone(),
         metrics: None,
+        compact_files: 0,
         stop: CancellationToken::new(),
         consumer_group: "$Default".into(),
         rules: rules.then(|| RulesOptions {
@@ -80,13 +81,24 @@ fn stream_options(hub: &str, options: &DemoOptions, rules: bool) -> StreamOption
     }
 }
 
-fn sample(options: &DemoOptions, rel: &str) -> anyhow::Result<PathBuf> {
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("{} not found: run the demo from a vitalake checkout, or pass --samples DIR", path.display())]
+    MissingSample { path: PathBuf },
+    #[error("reading the gold definitions in {}: {source}", dir.display())]
+    GoldDefinitions {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("printing the summary: {0}")]
+    Summary(#[from] deltalake::arrow::error::ArrowError),
+}
+
+fn sample(options: &DemoOptions, rel: &str) -> Result<PathBuf, DemoError> {
     let path = options.samples.join(rel);
-    anyhow::ensure!(
-        path.exists(),
-        "{} not found: run the demo from a vitalake checkout, or pass --samples DIR",
-        path.display()
-    );
+    if !path.exists() {
+        return Err(DemoError::MissingSample { path });
+    }
     Ok(path)
 }
 
@@ -95,7 +107,7 @@ fn sample(options: &DemoOptions, rel: &str) -> anyhow::Result<PathBuf> {
 /// The stream goes first: the sample drop holds clinic readings of the same patients dated after
 /// the sample stream's day, and readings older than what the lake already knows of a patient are
 /// evaluated as backfill (recorded, not sent), which would leave the demo without a live alert.
-pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
+pub async fn run(lake: &Lake, options: DemoOptions) -> crate::Result<String> {
     let mut out = String::new();
     let drop = sample(&options, "drop")?;
     let observations = sample(&options, "stream/observations.ndjson")?;
@@ -111,7 +123,7 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
         stream_options("observations", &options, true),
     )
     .await?;
-    writeln!(
+    let _ = writeln!(
         out,
         "1. Observation stream {}: {} events ({} already landed), {} quarantined, {} alert events (sent alerts in {})",
         observations.display(),
@@ -120,11 +132,11 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
         stream.quarantined,
         stream.alerts,
         options.alerts.display()
-    )?;
+    );
     let report =
         crate::ingest::ingest_fhir(lake, &[drop.display().to_string()], options.ingest.clone())
             .await?;
-    writeln!(
+    let _ = writeln!(
         out,
         "2. FHIR drop {}: {} files read, {} resources to bronze, {} records quarantined, {} files already ingested",
         drop.display(),
@@ -132,7 +144,7 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
         report.bronze_rows,
         report.quarantine_rows,
         report.stats.files_skipped.len()
-    )?;
+    );
     // The rest of the record (encounters, diagnoses, labs...): two Synthea patients, and the
     // ICD-10-CM chapters the disease prevalence names (when run from a checkout).
     let ehr = sample(&options, "ehr")?;
@@ -148,43 +160,50 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
     } else {
         ""
     };
-    writeln!(
+    let _ = writeln!(
         out,
         "2b. EHR records {}: {} resources to bronze, {} quarantined{loaded}",
         ehr.display(),
         report.bronze_rows,
         report.quarantine_rows,
-    )?;
+    );
     let dispenses = run_stream(
         lake,
         spec(&pharmacy),
         stream_options("pharmacy", &options, false),
     )
     .await?;
-    writeln!(
+    let _ = writeln!(
         out,
         "3. Pharmacy stream {}: {} events",
         pharmacy.display(),
         dispenses.events
-    )?;
+    );
     match &options.db {
         Some(db) => {
             let report = crate::ingest::db::ingest_db(lake, db).await?;
             let tables: usize = report.sources.iter().map(|s| s.tables.len()).sum();
-            writeln!(
+            let _ = writeln!(
                 out,
                 "4. Hospital databases: {} sources, {tables} tables",
                 report.sources.len()
-            )?;
+            );
         }
-        None => writeln!(
-            out,
-            "4. Hospital databases: skipped, none configured. List them as [[db.sources]] in vitalake.toml \
+        None => {
+            let _ = writeln!(
+                out,
+                "4. Hospital databases: skipped, none configured. List them as [[db.sources]] in vitalake.toml \
              (url = \"mysql://user@host:3306/ikhospital\", password from MYSQL_PWD / PGPASSWORD), or run \
              `vitalake ingest db --source postgres://user@host:5432/ikhospital`"
-        )?,
+            );
+        }
     }
-    let tables = crate::gold::refresh::definitions(&options.gold)?;
+    let tables = crate::gold::refresh::definitions(&options.gold).map_err(|source| {
+        DemoError::GoldDefinitions {
+            dir: options.gold.clone(),
+            source,
+        }
+    })?;
     let gold = crate::gold::refresh::refresh(lake, &tables, None, false).await?;
     let refreshed: Vec<String> = gold
         .tables
@@ -194,7 +213,7 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
             Some(_) => format!("{} (skipped: input missing)", t.table),
         })
         .collect();
-    writeln!(out, "5. Gold: {}", refreshed.join(", "))?;
+    let _ = writeln!(out, "5. Gold: {}", refreshed.join(", "));
 
     let ctx = crate::gold::catalog::session(lake).await?;
     let names: Vec<RecordBatch> = ctx
@@ -210,7 +229,8 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
         let column = deltalake::arrow::compute::cast(
             batch.column(0),
             &deltalake::arrow::datatypes::DataType::Utf8,
-        )?;
+        )
+        .map_err(DemoError::from)?;
         let column = column
             .as_any()
             .downcast_ref::<deltalake::arrow::array::StringArray>()
@@ -232,10 +252,14 @@ pub async fn run(lake: &Lake, options: DemoOptions) -> anyhow::Result<String> {
             counts.push(format!("  {name:<44} {rows:>8}"));
         }
     }
-    writeln!(out, "\nTables and rows:\n{}", counts.join("\n"))?;
+    let _ = writeln!(out, "\nTables and rows:\n{}", counts.join("\n"));
     for (title, sql) in SUMMARY {
         let batches = ctx.sql(sql).await?.collect().await?;
-        writeln!(out, "\n{title}:\n{}", pretty_format_batches(&batches)?)?;
+        let _ = writeln!(
+            out,
+            "\n{title}:\n{}",
+            pretty_format_batches(&batches).map_err(DemoError::from)?
+        );
     }
     Ok(out)
 }

@@ -61,6 +61,21 @@ pub enum Error {
     Maintain(#[from] lake::maintain::MaintainError),
     #[error(transparent)]
     Terminology(#[from] terminology::TerminologyError),
+    #[error(transparent)]
+    Gold(#[from] gold::GoldError),
+    #[error(transparent)]
+    Views(#[from] views::ViewError),
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
+    #[error(transparent)]
+    Demo(#[from] demo::DemoError),
+}
+
+/// A query's failure (the demo's summary runs SQL over the catalogue) is a gold error.
+impl From<deltalake::datafusion::error::DataFusionError> for Error {
+    fn from(error: deltalake::datafusion::error::DataFusionError) -> Self {
+        Error::Gold(gold::GoldError::Sql(error))
+    }
 }
 
 impl Error {
@@ -99,7 +114,12 @@ impl Error {
                     | serve::ServeError::UnknownMaskColumn { .. }
                     | serve::ServeError::Tls(_)
             ),
-            Error::Lake(_) | Error::Generate(_) => false,
+            Error::Stream(e) => matches!(e, StreamError::BadSource(_) | StreamError::BadSink(_)),
+            Error::Lake(_)
+            | Error::Generate(_)
+            | Error::Gold(_)
+            | Error::Views(_)
+            | Error::Demo(_) => false,
         };
         if bad_input { 2 } else { 1 }
     }

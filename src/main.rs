@@ -38,8 +38,11 @@ fn init_tracing(verbose: u8) {
     // which is how new tables start here: not an error for our users. Its writer warns on every
     // commit to a table with a binary column (bronze event bodies) that it keeps no statistics
     // for it, which is what we want. It also warns on every replacing write whose key list it
-    // does not use to skip files: `lake::in_list` asks for that.
-    const DELTA_NOISE: &str = "buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error,deltalake_core::operations::write=error";
+    // does not use to skip files: `lake::in_list` asks for that. And it warns "table updated
+    // during transaction, checking for conflicts" whenever two commits meet (a stream's landing
+    // and its background compaction do, every round), then resolves them or fails the commit,
+    // which is where the failure is reported.
+    const DELTA_NOISE: &str = "buoyant_kernel::snapshot::builder=off,deltalake_core::writer::stats=error,deltalake_core::operations::write=error,deltalake_core::kernel::transaction=error";
     let default = match verbose {
         0 => format!("vitalake=info,warn,{DELTA_NOISE}"),
         1 => format!("vitalake=debug,info,{DELTA_NOISE}"),

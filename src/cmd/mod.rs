@@ -192,7 +192,7 @@ fn ingest_options(config: &Config) -> anyhow::Result<vitalake::ingest::IngestOpt
 
 /// The configured lake, opened.
 fn open_lake(config: &Config) -> anyhow::Result<vitalake::lake::Lake> {
-    Ok(config.lake.open().map_err(vitalake::Error::from)?)
+    Ok(vitalake::lake::Lake::from_config(&config.lake).map_err(vitalake::Error::from)?)
 }
 
 /// Cancels `stop` on Ctrl-C or SIGTERM.

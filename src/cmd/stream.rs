@@ -59,6 +59,10 @@ pub struct StreamArgs {
     /// ones are evaluated as backfill: recorded, never sent.
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub lateness: String,
+    /// Compact a table the stream writes (bronze events, quarantine, the silver views of its
+    /// resources, alerts) in the background once it holds more files than this; 0 turns it off.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub compact_files: usize,
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +98,7 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<ExitCode> 
         checks: ingest.checks,
         views: ingest.views,
         metrics: args.metrics,
+        compact_files: args.compact_files,
         stop,
         rules: match args.rules {
             Some(dir) => Some(RulesOptions {

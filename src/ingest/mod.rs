@@ -45,8 +45,11 @@ pub enum IngestError {
         path: String,
         source: std::io::Error,
     },
-    #[error("landing folder {uri}: {reason}")]
-    Remote { uri: String, reason: String },
+    #[error("landing folder {uri}: {problem}")]
+    Remote {
+        uri: String,
+        problem: source::RemoteProblem,
+    },
     /// A stream's source, checkpoints or alert sink failed (Event Hubs unreachable, refused, or a
     /// bad `--source`/`--alerts` spec).
     #[error(transparent)]

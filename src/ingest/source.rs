@@ -122,30 +122,42 @@ fn list_local(path: &Path, files: &mut Vec<SourceFile>) -> Result<(), IngestErro
     Ok(())
 }
 
+/// Why a landing folder on Azure could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteProblem {
+    #[error("not a URL: {0}")]
+    Url(url::ParseError),
+    #[error("unsupported scheme {0}: use a local path or abfss://")]
+    Scheme(String),
+    #[error("cannot open the storage account: {0}")]
+    Open(object_store::Error),
+    #[error("not a storage path: {0}")]
+    Path(object_store::path::Error),
+    #[error("cannot list the landing folder: {0}")]
+    List(object_store::Error),
+}
+
 async fn list_remote(uri: &str) -> Result<Vec<SourceFile>, IngestError> {
-    let bad = |reason: String| IngestError::Remote {
+    let bad = |problem: RemoteProblem| IngestError::Remote {
         uri: uri.to_string(),
-        reason,
+        problem,
     };
-    let url = Url::parse(uri).map_err(|e| bad(e.to_string()))?;
+    let url = Url::parse(uri).map_err(|e| bad(RemoteProblem::Url(e)))?;
     if !matches!(url.scheme(), "abfss" | "abfs" | "az" | "azure") {
-        return Err(bad(format!(
-            "unsupported scheme {}: use a local path or abfss://",
-            url.scheme()
-        )));
+        return Err(bad(RemoteProblem::Scheme(url.scheme().to_string())));
     }
     let store: Arc<dyn ObjectStore> = Arc::new(
         MicrosoftAzureBuilder::from_env()
             .with_url(uri)
             .build()
-            .map_err(|e| bad(e.to_string()))?,
+            .map_err(|e| bad(RemoteProblem::Open(e)))?,
     );
-    let prefix = StorePath::from_url_path(url.path()).map_err(|e| bad(e.to_string()))?;
+    let prefix = StorePath::from_url_path(url.path()).map_err(|e| bad(RemoteProblem::Path(e)))?;
     let objects: Vec<_> = store
         .list(Some(&prefix))
         .try_collect()
         .await
-        .map_err(|e| bad(format!("cannot list the landing folder: {e}")))?;
+        .map_err(|e| bad(RemoteProblem::List(e)))?;
     let base = format!("{}://{}", url.scheme(), url.authority());
     Ok(objects
         .into_iter()

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 use super::Lake;
 
 /// How long a remote lease lives without renewal when `[lake] lease_seconds` does not say.
-pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_LEASE_TTL: Duration =
+    Duration::from_secs(crate::config::DEFAULT_LEASE_SECONDS as u64);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {

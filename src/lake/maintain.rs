@@ -207,6 +207,47 @@ async fn maintain_table(
     Ok(table)
 }
 
+/// What one table's compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub files_before: usize,
+    pub files_after: usize,
+}
+
+/// Compacts the table at `path` (bin-packing its small files, per partition) when it has more
+/// than `max_files` active files; `None` when it had no more (or does not exist yet). Meant for a
+/// writer that runs for days (`vitalake stream`): the commit removes and adds files with the same
+/// rows and no application transaction, so readers see the same rows and the writer's
+/// exactly-once bookkeeping is untouched. A compaction that loses a race with a commit touching
+/// the same files fails and leaves the table as it was; the next one tries again.
+pub async fn compact_over(
+    lake: &Lake,
+    path: &str,
+    max_files: usize,
+) -> Result<Option<Compacted>, LakeError> {
+    let Some(table) = lake.existing_table(path).await? else {
+        return Ok(None);
+    };
+    let (files_before, _) = files(&table)?;
+    if files_before <= max_files {
+        return Ok(None);
+    }
+    let (table, _) = table
+        .optimize()
+        .with_type(OptimizeType::Compact)
+        .with_writer_properties(writer_properties())
+        .await
+        .map_err(|source| LakeError::Delta {
+            table: path.to_string(),
+            source,
+        })?;
+    let (files_after, _) = files(&table)?;
+    Ok(Some(Compacted {
+        files_before,
+        files_after,
+    }))
+}
+
 /// Active files and their bytes.
 fn files(table: &DeltaTable) -> Result<(usize, u64), LakeError> {
     let snapshot = table.snapshot().map_err(|source| LakeError::Delta {

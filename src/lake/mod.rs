@@ -161,6 +161,12 @@ impl Lake {
         })
     }
 
+    /// Opens the lake `[lake]` in `vitalake.toml` names, with its lease time.
+    pub fn from_config(config: &crate::config::LakeConfig) -> Result<Lake, LakeError> {
+        Ok(Lake::open(&config.root)?
+            .with_lease_ttl(std::time::Duration::from_secs(config.lease_seconds as u64)))
+    }
+
     /// How long a run's [`Lease`] on a remote lake outlives its last renewal.
     pub fn with_lease_ttl(mut self, ttl: std::time::Duration) -> Lake {
         self.lease_ttl = ttl;

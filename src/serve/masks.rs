@@ -9,79 +9,12 @@ use deltalake::datafusion::common::{Column, ScalarValue};
 use deltalake::datafusion::functions::expr_fn::date_part;
 use deltalake::datafusion::logical_expr::{Expr, cast, lit};
 use deltalake::datafusion::prelude::SessionContext;
-use serde::Deserialize;
 
 use super::ServeError;
-
-/// `[[serve.masks]]`: how one column is shown to a `bi_reader`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct MaskConfig {
-    /// The table's SQL name, `silver.patient`.
-    pub table: String,
-    pub column: String,
-    pub mask: Mask,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mask {
-    /// Text becomes `***`; a value of another type becomes NULL.
-    Redact,
-    /// A date or time becomes its year (an integer).
-    Year,
-    /// Always NULL (for the parts of an address other than the country).
-    Null,
-}
+pub use crate::config::{Mask, MaskConfig, default_masks};
 
 /// The text a redacted value shows.
 pub const REDACTED: &str = "***";
-
-/// The masks used when the configuration declares none: names, phone, record numbers and other
-/// identifiers redacted; birth and death dates reduced to the year; addresses to the country (HIPAA
-/// Safe Harbor, 45 CFR 164.514(b)(2), lists these as identifiers). Quarantined raw records and
-/// their messages, which may quote any field, are hidden.
-pub fn default_masks() -> Vec<MaskConfig> {
-    let patient = [
-        ("mrn", Mask::Redact),
-        ("identifiers", Mask::Redact),
-        ("family_name", Mask::Redact),
-        ("given_names", Mask::Redact),
-        ("phone", Mask::Redact),
-        ("birth_date", Mask::Year),
-        ("deceased_at", Mask::Year),
-        ("address_line", Mask::Null),
-        ("city", Mask::Null),
-        ("postal_code", Mask::Null),
-    ];
-    let ikhospital_patient = [
-        ("mrn", Mask::Redact),
-        ("given_name", Mask::Redact),
-        ("family_name", Mask::Redact),
-        ("phone", Mask::Redact),
-        ("birth_date", Mask::Year),
-        ("city", Mask::Null),
-    ];
-    let summary = [("birth_date", Mask::Year), ("city", Mask::Null)];
-    let quarantine = [("raw", Mask::Null), ("errors", Mask::Null)];
-    let tables: [(&str, &[(&str, Mask)]); 5] = [
-        ("silver.patient", &patient),
-        ("silver.patient_history", &patient),
-        ("silver.ikhospital_patients", &ikhospital_patient),
-        ("gold.patient_clinical_summary", &summary),
-        ("silver.quarantine", &quarantine),
-    ];
-    tables
-        .iter()
-        .flat_map(|(table, columns)| {
-            columns.iter().map(|(column, mask)| MaskConfig {
-                table: table.to_string(),
-                column: column.to_string(),
-                mask: *mask,
-            })
-        })
-        .collect()
-}
 
 /// A session for `bi_reader`: every silver and gold table of `full` (the analyst's session), the
 /// tables with masks as views that mask them. A mask naming a column its table lacks is an error

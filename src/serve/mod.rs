@@ -17,7 +17,7 @@ pub mod masks;
 pub mod read_only;
 pub mod users;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,43 +30,13 @@ use datafusion_postgres::pgwire::tokio::TlsAcceptor;
 use datafusion_postgres::{DfSessionService, QueryHook};
 use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::prelude::SessionContext;
-use serde::Deserialize;
 use tokio::net::TcpListener;
 
+pub use crate::config::ServeConfig;
 use crate::lake::{Lake, LakeError};
 use connection::{Connection, Sessions, Shared};
 use masks::MaskConfig;
-use users::{UserConfig, Users};
-
-/// `[serve]` in `vitalake.toml`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServeConfig {
-    /// Where to listen; `--listen` overrides it.
-    pub listen: String,
-    /// PEM certificate chain and PKCS#8/RSA/EC private key: with both, clients may (and with
-    /// `sslmode=require` must) use TLS.
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    /// How often the catalogue is re-read, so new commits and tables show.
-    pub refresh_seconds: u64,
-    pub users: Vec<UserConfig>,
-    /// Column masks for `bi_reader`; when given, they replace [`masks::default_masks`].
-    pub masks: Vec<MaskConfig>,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        ServeConfig {
-            listen: "127.0.0.1:5433".into(),
-            tls_cert: None,
-            tls_key: None,
-            refresh_seconds: 10,
-            users: Vec::new(),
-            masks: masks::default_masks(),
-        }
-    }
-}
+use users::Users;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

@@ -8,33 +8,12 @@ use async_trait::async_trait;
 use datafusion_postgres::pgwire::api::auth::sasl::scram::gen_salted_password;
 use datafusion_postgres::pgwire::api::auth::{AuthSource, LoginInfo, Password};
 use datafusion_postgres::pgwire::error::PgWireResult;
-use serde::Deserialize;
 
 use super::ServeError;
+pub use crate::config::{Role, UserConfig};
 
 /// PBKDF2 iterations of the SCRAM exchange: PostgreSQL's default.
 pub const SCRAM_ITERATIONS: usize = 4096;
-
-/// What a user may see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Every table of every layer, as stored.
-    Analyst,
-    /// Silver and gold only, with the PHI columns masked (`[[serve.masks]]`); never bronze, which
-    /// holds raw records.
-    BiReader,
-}
-
-/// `[[serve.users]]`: one login.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    pub name: String,
-    pub role: Role,
-    /// The environment variable holding the password. There is no default password.
-    pub password_env: String,
-}
 
 /// The users, with their salted passwords, ready for SCRAM.
 pub struct Users {

@@ -16,12 +16,12 @@ mod natives;
 pub mod profiles;
 pub mod terminology;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value as Json;
 
+pub use crate::config::{DEFAULT_PROFILES, Policy, ValidateConfig};
 use crate::issue::{Issue, Severity};
 pub use profiles::{Profile, ProfileError, ProfileSet};
 
@@ -37,52 +37,11 @@ pub const US_CORE_PATIENT: &str = "http://hl7.org/fhir/us/core/StructureDefiniti
 /// LOINC blood-pressure panel (https://loinc.org/85354-9); the R4 `bp` profile requires this code.
 const BP_PANEL: &str = "85354-9";
 
-/// What a rule's findings do: send the resource to quarantine, or only warn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Policy {
-    Quarantine,
-    Warn,
-}
-
-/// Which profiles apply beyond those a resource claims, and per-rule policies.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ValidateConfig {
-    /// Validate against profiles at all (structure is always checked).
-    pub enabled: bool,
-    /// The folder of StructureDefinitions, ValueSets and CodeSystems.
-    pub profiles: String,
-    /// Hold every Observation coded LOINC 85354-9 to the R4 `bp` profile.
-    pub bp_panels_to_bp_profile: bool,
-    /// Hold every Patient to US Core Patient.
-    pub patients_to_us_core: bool,
-    /// Rule key (`vs-2`, `binding`, `dom-6`, ...) to `quarantine` or `warn`, overriding the severity
-    /// the profile gives.
-    pub policy: BTreeMap<String, Policy>,
-}
-
-impl Default for ValidateConfig {
-    fn default() -> Self {
-        ValidateConfig {
-            enabled: true,
-            profiles: DEFAULT_PROFILES.into(),
-            bp_panels_to_bp_profile: true,
-            patients_to_us_core: false,
-            policy: BTreeMap::new(),
-        }
-    }
-}
-
 /// Validates resources against the shipped profiles.
 pub struct ProfileValidator {
     set: Arc<ProfileSet>,
     config: ValidateConfig,
 }
-
-/// The profiles folder a checkout has. Where it is missing (the binary run from another folder),
-/// the profiles built into the binary are used; a folder the configuration names must exist.
-pub const DEFAULT_PROFILES: &str = "profiles";
 
 impl ProfileValidator {
     pub fn load(config: &ValidateConfig) -> Result<Self, ProfileError> {

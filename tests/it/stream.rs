@@ -609,3 +609,84 @@ async fn blob_checkpoint_store_lets_exactly_one_racer_own_a_partition() {
         ]
     );
 }
+
+/// Active data files of a table (the Parquet files its current version reads).
+async fn active_files(lake: &vitalake::lake::Lake, table: &str) -> usize {
+    let table = lake.existing_table(table).await.unwrap().unwrap();
+    table.snapshot().unwrap().log_data().into_iter().count()
+}
+
+/// A long-running stream keeps its tables' file counts bounded by itself: a landing a second
+/// adds files to bronze and silver, and the background compaction folds them together while
+/// the stream lands, without losing or doubling an event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_stream_compacts_its_small_files_and_keeps_every_event_once() {
+    let (dir, lake) = temp_lake();
+    let sample = generate_stream(&dir.path().join("stream"), 4, 6, 3);
+    let all: Vec<String> = std::fs::read_to_string(&sample)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let file = dir.path().join("live.ndjson");
+    std::fs::write(&file, "").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = stream(
+        &dir.path().join("lake"),
+        &file,
+        &[
+            "--follow",
+            "--batch-ms",
+            "100",
+            "--compact-files",
+            "3",
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    // Twenty landings or more, over two compaction rounds.
+    let chunks: Vec<&[String]> = all.chunks(all.len().div_ceil(20)).collect();
+    for chunk in &chunks {
+        writer
+            .write_all((chunk.join("\n") + "\n").as_bytes())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    let counter = |name: &str| {
+        metrics(port)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse::<u64>().ok())
+    };
+    wait_for("every line landed", || {
+        counter("vitalake_stream_events_total") == Some(all.len() as u64)
+    });
+    // A whole round after the last landing leaves every table at or under the threshold (the
+    // round under way may have passed a table before its last landing).
+    let rounds = counter("vitalake_compaction_rounds_total").unwrap();
+    wait_for("a compaction round after the last landing", || {
+        counter("vitalake_compaction_rounds_total").unwrap() >= rounds + 2
+    });
+    assert!(counter("vitalake_compactions_total").unwrap() > 0);
+    let status = terminate(&mut child);
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+    for table in [
+        "bronze/eventhubs/observations",
+        "silver/fhir/blood_pressure",
+    ] {
+        let files = active_files(&lake, table).await;
+        assert!(files <= 3, "{table} holds {files} files");
+    }
+    assert_every_event_once(&lake, &expected(&file)).await;
+}

@@ -29,11 +29,12 @@ use std::time::Instant;
 use deltalake::arrow::array::ArrayRef;
 use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
 use deltalake::arrow::record_batch::RecordBatch;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::lake::{Lake, LakeError, Lease};
 
+pub use crate::config::SourceConfig;
 use catalog::Table;
 pub use expectations::Expectation;
 pub use report::{DbReport, SourceReport, TableReport};
@@ -74,28 +75,6 @@ impl DbError {
             message,
         }
     }
-}
-
-/// One source database, from `[[db.sources]]` in `vitalake.toml` or `--source URL`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SourceConfig {
-    /// `mysql://user@host:3306/ikhospital` or `postgres://user@host:5432/ikhospital`. A password in
-    /// the URL works but belongs in the environment: `password_env`, else `MYSQL_PWD` / `PGPASSWORD`.
-    pub url: String,
-    /// The environment variable holding the password.
-    pub password_env: Option<String>,
-    /// Table name patterns to extract (`*`, `?`); empty: every table.
-    pub include: Vec<String>,
-    /// Table name patterns to leave out.
-    pub exclude: Vec<String>,
-    /// Extract views too.
-    pub views: bool,
-    /// PostgreSQL schema (default `public`).
-    pub schema: Option<String>,
-    /// Cursor column per table, where the detected one (an `updated_at`-like timestamp, else an
-    /// auto-increment key) is not the right one.
-    pub cursors: BTreeMap<String, String>,
 }
 
 /// Which server a URL points at.

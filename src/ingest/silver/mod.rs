@@ -93,7 +93,7 @@ pub async fn ensure_view_tables(lake: &Lake, views: &SilverViews) -> Result<(), 
     Ok(())
 }
 
-pub(super) fn versions_table(resource_type: &str) -> String {
+pub fn versions_table(resource_type: &str) -> String {
     format!("{VERSIONS_PREFIX}/{resource_type}")
 }
 

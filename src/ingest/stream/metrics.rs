@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::compaction::CompactionStats;
 use crate::alerts::outbox::OutboxStats;
 use crate::stream::event_hubs::Recoveries;
 
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub recoveries: Arc<Recoveries>,
     /// What the alert outbox did.
     pub alert_outbox: Arc<OutboxStats>,
+    /// What the background compaction did.
+    pub compaction: Arc<CompactionStats>,
 }
 
 impl Metrics {
@@ -103,6 +106,30 @@ impl Metrics {
             "vitalake_alert_send_failures_total",
             "Sends to the alert sink that failed (retried).",
             &self.alert_outbox.failed_sends,
+        );
+        counter(
+            &mut out,
+            "vitalake_compaction_rounds_total",
+            "Rounds of the background compaction over the stream's tables.",
+            &self.compaction.rounds,
+        );
+        counter(
+            &mut out,
+            "vitalake_compactions_total",
+            "Background compactions of a table the stream writes.",
+            &self.compaction.compactions,
+        );
+        counter(
+            &mut out,
+            "vitalake_compaction_files_removed_total",
+            "Small files background compactions replaced.",
+            &self.compaction.files_removed,
+        );
+        counter(
+            &mut out,
+            "vitalake_compaction_failures_total",
+            "Background compactions that failed (tried again next round).",
+            &self.compaction.failures,
         );
         let _ = writeln!(
             out,

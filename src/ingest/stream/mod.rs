@@ -10,6 +10,7 @@
 //! whether it came in a file or on the stream.
 
 pub mod alerting;
+pub mod compaction;
 pub mod events;
 pub mod land;
 pub mod metrics;
@@ -57,6 +58,9 @@ pub struct StreamOptions {
     pub consumer_group: String,
     /// The anomaly rules, evaluated on every reading as it arrives.
     pub rules: Option<RulesOptions>,
+    /// A table this stream writes is compacted in the background once it has more active files
+    /// than this ([`compaction`]); 0 leaves compaction to `vitalake maintain`.
+    pub compact_files: usize,
 }
 
 pub struct RulesOptions {
@@ -86,6 +90,8 @@ pub struct StreamReport {
     /// Alerts for clinicians still waiting for the sink when the stream stopped: the next start
     /// sends them.
     pub alerts_waiting: u64,
+    /// Background compactions of the stream's tables.
+    pub compactions: u64,
     pub duration_secs: f64,
 }
 
@@ -143,6 +149,16 @@ pub async fn run_stream(
         }
         None => None,
     };
+    let compacting = CancellationToken::new();
+    let compactor = (options.compact_files > 0).then(|| {
+        compaction::spawn(
+            lake.clone(),
+            stream_tables(&options.hub, &views),
+            options.compact_files,
+            metrics.compaction.clone(),
+            compacting.clone(),
+        )
+    });
     let decoder = Arc::new(EventDecoder {
         options: options.decode.clone(),
         checks: options.checks.clone(),
@@ -224,6 +240,14 @@ pub async fn run_stream(
             landed?;
         }
     }
+    compacting.cancel();
+    if let Some(compactor) = compactor {
+        let _ = compactor.await;
+        report.compactions = metrics
+            .compaction
+            .compactions
+            .load(std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(alerting) = alerting {
         report.alerts_waiting = alerting.close().await;
         report.alerts_delivered = metrics
@@ -239,6 +263,31 @@ pub async fn run_stream(
         "stream stopped"
     );
     Ok(report)
+}
+
+/// The tables a stream of `hub` writes: its bronze event table, quarantine, the version index and
+/// silver views of the stream's resource types, and the alert tables.
+fn stream_tables(hub: &str, views: &SilverViews) -> Vec<String> {
+    use crate::ingest::silver::{versions_table, view_table};
+    let mut tables = vec![
+        events::bronze_events_table(hub),
+        crate::ingest::tables::QUARANTINE_TABLE.to_string(),
+    ];
+    for resource_type in events::STREAM_TYPES {
+        tables.push(versions_table(resource_type));
+        tables.extend(
+            views
+                .views()
+                .iter()
+                .filter(|v| v.resource() == resource_type)
+                .filter_map(|v| v.name().map(view_table)),
+        );
+    }
+    tables.extend([
+        crate::alerts::table::ALERTS_TABLE.to_string(),
+        crate::alerts::table::DELIVERIES_TABLE.to_string(),
+    ]);
+    tables
 }
 
 /// What a partition's reader asks the writer.
@@ -676,6 +725,13 @@ impl std::fmt::Display for StreamReport {
                 f,
                 "  {} events an earlier run left between bronze and silver were merged into silver",
                 self.recovered_events
+            )?;
+        }
+        if self.compactions > 0 {
+            writeln!(
+                f,
+                "  {} background compactions of the stream's tables",
+                self.compactions
             )?;
         }
         Ok(())
