@@ -11,8 +11,8 @@ use deltalake::arrow::util::pretty::pretty_format_batches;
 use tokio_util::sync::CancellationToken;
 
 use crate::ingest::IngestOptions;
-use crate::ingest::stream::{RulesOptions, StreamOptions, run_stream};
 use crate::lake::Lake;
+use crate::live::{RulesOptions, StreamOptions, run_stream};
 use crate::stream::{BatchBounds, SourceSpec};
 
 pub struct DemoOptions {

@@ -1,24 +1,32 @@
 //! vitalake: FHIR drops, device streams and hospital databases into one Delta Lake.
 //!
-//! The crate is a map of small modules, each with one job (see `DESIGN.md` in the shared folder):
+//! The crate is a map of small modules, each with one job (see `DESIGN.md` in the shared folder),
+//! listed here in layers: a module uses only modules listed above it.
 //!
-//! - [`config`]: `vitalake.toml` plus environment overrides; secrets only from the environment.
-//! - [`entra`]: Microsoft Entra ID sign-in from the environment (Event Hubs, FHIR services).
+//! - [`config`]: `vitalake.toml` plus environment overrides, and every part's settings types;
+//!   secrets only from the environment.
 //! - [`issue`]: one finding about a record (severity, location, rule, message), shared by every checker.
-//! - [`lake`]: Delta tables: paths, open/create, append, delete; knows nothing about FHIR.
+//! - [`entra`]: Microsoft Entra ID sign-in from the environment (Event Hubs, FHIR services).
+//! - [`lake`]: Delta tables: paths, open/create, append, delete, maintenance; knows nothing about FHIR.
 //! - [`fhir`]: decoding FHIR JSON (single resources, Bundles of any type, NDJSON) and structural checks.
 //! - [`fhirpath`]: the FHIRPath engine (parser, evaluator, function table) over a resource's JSON.
 //! - [`validate`]: the seam where profile validation plugs into ingestion.
 //! - [`views`]: SQL-on-FHIR v2 ViewDefinitions compiled and run into Arrow record batches.
-//! - [`stream`]: event sources (file, stdin), micro-batching, and the Event Hubs checkpoint store.
+//! - [`stream`]: event sources (Event Hubs, file, stdin), micro-batching, and the Event Hubs
+//!   checkpoint store; it knows nothing of the lake's tables.
 //! - [`ingest`]: file drops, database extracts and stream micro-batches into bronze, silver and
 //!   quarantine, exactly once.
+//! - [`rules`]: rule files, the per-patient evaluator over readings, rule tests and backtests;
+//!   pure: it reads neither FHIR nor the lake.
 //! - [`alerts`]: alert events (CloudEvents), their sinks, the outbox that retries a failing sink,
 //!   and the `silver/alerts` and `silver/alert_deliveries` tables.
+//! - [`live`]: the `vitalake stream` runner: a `stream` source landed by `ingest`, the `rules` on
+//!   each reading that passed its checks, their alerts to an `alerts` sink, background compaction.
 //! - [`terminology`]: code tables (CodeSystems, ConceptMaps, CSV) in the lake, for gold SQL.
 //! - [`gold`]: the lake as SQL (every table in one catalogue), read-only queries, the gold tables.
 //! - [`serve`]: the PostgreSQL-wire server over that catalogue: sign-in, roles and masks, read-only.
 //! - [`generate`]: deterministic synthetic FHIR drops and streams for samples, tests and benchmarks.
+//! - [`demo`]: the main job on the bundled samples, end to end.
 //!
 //! `main.rs` and `cmd/` are only the command line: each command turns its arguments into the option
 //! types here and prints the report it gets back.
@@ -34,6 +42,7 @@ pub mod gold;
 pub mod ingest;
 pub mod issue;
 pub mod lake;
+pub mod live;
 pub mod rules;
 pub mod serve;
 pub mod stream;

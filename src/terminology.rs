@@ -16,8 +16,7 @@ use serde_json::Value as Json;
 
 use crate::lake::{AppendBuilder, Lake, LakeError};
 
-pub const CONCEPTS_TABLE: &str = "silver/terminology/concepts";
-pub const MAPS_TABLE: &str = "silver/terminology/maps";
+pub use crate::lake::layout::{CONCEPTS_TABLE, MAPS_TABLE};
 
 fn text(name: &str, nullable: bool) -> Field {
     Field::new(name, DataType::Utf8, nullable)

@@ -54,7 +54,7 @@ struct Queue {
 }
 
 pub struct Outbox {
-    sink: Sink,
+    sink: Box<dyn Sink>,
     /// The sink's spec, in every receipt.
     sink_name: String,
     lake: Lake,
@@ -67,7 +67,12 @@ pub struct Outbox {
 
 impl Outbox {
     /// Starts the sender of `sink` (named `sink_name`), recording receipts in `lake`.
-    pub fn start(sink: Sink, sink_name: &str, lake: Lake, stats: Arc<OutboxStats>) -> Arc<Outbox> {
+    pub fn start(
+        sink: Box<dyn Sink>,
+        sink_name: &str,
+        lake: Lake,
+        stats: Arc<OutboxStats>,
+    ) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox {
             sink,
             sink_name: sink_name.to_string(),

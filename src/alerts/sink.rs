@@ -24,115 +24,136 @@ use crate::stream::event_hubs::{EventHubsOptions, producer_with, send_batch_with
 /// counts it as failed and tries again: short, so that alerts go out soon after the hub is back.
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 
-pub enum Sink {
-    Stdout,
-    File {
-        path: PathBuf,
-        file: Mutex<std::fs::File>,
-    },
-    EventHubs {
-        hub: String,
-        options: Box<EventHubsOptions>,
-        /// Opened on first use and again after a failed send.
-        client: tokio::sync::Mutex<Option<ProducerClient>>,
-    },
+/// A place alerts go. Each sink is a struct of its own (as `vector`'s sinks are): adding one
+/// touches no other. A send succeeds or fails as a whole; the outbox retries a failed one.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Sends CloudEvents, each with its patient id (the partition key on Event Hubs).
+    async fn send(&self, events: &[(String, Value)]) -> Result<(), StreamError>;
+
+    async fn close(&self) {}
 }
 
-impl Sink {
-    /// `stdout`, `file:PATH` or `eventhubs:HUB` (connection from the environment, as for streams).
-    pub async fn open(spec: &str) -> Result<Sink, StreamError> {
-        if spec == "stdout" || spec == "-" {
-            return Ok(Sink::Stdout);
-        }
-        if let Some(path) = spec.strip_prefix("file:") {
-            let path = PathBuf::from(path);
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|source| StreamError::Read {
-                    path: parent.display().to_string(),
-                    source,
-                })?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(|source| StreamError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            return Ok(Sink::File {
-                path,
-                file: Mutex::new(file),
-            });
-        }
-        if let Some(hub) = spec.strip_prefix("eventhubs:") {
-            let options = EventHubsOptions::for_alerts(hub)?;
-            let client = match alert_producer(&options).await {
-                Ok(client) => Some(client),
-                Err(e) => {
-                    tracing::warn!(hub, error = %e, "the alert hub cannot be reached yet; alerts wait in the outbox");
-                    None
-                }
-            };
-            return Ok(Sink::EventHubs {
-                hub: hub.to_string(),
-                options: Box::new(options),
-                client: tokio::sync::Mutex::new(client),
-            });
-        }
-        Err(StreamError::BadSink(spec.to_string()))
+/// `stdout`, `file:PATH` or `eventhubs:HUB` (connection from the environment, as for streams).
+pub async fn open(spec: &str) -> Result<Box<dyn Sink>, StreamError> {
+    if spec == "stdout" || spec == "-" {
+        return Ok(Box::new(Stdout));
     }
+    if let Some(path) = spec.strip_prefix("file:") {
+        return Ok(Box::new(File::open(PathBuf::from(path))?));
+    }
+    if let Some(hub) = spec.strip_prefix("eventhubs:") {
+        return Ok(Box::new(EventHubs::open(hub).await?));
+    }
+    Err(StreamError::BadSink(spec.to_string()))
+}
 
-    /// Sends CloudEvents (each with its patient id, the partition key on Event Hubs).
-    pub async fn send(&self, events: &[(String, Value)]) -> Result<(), StreamError> {
+/// One CloudEvent per line on standard output.
+pub struct Stdout;
+
+#[async_trait::async_trait]
+impl Sink for Stdout {
+    async fn send(&self, events: &[(String, Value)]) -> Result<(), StreamError> {
+        let mut out = std::io::stdout().lock();
+        for (_, event) in events {
+            let _ = writeln!(out, "{event}");
+        }
+        let _ = out.flush();
+        Ok(())
+    }
+}
+
+/// One CloudEvent per line, appended to a file (created with its folder).
+pub struct File {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+}
+
+impl File {
+    fn open(path: PathBuf) -> Result<File, StreamError> {
+        let failed = |path: &std::path::Path| {
+            let path = path.display().to_string();
+            move |source| StreamError::Read { path, source }
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(failed(parent))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(failed(&path))?;
+        Ok(File {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for File {
+    async fn send(&self, events: &[(String, Value)]) -> Result<(), StreamError> {
+        let mut text = String::new();
+        for (_, event) in events {
+            text.push_str(&event.to_string());
+            text.push('\n');
+        }
+        let mut file = self.file.lock().expect("alert file lock");
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.flush())
+            .map_err(|source| StreamError::Read {
+                path: self.path.display().to_string(),
+                source,
+            })
+    }
+}
+
+/// An Event Hub, the patient as partition key; on a namespace of its own if
+/// `ALERTS_EVENTHUBS_*` says so.
+pub struct EventHubs {
+    hub: String,
+    options: Box<EventHubsOptions>,
+    /// Opened on first use and again after a failed send.
+    client: tokio::sync::Mutex<Option<ProducerClient>>,
+}
+
+impl EventHubs {
+    async fn open(hub: &str) -> Result<EventHubs, StreamError> {
+        let options = EventHubsOptions::for_alerts(hub)?;
+        let client = match alert_producer(&options).await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                tracing::warn!(hub, error = %e, "the alert hub cannot be reached yet; alerts wait in the outbox");
+                None
+            }
+        };
+        Ok(EventHubs {
+            hub: hub.to_string(),
+            options: Box::new(options),
+            client: tokio::sync::Mutex::new(client),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for EventHubs {
+    async fn send(&self, events: &[(String, Value)]) -> Result<(), StreamError> {
         if events.is_empty() {
             return Ok(());
         }
-        match self {
-            Sink::Stdout => {
-                let mut out = std::io::stdout().lock();
-                for (_, event) in events {
-                    let _ = writeln!(out, "{event}");
-                }
-                let _ = out.flush();
-                Ok(())
-            }
-            Sink::File { path, file } => {
-                let mut text = String::new();
-                for (_, event) in events {
-                    text.push_str(&event.to_string());
-                    text.push('\n');
-                }
-                let mut file = file.lock().expect("alert file lock");
-                file.write_all(text.as_bytes())
-                    .and_then(|()| file.flush())
-                    .map_err(|source| StreamError::Read {
-                        path: path.display().to_string(),
-                        source,
-                    })
-            }
-            Sink::EventHubs {
-                hub,
-                options,
-                client,
-            } => {
-                let mut client = client.lock().await;
-                if client.is_none() {
-                    *client = Some(alert_producer(options).await?);
-                }
-                let sent = send_to_hub(hub, client.as_ref().expect("opened"), events).await;
-                if sent.is_err() {
-                    close_producer(client.take()).await;
-                }
-                sent
-            }
+        let mut client = self.client.lock().await;
+        if client.is_none() {
+            *client = Some(alert_producer(&self.options).await?);
         }
+        let sent = send_to_hub(&self.hub, client.as_ref().expect("opened"), events).await;
+        if sent.is_err() {
+            close_producer(client.take()).await;
+        }
+        sent
     }
 
-    pub async fn close(&self) {
-        if let Sink::EventHubs { client, .. } = self {
-            close_producer(client.lock().await.take()).await;
-        }
+    async fn close(&self) {
+        close_producer(self.client.lock().await.take()).await;
     }
 }
 

@@ -20,7 +20,7 @@ use crate::lake::utc_timestamp;
 use crate::lake::{Lake, LakeError};
 use crate::rules::evaluate::AlertEvent;
 
-pub const ALERTS_TABLE: &str = "silver/alerts";
+pub use crate::lake::layout::{ALERTS_TABLE, DELIVERIES_TABLE};
 
 pub static ALERTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![
@@ -98,8 +98,6 @@ pub async fn append(lake: &Lake, rows: RecordBatch) -> Result<(), LakeError> {
         .await?;
     Ok(())
 }
-
-pub const DELIVERIES_TABLE: &str = "silver/alert_deliveries";
 
 pub static DELIVERIES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     Arc::new(Schema::new(vec![

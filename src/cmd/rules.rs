@@ -78,7 +78,7 @@ pub async fn run(config: &Config, command: RulesCommand) -> anyhow::Result<ExitC
             let since = duration_millis("--since", &args.since)?;
             let lake = open_lake(config)?;
             let now = chrono::Utc::now().timestamp_millis();
-            let readings = vitalake::ingest::stream::readings::from_silver(&lake, now - since)
+            let readings = vitalake::live::readings::from_silver(&lake, now - since)
                 .await
                 .map_err(vitalake::Error::from)?;
             let report = backtest::run(&set, &readings, now);

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use vitalake::config::Config;
 use vitalake::ingest::IngestError;
-use vitalake::ingest::stream::{RulesOptions, StreamOptions, run_stream};
+use vitalake::live::{RulesOptions, StreamOptions, run_stream};
 use vitalake::stream::{BatchBounds, SourceSpec};
 
 use super::{cancel_on_signal, duration_millis, ingest_options, open_lake, print_report};

@@ -187,7 +187,7 @@ pub async fn refresh(
             batches.push(RecordBatch::new_empty(schema));
         }
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
-        let path = format!("gold/{}", table.name);
+        let path = crate::lake::layout::gold_table(&table.name);
         let mut append = AppendBuilder::new(lake.table(&path).await?, &path, batches)
             .with_metadata("vitalake.operation", "refresh gold");
         append = match &replaced {

@@ -19,17 +19,12 @@ use deltalake::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use crate::fhir::{Location, Rejected, ResourceRecord};
 use crate::lake::utc_timestamp;
 
-pub const INGEST_LOG_TABLE: &str = "bronze/ingest_log";
-pub const INGEST_RUNS_TABLE: &str = "bronze/ingest_runs";
-pub const QUARANTINE_TABLE: &str = "silver/quarantine";
-pub const BRONZE_FHIR_PREFIX: &str = "bronze/fhir";
+pub use crate::lake::layout::{
+    BRONZE_FHIR_PREFIX, INGEST_LOG_TABLE, INGEST_RUNS_TABLE, QUARANTINE_TABLE, bronze_fhir_table,
+};
 
 /// Quarantined raw text is cut here; `raw_bytes` keeps the original size.
 pub const QUARANTINE_RAW_LIMIT: usize = 1 << 20;
-
-pub fn bronze_fhir_table(resource_type: &str) -> String {
-    format!("{BRONZE_FHIR_PREFIX}/{resource_type}")
-}
 
 fn utf8(name: &str, nullable: bool) -> Field {
     Field::new(name, DataType::Utf8, nullable)

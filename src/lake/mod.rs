@@ -8,6 +8,7 @@
 pub mod append;
 pub mod changes;
 pub mod delete;
+pub mod layout;
 pub mod lease;
 pub mod maintain;
 pub mod merge;

@@ -35,7 +35,7 @@ pub struct Backtest {
 }
 
 /// Replays `readings` (in effective-time order; silver's, read by
-/// `ingest::stream::readings::from_silver`) through `rules` as of `now`.
+/// `live::readings::from_silver`) through `rules` as of `now`.
 pub fn run(rules: &RuleSet, readings: &[Reading], now: i64) -> Backtest {
     let mut evaluator = Evaluator::new(rules, Options::default());
     let mut figures: BTreeMap<String, (RuleFigures, HashSet<String>)> = rules

@@ -2,7 +2,7 @@
 //! 85354-9 or 55284-4 panels, components 8480-6 systolic and 8462-4 diastolic) or `heart_rate`
 //! (LOINC 8867-4), as `profiles/views/blood_pressure.json` and `heart_rate.json` define them. The
 //! rules never read FHIR or the lake: the stream hands them the rows its pipeline flattened, and
-//! warm-up and backtest the rows silver holds (`ingest::stream::readings`).
+//! warm-up and backtest the rows silver holds (`live::readings`).
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {

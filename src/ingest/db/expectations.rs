@@ -26,7 +26,7 @@ use crate::lake::{AppendBuilder, Lake, read};
 
 use super::DbError;
 
-pub const EXPECTATIONS_TABLE: &str = "silver/expectations";
+pub use crate::lake::layout::EXPECTATIONS_TABLE;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -51,9 +51,10 @@ pub struct Target {
 
 impl Target {
     pub fn new(engine: Engine, database: &str, table: &str) -> Target {
-        let bronze = format!("bronze/{}/{database}/{table}", engine.label());
+        let (bronze, silver) =
+            crate::lake::layout::database_tables(engine.label(), database, table);
         Target {
-            silver: format!("silver/{database}/{table}"),
+            silver,
             app_id: format!("vitalake-extract/{bronze}"),
             bronze,
         }

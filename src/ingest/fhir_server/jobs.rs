@@ -24,7 +24,7 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::lake::{AppendBuilder, Lake, LakeError, read, utc_timestamp};
 
-pub const FHIR_EXPORTS_TABLE: &str = "bronze/fhir_exports";
+pub use crate::lake::layout::FHIR_EXPORTS_TABLE;
 
 static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     let text = |name: &str, nullable| Field::new(name, DataType::Utf8, nullable);

@@ -60,16 +60,11 @@ use crate::lake::stream_append::append_columns;
 use crate::lake::{AppendBuilder, Lake, LakeError, delete, read};
 use crate::views::{self, Cell, View, ViewError};
 
-pub const VERSIONS_PREFIX: &str = "silver/versions";
-pub const HISTORY_TABLE: &str = "silver/fhir/patient_history";
+pub use crate::lake::layout::{HISTORY_TABLE, VERSIONS_PREFIX, versions_table, view_table};
 /// The view whose rows `patient_history` keeps the history of.
 pub const HISTORY_VIEW: &str = "patient";
 /// The quarantine stage of resources a view could not evaluate.
 pub const VIEW_STAGE: &str = "silver view";
-
-pub fn view_table(name: &str) -> String {
-    format!("silver/fhir/{name}")
-}
 
 /// Creates, empty, every view's table that no run has written yet: a silver table exists from the
 /// first run on, whether or not its resources have arrived, so that BI tools, gold SQL and
@@ -77,7 +72,11 @@ pub fn view_table(name: &str) -> String {
 /// is as good.
 pub async fn ensure_view_tables(lake: &Lake, views: &SilverViews) -> Result<(), IngestError> {
     // One listing, not a log read per view: this runs at the start of every ingest and stream.
-    let existing: HashSet<String> = lake.list_tables("silver/fhir").await?.into_iter().collect();
+    let existing: HashSet<String> = lake
+        .list_tables(crate::lake::layout::SILVER_FHIR_PREFIX)
+        .await?
+        .into_iter()
+        .collect();
     for view in views.views() {
         let name = view_table(view.name().unwrap_or_default());
         if existing.contains(&name) {
@@ -91,10 +90,6 @@ pub async fn ensure_view_tables(lake: &Lake, views: &SilverViews) -> Result<(), 
         }
     }
     Ok(())
-}
-
-pub fn versions_table(resource_type: &str) -> String {
-    format!("{VERSIONS_PREFIX}/{resource_type}")
 }
 
 /// The views shipped with vitalake, used when the configured folder does not exist.

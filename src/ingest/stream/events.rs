@@ -20,7 +20,6 @@ use deltalake::arrow::datatypes::{
 use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, decode};
 use crate::ingest::silver::{Flattened, SilverViews, flatten_ahead};
 use crate::issue::Issue;
-use crate::rules::Reading;
 use crate::stream::{Event, StreamId};
 use crate::validate::Check;
 
@@ -40,9 +39,14 @@ pub struct EventDecoder {
 pub struct Prepared {
     pub record: Decoded,
     pub flattened: Option<Flattened>,
-    /// The vital-sign readings of a resource that passed every check and view, for the anomaly
-    /// rules: a reading that lands in quarantine never raises an alert.
-    pub readings: Vec<Reading>,
+}
+
+impl Prepared {
+    /// The view rows of a resource that passed every check and view: what lands in silver. A
+    /// resource on its way to quarantine has none (and so raises no alert).
+    pub fn landing_rows(&self) -> Option<&Flattened> {
+        self.flattened.as_ref().filter(|f| !f.quarantines())
+    }
 }
 
 impl EventDecoder {
@@ -54,24 +58,11 @@ impl EventDecoder {
         decode_event(event, &self.options, &self.checks)
             .into_iter()
             .map(|mut record| {
-                let (flattened, readings) = match &mut record {
-                    Decoded::Resource(resource) => {
-                        let flattened = flatten_ahead(&self.views, resource);
-                        let readings = match &flattened {
-                            Some(f) if !f.quarantines() => {
-                                super::readings::from_view_rows(&self.views, f)
-                            }
-                            _ => Vec::new(),
-                        };
-                        (flattened, readings)
-                    }
-                    Decoded::Rejected(_) => (None, Vec::new()),
+                let flattened = match &mut record {
+                    Decoded::Resource(resource) => flatten_ahead(&self.views, resource),
+                    Decoded::Rejected(_) => None,
                 };
-                Prepared {
-                    record,
-                    flattened,
-                    readings,
-                }
+                Prepared { record, flattened }
             })
             .collect()
     }
@@ -80,9 +71,7 @@ impl EventDecoder {
 /// The resource types a stream event may carry (alone or in a Bundle).
 pub const STREAM_TYPES: [&str; 2] = ["Observation", "MedicationDispense"];
 
-pub fn bronze_events_table(hub: &str) -> String {
-    format!("bronze/eventhubs/{hub}")
-}
+pub use crate::lake::layout::bronze_events_table;
 
 /// The partition keys (the patients, as `vitalake send` and the devices key their events) of the
 /// events a partition brought since `since` (Unix ms, enqueued time), from the bronze event table.

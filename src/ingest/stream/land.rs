@@ -14,6 +14,7 @@ use std::sync::Arc;
 use azure_messaging_eventhubs::CheckpointStore;
 use azure_messaging_eventhubs::models::Checkpoint;
 use deltalake::DeltaTable;
+use deltalake::arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -22,7 +23,6 @@ use super::events::{
     DATE_COLUMN, EventDecoder, LandedEvent, Prepared, bronze_batch, bronze_events_table,
     events_from_bronze, source_name, source_uri,
 };
-use crate::alerts;
 use crate::fhir::{Decoded, Rejected, ResourceRecord};
 use crate::ingest::IngestError;
 use crate::ingest::silver::{Flattened, SilverViews, SilverWriter, from_records, quote};
@@ -46,8 +46,16 @@ pub struct PartitionBatch {
     /// `decoded[i]` is `events[i]` decoded ahead by the reader, while earlier batches landed;
     /// empty when the batch was not decoded ahead (the landing decodes it then).
     pub decoded: Vec<Vec<Prepared>>,
-    /// The alerts the rules raised on these events (already sent), recorded before bronze.
-    pub alerts: Vec<super::alerting::Alert>,
+    /// Rows to put on record before these events reach bronze (the alerts the rules raised on
+    /// them): once an event is in bronze it is not read again, so what it raised must be kept by
+    /// then.
+    pub record_first: Vec<RecordFirst>,
+}
+
+/// Rows for another table that a batch puts on record before its bronze commit.
+pub struct RecordFirst {
+    pub table: &'static str,
+    pub rows: RecordBatch,
 }
 
 impl PartitionBatch {
@@ -74,7 +82,7 @@ impl PartitionBatch {
             self.decoded.clear();
         }
         self.events.append(&mut later.events);
-        self.alerts.append(&mut later.alerts);
+        self.record_first.append(&mut later.record_first);
     }
 }
 
@@ -85,7 +93,8 @@ pub struct Landed {
     pub resources: u64,
     pub quarantined: u64,
     pub silver_rows: u64,
-    pub alerts: u64,
+    /// Rows put on record before bronze ([`RecordFirst`]).
+    pub recorded_first: u64,
 }
 
 /// Lands the batches of one stream; keeps its tables open between batches.
@@ -132,6 +141,11 @@ impl<'l> Lander<'l> {
     /// The bronze table the events land in.
     pub fn bronze_path(&self) -> &str {
         &self.table_name
+    }
+
+    /// The `source_uri` of a partition's rows.
+    pub fn source_uri(&self, partition_id: &str) -> String {
+        source_uri(&self.stream, partition_id)
     }
 
     async fn bronze_table(&mut self) -> Result<DeltaTable, IngestError> {
@@ -239,15 +253,14 @@ impl<'l> Lander<'l> {
             if batches.is_empty() {
                 break None;
             }
-            // Alerts first: once an event is in bronze it is not read again, so its alerts must
-            // be on record by then (see `alerting`).
+            // What the events raised first: once an event is in bronze it is not read again.
             for batch in &mut batches {
-                if !batch.alerts.is_empty() {
-                    let source = source_uri(&self.stream, &batch.partition_id);
-                    let rows = alerts::table::alert_rows(&batch.alerts, &source);
-                    alerts::table::append(self.lake, rows).await?;
-                    landed.alerts += batch.alerts.len() as u64;
-                    batch.alerts.clear();
+                for first in std::mem::take(&mut batch.record_first) {
+                    landed.recorded_first += first.rows.num_rows() as u64;
+                    let table = self.lake.table(first.table).await?;
+                    AppendBuilder::new(table, first.table, vec![first.rows])
+                        .execute()
+                        .await?;
                 }
             }
             let batch_id = uuid::Uuid::now_v7().to_string();
@@ -600,7 +613,6 @@ mod tests {
                     vec![Prepared {
                         record: Decoded::Rejected(Rejected::new("", location, issue)),
                         flattened: None,
-                        readings: Vec::new(),
                     }]
                 })
                 .collect()
@@ -611,7 +623,7 @@ mod tests {
             partition_id: "0".into(),
             events,
             decoded,
-            alerts: Vec::new(),
+            record_first: Vec::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::lake::{Lake, LakeError, read};
 use crate::rules::Reading;
 use crate::views::Cell;
 
-/// The silver tables of the views readings come from.
+/// The silver tables of the views readings come from (`blood_pressure`, `heart_rate`).
 pub const READING_TABLES: [&str; 2] = ["silver/fhir/blood_pressure", "silver/fhir/heart_rate"];
 
 /// The readings among a flattened resource's view rows: its `blood_pressure` and `heart_rate`
@@ -188,8 +188,8 @@ pub async fn newest_time(lake: &Lake) -> Result<Option<i64>, LakeError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::events::EventDecoder;
     use crate::fhir::DecodeOptions;
+    use crate::ingest::stream::events::EventDecoder;
     use crate::rules::reading::parse_time;
     use crate::stream::Event;
 
@@ -197,10 +197,11 @@ mod tests {
 
     /// The readings the stream's pipeline gives the rules for each line of `text`.
     fn readings(text: &str) -> Vec<Vec<Reading>> {
+        let views = SilverViews::load(std::path::Path::new("no such folder")).unwrap();
         let decoder = EventDecoder {
             options: DecodeOptions::default(),
             checks: Vec::new(),
-            views: SilverViews::load(std::path::Path::new("no such folder")).unwrap(),
+            views: views.clone(),
         };
         text.lines()
             .map(|line| {
@@ -210,8 +211,9 @@ mod tests {
                 };
                 decoder
                     .decode(&event)
-                    .into_iter()
-                    .flat_map(|p| p.readings)
+                    .iter()
+                    .filter_map(|p| p.landing_rows())
+                    .flat_map(|rows| from_view_rows(&views, rows))
                     .collect()
             })
             .collect()
@@ -219,7 +221,7 @@ mod tests {
 
     #[test]
     fn the_stream_samples_first_readings_come_from_the_views() {
-        let sample = include_str!("../../../samples/stream/observations.ndjson");
+        let sample = include_str!("../../samples/stream/observations.ndjson");
         let first_two: String = sample.lines().take(2).map(|l| format!("{l}\n")).collect();
         let readings = readings(&first_two);
         let [bp] = &readings[0][..] else {

@@ -21,11 +21,13 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{IngestError, events, readings};
+use super::readings;
 use crate::alerts::Outgoing;
 use crate::alerts::outbox::{Outbox, OutboxStats};
-use crate::alerts::sink::Sink;
+use crate::alerts::sink;
 use crate::alerts::{cloud_event, table};
+use crate::ingest::IngestError;
+use crate::ingest::stream::events;
 use crate::lake::Lake;
 use crate::rules::Reading;
 use crate::rules::evaluate::{AlertEvent, Delivery, Evaluator, Options};
@@ -66,7 +68,7 @@ impl Alerting {
             path: dir.display().to_string(),
             source: std::io::Error::other(format!("the rules are not valid:\n{problems}")),
         })?;
-        let outbox = Outbox::start(Sink::open(sink).await?, sink, lake.clone(), stats);
+        let outbox = Outbox::start(sink::open(sink).await?, sink, lake.clone(), stats);
         tracing::info!(rules = rules.rules.len(), folder = %dir.display(), "anomaly rules loaded");
         Ok(Arc::new(Alerting {
             folder: Mutex::new(fingerprint(&dir)),
