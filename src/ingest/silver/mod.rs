@@ -39,6 +39,7 @@ mod batches;
 mod bronze;
 mod flatten;
 mod history;
+mod plan;
 mod refresh;
 mod writer;
 

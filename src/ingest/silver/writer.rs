@@ -167,19 +167,6 @@ impl<'l> SilverWriter<'l> {
                 .collect();
             patient_versions(view, &new, &mut chunk_versions);
         }
-        let deletes = latest_deletes(resources.iter());
-        let mut newest: HashMap<String, BronzeResource> = HashMap::new();
-        for resource in resources {
-            if erased(&resource, &deletes) {
-                continue;
-            }
-            match newest.get(&resource.key) {
-                Some(seen) if !newer(&resource, seen) => {}
-                _ => {
-                    newest.insert(resource.key.clone(), resource);
-                }
-            }
-        }
         let candidates: Vec<&String> = maybe_known.iter().collect();
         let looked_up = candidates.len();
         let known = if candidates.is_empty() {
@@ -187,46 +174,28 @@ impl<'l> SilverWriter<'l> {
         } else {
             known_versions(self.lake, resource_type, &candidates).await?
         };
-        let (mut winners, losers): (Vec<BronzeResource>, Vec<BronzeResource>) =
-            newest.into_values().partition(|r| {
-                // A delete in this chunk erased what silver held of its key.
-                deletes.contains_key(&r.key)
-                    || known
-                        .get(&r.key)
-                        .is_none_or(|old| r.version > *old || (self.redo && r.version == *old))
-            });
-        winners.sort_by(|a, b| a.key.cmp(&b.key));
+        let (mut winners, losers) = plan::winners(resources, &known, self.redo);
 
         if !winners.is_empty() {
             let mut flattened: Vec<Flattened> = winners
                 .par_iter_mut()
                 .map(|r| r.flattened.take().unwrap_or_else(|| flatten(&views, r)))
                 .collect();
-            for (index, view) in views.for_type(resource_type) {
-                let mut rows = Vec::new();
-                let mut touched: Vec<&String> = Vec::new();
-                for (resource, flat) in winners.iter().zip(flattened.iter_mut()) {
-                    // Each view's rows are taken once: moved into the batch, not copied.
-                    let view_rows = flat
-                        .rows
-                        .iter_mut()
-                        .find(|(i, _)| *i == index)
-                        .map(|(_, r)| std::mem::take(r))
-                        .unwrap_or_default();
-                    // Only keys that have rows now or may have had rows before need a rewrite.
-                    if !view_rows.is_empty() || known.contains_key(&resource.key) || self.redo {
-                        touched.push(&resource.key);
-                    }
-                    rows.extend(
-                        view_rows
-                            .into_iter()
-                            .enumerate()
-                            .map(|(n, row)| (resource, n, row)),
-                    );
-                }
-                if touched.is_empty() {
-                    continue;
-                }
+            let planned = plan::view_rows(
+                &views,
+                resource_type,
+                &winners,
+                &mut flattened,
+                &known,
+                self.redo,
+            );
+            for plan::ViewRows {
+                index,
+                rows,
+                touched,
+            } in planned
+            {
+                let view = &views.views()[index];
                 let name = view_table(view.name().unwrap_or_default());
                 let replace = self.replace(&touched, &known);
                 metrics.rows += self.write(&name, view_batch(view, rows), replace).await?;
@@ -241,11 +210,7 @@ impl<'l> SilverWriter<'l> {
             )
             .await?;
             metrics.commits += 1;
-            let rejected: Vec<(Rejected, Arc<Provenance>)> = winners
-                .iter()
-                .zip(flattened)
-                .filter_map(|(r, f)| f.rejected.map(|rejected| (rejected, r.provenance.clone())))
-                .collect();
+            let rejected = plan::rejected(&winners, flattened);
             if !rejected.is_empty() {
                 metrics.quarantined += rejected.len() as u64;
                 let replace = if self.redo {
