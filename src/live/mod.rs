@@ -30,10 +30,7 @@ use crate::ingest::stream::events::{self, EventDecoder, Prepared};
 use crate::ingest::stream::land::{Lander, PartitionBatch, RecordFirst};
 use crate::lake::{Lake, Lease};
 use crate::stream::checkpoints::Checkpoints;
-use crate::stream::event_hubs::{self, EventHubsOptions};
-use crate::stream::{
-    BatchBounds, Event, Partition, SourceSpec, StreamError, file, next_batch, stdin,
-};
+use crate::stream::{BatchBounds, Event, Partition, SourceSpec, StreamError, next_batch};
 use crate::validate::Check;
 
 use alerting::{Alert, Alerting};
@@ -160,73 +157,50 @@ pub async fn run_stream(
             decoder.clone(),
         )
     };
-    match source {
-        SourceSpec::EventHubs { hub, start } => {
-            let hub_options = EventHubsOptions {
-                start,
-                ..EventHubsOptions::from_env(&hub, &options.consumer_group)?
-            };
-            let mut source = event_hubs::open(
-                &hub_options,
-                checkpoints.clone(),
-                options.stop.clone(),
-                metrics.recoveries.clone(),
-            )
-            .await?;
-            let mut lander = new_lander(source.stream.clone());
-            let result = land_partitions(
-                &mut lander,
-                &mut source.partitions,
-                &options,
-                alerting.clone(),
-                &metrics,
-                &mut report,
-            )
-            .await;
-            source.shutdown().await;
-            result?;
-        }
-        local => {
-            let stream_id = match &local {
-                SourceSpec::File { .. } => file::stream_id(&options.hub),
-                _ => stdin::stream_id(&options.hub),
-            };
-            // One local reader per file or stdin stream of a hub: two would number events twice.
-            let lease = Lease::acquire(
-                lake,
-                &format!(
-                    ".vitalake-stream-{}-{}.lock",
-                    stream_id.namespace, options.hub
-                ),
-                "stream",
-            )
-            .await?;
-            let mut lander = new_lander(stream_id);
-            let partition = match &local {
-                SourceSpec::File { path, follow } => file::open(path, *follow)?,
-                _ => {
-                    // Standard input is numbered on from what the lake has.
-                    let (committed, redone) = lander.recover(stdin::PARTITION).await?;
-                    report.recovered_events += redone;
-                    stdin::open(committed.unwrap_or(0))
-                }
-            };
-            let (tx, mut partitions) = mpsc::channel(1);
-            tx.send(partition).await.expect("the receiver is here");
-            drop(tx);
-            let landed = land_partitions(
-                &mut lander,
-                &mut partitions,
-                &options,
-                alerting.clone(),
-                &metrics,
-                &mut report,
-            )
-            .await;
-            lease.release().await;
-            landed?;
-        }
+    let mut source = crate::stream::source::open(
+        source,
+        &options.hub,
+        &options.consumer_group,
+        checkpoints.clone(),
+        options.stop.clone(),
+        metrics.recoveries.clone(),
+    )
+    .await?;
+    // One local reader per file or stdin stream of a hub: two would number events twice.
+    let lease = if source.exclusive() {
+        let id = source.id();
+        let name = format!(".vitalake-stream-{}-{}.lock", id.namespace, options.hub);
+        Some(Lease::acquire(lake, &name, "stream").await?)
+    } else {
+        None
+    };
+    let mut lander = new_lander(source.id().clone());
+    let landed = async {
+        let resumed = match source.resumes() {
+            Some(partition_id) => {
+                let (committed, redone) = lander.recover(partition_id).await?;
+                report.recovered_events += redone;
+                committed
+            }
+            None => None,
+        };
+        let mut partitions = source.partitions(resumed)?;
+        land_partitions(
+            &mut lander,
+            &mut partitions,
+            &options,
+            alerting.clone(),
+            &metrics,
+            &mut report,
+        )
+        .await
     }
+    .await;
+    source.shutdown().await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    landed?;
     compacting.cancel();
     if let Some(compactor) = compactor {
         let _ = compactor.await;

@@ -252,6 +252,11 @@ pub struct EventHubsSource {
 }
 
 impl EventHubsSource {
+    /// The partitions as this process claims them (taken once; later calls get a closed channel).
+    pub fn take_partitions(&mut self) -> mpsc::Receiver<Partition> {
+        std::mem::replace(&mut self.partitions, mpsc::channel(1).1)
+    }
+
     pub async fn shutdown(self) {
         if let Err(e) = self.processor.lock().await.shutdown().await {
             tracing::warn!(error = %e, "Event Hubs processor did not stop cleanly");

@@ -13,6 +13,7 @@ pub mod checkpoints;
 pub mod event_hubs;
 pub mod file;
 pub mod send;
+pub mod source;
 pub mod stdin;
 
 use std::collections::BTreeMap;
