@@ -143,7 +143,7 @@ pub async fn check_files(
     options: IngestOptions,
 ) -> Result<CheckReport, IngestError> {
     let files = source::list(paths).await?;
-    let ctx = ProduceContext::new(&options, "validate");
+    let ctx = ProduceContext::new(&options, super::silver::SilverViews::none(), "validate");
     let (tx, mut rx) = mpsc::channel(1);
     let producer =
         tokio::task::spawn_blocking(move || produce::produce(files, HashSet::new(), &ctx, tx));

@@ -14,6 +14,7 @@
 pub mod check;
 pub mod db;
 pub mod fhir_server;
+pub mod prepared;
 pub mod produce;
 pub mod report;
 pub mod runs;
@@ -175,7 +176,7 @@ async fn land_files(
     runs::mark(lake, &batch_id, "started", None).await?;
     tracing::info!(batch_id, files = files.len(), "ingest run started");
 
-    let ctx = ProduceContext::new(&options, &batch_id);
+    let ctx = ProduceContext::new(&options, views.clone(), &batch_id);
     let (tx, rx) = mpsc::channel(1);
     let producer = tokio::task::spawn_blocking(move || produce::produce(files, known, &ctx, tx));
     let written = write_chunks(lake, &views, rx, &batch_id, lease).await;
@@ -233,8 +234,6 @@ async fn write_chunks(
     while let Some(chunk) = rx.recv().await {
         lease.ensure_held()?;
         let commit_started = Instant::now();
-        let bronze_batches: Vec<(String, deltalake::arrow::record_batch::RecordBatch)> =
-            chunk.bronze.clone();
         let mut appends = chunk.bronze;
         if let Some(quarantine) = chunk.quarantine {
             appends.push((QUARANTINE_TABLE.to_string(), quarantine));
@@ -270,9 +269,8 @@ async fn write_chunks(
             tables.insert(path, table);
         }
         // Silver after bronze: what silver holds is always in bronze.
-        for (resource_type, batch) in &bronze_batches {
-            let resources = silver::from_bronze(resource_type, batch);
-            let merged = silver.merge_chunk(resource_type, resources).await?;
+        for (resource_type, resources) in chunk.silver {
+            let merged = silver.merge_chunk(&resource_type, resources).await?;
             written.silver_rows += merged.rows;
             written.quarantine_rows += merged.quarantined;
             written.commits += merged.commits;

@@ -19,7 +19,9 @@ use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, ResourceRecord, de
 use crate::issue::{Issue, Severity};
 use crate::validate::Check;
 
+use super::prepared::{Prepared, prepare};
 use super::report::{ProduceStats, QUARANTINE_EXAMPLES, QuarantineNote};
+use super::silver::{BronzeResource, Flattened, SilverViews, from_records};
 use super::source::{Fetched, Format, SourceFile};
 use super::tables::{FileLogEntry, Provenance, bronze_batch, quarantine_batch};
 
@@ -27,6 +29,8 @@ use super::tables::{FileLogEntry, Provenance, bronze_batch, quarantine_batch};
 pub struct PreparedChunk {
     /// One batch per resource type.
     pub bronze: Vec<(String, RecordBatch)>,
+    /// The same resources per type, with their silver rows, for the silver merge.
+    pub silver: Vec<(String, Vec<BronzeResource>)>,
     pub quarantine: Option<RecordBatch>,
     /// Files whose last records are in this chunk (or before it).
     pub files: Vec<FileLogEntry>,
@@ -39,6 +43,9 @@ pub struct ProduceContext {
     pub chunk_records: usize,
     pub chunk_bytes: usize,
     pub checks: Vec<Arc<dyn Check>>,
+    /// The silver views each resource is flattened through as it is decoded (none: nothing is
+    /// flattened, as for `validate`).
+    pub views: SilverViews,
     pub runtime: tokio::runtime::Handle,
     /// Called with the number of input bytes done, for a progress bar.
     pub progress: Arc<dyn Fn(u64) + Send + Sync>,
@@ -46,7 +53,7 @@ pub struct ProduceContext {
 
 impl ProduceContext {
     /// The context of a run: `options` as given, stamped now, on the current tokio runtime.
-    pub fn new(options: &super::IngestOptions, batch_id: &str) -> Self {
+    pub fn new(options: &super::IngestOptions, views: SilverViews, batch_id: &str) -> Self {
         ProduceContext {
             batch_id: batch_id.to_string(),
             ingested_at: chrono::Utc::now().timestamp_micros(),
@@ -54,11 +61,15 @@ impl ProduceContext {
             chunk_records: options.chunk_records,
             chunk_bytes: options.chunk_bytes,
             checks: options.checks.clone(),
+            views,
             runtime: tokio::runtime::Handle::current(),
             progress: options.progress.clone(),
         }
     }
 }
+
+/// A resource on its way to bronze and silver: the record, where it came from, its view rows.
+type ResourceToLand = (ResourceRecord, Arc<Provenance>, Option<Flattened>);
 
 /// JSON files up to this size are read whole and decoded a group at a time.
 const SMALL_FILE_BYTES: u64 = 8 << 20;
@@ -128,7 +139,7 @@ fn log_entry(file: &SourceFile, sha256: &str, format: &str) -> FileLogEntry {
 
 /// A file read whole: its fetch, its format and records, and whether it began with a byte order
 /// mark.
-type WholeFile = (Fetched, (&'static str, Vec<Decoded>), bool);
+type WholeFile = (Fetched, (&'static str, Vec<Prepared>), bool);
 
 /// Reads a JSON (or unknown) file whole and decodes it.
 fn read_whole(file: &SourceFile, ctx: &ProduceContext) -> std::io::Result<WholeFile> {
@@ -139,7 +150,7 @@ fn read_whole(file: &SourceFile, ctx: &ProduceContext) -> std::io::Result<WholeF
     let mut decoded = Vec::new();
     if let Err(e) = read {
         let raw = String::from_utf8_lossy(&bytes).into_owned();
-        decoded.push(Decoded::Rejected(Rejected::new(
+        decoded.push(Prepared::alone(Decoded::Rejected(Rejected::new(
             raw,
             Location::default(),
             Issue::error(
@@ -147,14 +158,14 @@ fn read_whole(file: &SourceFile, ctx: &ProduceContext) -> std::io::Result<WholeF
                 "$",
                 format!("the file could not be read to its end: {e}"),
             ),
-        )));
+        ))));
         return Ok((fetched, ("json", decoded), byte_order_mark));
     }
     let text = match String::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
             let raw = String::from_utf8_lossy(e.as_bytes()).into_owned();
-            decoded.push(Decoded::Rejected(Rejected::new(
+            decoded.push(Prepared::alone(Decoded::Rejected(Rejected::new(
                 raw,
                 Location::default(),
                 Issue::error(
@@ -162,7 +173,7 @@ fn read_whole(file: &SourceFile, ctx: &ProduceContext) -> std::io::Result<WholeF
                     "$",
                     format!("not UTF-8 (FHIR JSON must be): {}", e.utf8_error()),
                 ),
-            )));
+            ))));
             return Ok((fetched, ("json", decoded), byte_order_mark));
         }
     };
@@ -225,7 +236,7 @@ fn stream_ndjson(
             if let Some(last) = block.last() {
                 last_line = last.number;
             }
-            let decoded: Vec<Decoded> = block
+            let decoded: Vec<Prepared> = block
                 .par_iter()
                 .flat_map_iter(|line| decode_line(line, ctx))
                 .collect();
@@ -276,8 +287,8 @@ fn read_blocks<R: BufRead>(
 
 /// The file stopped being readable part-way (a corrupt gzip stream, a failing disk): what came
 /// before has landed, the rest is recorded as one quarantined record at the line where reading stopped.
-fn read_failure(line: u64, error: &std::io::Error) -> Decoded {
-    Decoded::Rejected(Rejected::new(
+fn read_failure(line: u64, error: &std::io::Error) -> Prepared {
+    Prepared::alone(Decoded::Rejected(Rejected::new(
         "",
         Location::line(line),
         Issue::error(
@@ -285,20 +296,20 @@ fn read_failure(line: u64, error: &std::io::Error) -> Decoded {
             "$",
             format!("reading stopped at line {line}: {error}"),
         ),
-    ))
+    )))
 }
 
-fn decode_line(line: &crate::fhir::ndjson::Line, ctx: &ProduceContext) -> Vec<Decoded> {
+fn decode_line(line: &crate::fhir::ndjson::Line, ctx: &ProduceContext) -> Vec<Prepared> {
     let location = Location::line(line.number);
     let mut out = Vec::with_capacity(1);
     match &line.content {
         LineContent::Text(text) => decode_checked(text, location, ctx, &mut out),
-        LineContent::InvalidUtf8(bytes) => out.push(Decoded::Rejected(Rejected::new(
+        LineContent::InvalidUtf8(bytes) => out.push(Prepared::alone(Decoded::Rejected(Rejected::new(
             String::from_utf8_lossy(bytes),
             location,
             Issue::error("utf8", "$", "line is not UTF-8 (FHIR JSON must be)"),
-        ))),
-        LineContent::TooLong { prefix, len } => out.push(Decoded::Rejected(Rejected::new(
+        )))),
+        LineContent::TooLong { prefix, len } => out.push(Prepared::alone(Decoded::Rejected(Rejected::new(
             String::from_utf8_lossy(prefix),
             location,
             Issue::error(
@@ -309,17 +320,18 @@ fn decode_line(line: &crate::fhir::ndjson::Line, ctx: &ProduceContext) -> Vec<De
                     ctx.decode.max_resource_bytes
                 ),
             ),
-        ))),
+        )))),
     }
     out
 }
 
-/// Decodes and runs the configured checks; a resource with an error-level finding is rejected.
-fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mut Vec<Decoded>) {
-    let start = out.len();
-    decode(text, location, &ctx.decode, out);
-    // File chunks are large and go to bronze as text: the parse is not worth holding.
-    apply_checks(&ctx.checks, &mut out[start..], false);
+/// Decodes, runs the configured checks (a resource with an error-level finding is rejected) and
+/// flattens what passed through the silver views: one parse serves all three, and is freed here.
+fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mut Vec<Prepared>) {
+    let mut decoded = Vec::new();
+    decode(text, location, &ctx.decode, &mut decoded);
+    apply_checks(&ctx.checks, &mut decoded, true);
+    out.extend(prepare(decoded, &ctx.views));
 }
 
 /// Runs `checks` on every decoded resource: error-level findings reject it (with all its findings),
@@ -384,7 +396,7 @@ pub(crate) fn apply_checks(checks: &[Arc<dyn Check>], decoded: &mut [Decoded], k
 struct ChunkBuffer<'a> {
     ctx: &'a ProduceContext,
     tx: mpsc::Sender<PreparedChunk>,
-    resources: Vec<(ResourceRecord, Arc<Provenance>)>,
+    resources: Vec<ResourceToLand>,
     rejected: Vec<(Rejected, Arc<Provenance>)>,
     files: Vec<FileLogEntry>,
     bytes: usize,
@@ -418,12 +430,12 @@ impl<'a> ChunkBuffer<'a> {
 
     fn push_all(
         &mut self,
-        decoded: Vec<Decoded>,
+        decoded: Vec<Prepared>,
         provenance: &Arc<Provenance>,
         entry: &mut FileLogEntry,
     ) {
-        for d in decoded {
-            match d {
+        for Prepared { record, flattened } in decoded {
+            match record {
                 Decoded::Resource(r) => {
                     entry.resources += 1;
                     self.bytes += r.raw.len();
@@ -436,7 +448,7 @@ impl<'a> ChunkBuffer<'a> {
                             .entry(r.resource_type.clone())
                             .or_default() += 1;
                     }
-                    self.resources.push((r, provenance.clone()));
+                    self.resources.push((r, provenance.clone(), flattened));
                 }
                 Decoded::Rejected(r) => {
                     entry.quarantined += 1;
@@ -517,23 +529,35 @@ impl<'a> ChunkBuffer<'a> {
         {
             return;
         }
-        let mut by_type: BTreeMap<String, Vec<(ResourceRecord, Arc<Provenance>)>> = BTreeMap::new();
-        for (record, provenance) in self.resources.drain(..) {
+        let mut by_type: BTreeMap<String, Vec<ResourceToLand>> = BTreeMap::new();
+        for resource in self.resources.drain(..) {
             by_type
-                .entry(record.resource_type.clone())
+                .entry(resource.0.resource_type.clone())
                 .or_default()
-                .push((record, provenance));
+                .push(resource);
         }
-        let bronze = by_type
-            .into_iter()
-            .map(|(t, records)| (t, bronze_batch(&records)))
-            .collect();
+        let mut bronze = Vec::new();
+        let mut silver = Vec::new();
+        for (resource_type, resources) in by_type {
+            let (records, flattened): (Vec<_>, Vec<_>) = resources
+                .into_iter()
+                .map(|(record, provenance, flattened)| ((record, provenance), flattened))
+                .unzip();
+            bronze.push((resource_type.clone(), bronze_batch(&records)));
+            let landing = records
+                .into_iter()
+                .zip(flattened)
+                .map(|((record, provenance), flattened)| (record, provenance, flattened))
+                .collect();
+            silver.push((resource_type, from_records(landing)));
+        }
         let quarantine =
             (!self.rejected.is_empty()).then(|| quarantine_batch(&self.rejected, "ingest fhir"));
         self.rejected.clear();
         self.bytes = 0;
         let chunk = PreparedChunk {
             bronze,
+            silver,
             quarantine,
             files: std::mem::take(&mut self.files),
         };

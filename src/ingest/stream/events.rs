@@ -18,12 +18,13 @@ use deltalake::arrow::datatypes::{
 };
 
 use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, decode};
-use crate::ingest::silver::{Flattened, SilverViews, flatten_ahead};
+use crate::ingest::prepared::prepare;
+use crate::ingest::silver::SilverViews;
 use crate::issue::Issue;
 use crate::stream::{Event, StreamId};
 use crate::validate::Check;
 
-use super::super::produce::apply_checks;
+use crate::ingest::produce::apply_checks;
 use crate::lake::utc_timestamp;
 
 /// What the stream decodes events with: the file drops' decode options and profile checks, and the
@@ -34,20 +35,7 @@ pub struct EventDecoder {
     pub views: SilverViews,
 }
 
-/// A decoded record, with its silver rows when it is a resource the views read.
-#[derive(Debug)]
-pub struct Prepared {
-    pub record: Decoded,
-    pub flattened: Option<Flattened>,
-}
-
-impl Prepared {
-    /// The view rows of a resource that passed every check and view: what lands in silver. A
-    /// resource on its way to quarantine has none (and so raises no alert).
-    pub fn landing_rows(&self) -> Option<&Flattened> {
-        self.flattened.as_ref().filter(|f| !f.quarantines())
-    }
-}
+pub use crate::ingest::prepared::Prepared;
 
 impl EventDecoder {
     /// Decodes, checks and flattens one event. The views run here, on the thread that built the
@@ -55,16 +43,11 @@ impl EventDecoder {
     /// batches landed, up to two batches' trees per partition waited in memory, and the landing
     /// read and freed them cold: flattening here drains about 12% faster (BENCHMARKS.md).
     pub fn decode(&self, event: &Event) -> Vec<Prepared> {
-        decode_event(event, &self.options, &self.checks)
-            .into_iter()
-            .map(|mut record| {
-                let flattened = match &mut record {
-                    Decoded::Resource(resource) => flatten_ahead(&self.views, resource),
-                    Decoded::Rejected(_) => None,
-                };
-                Prepared { record, flattened }
-            })
-            .collect()
+        prepare(
+            decode_event(event, &self.options, &self.checks),
+            &self.views,
+        )
+        .collect()
     }
 }
 
