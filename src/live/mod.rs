@@ -134,6 +134,8 @@ pub async fn run_stream(
         None => None,
     };
     let compacting = CancellationToken::new();
+    // However the run ends, the compactor stops with it.
+    let _stop_compacting = compacting.clone().drop_guard();
     let compactor = (options.compact_files > 0).then(|| {
         compaction::spawn(
             lake.clone(),
@@ -148,15 +150,6 @@ pub async fn run_stream(
         checks: options.checks.clone(),
         views: views.clone(),
     });
-    let new_lander = |stream_id| {
-        Lander::new(
-            lake,
-            stream_id,
-            views.clone(),
-            checkpoints.clone(),
-            decoder.clone(),
-        )
-    };
     let mut source = crate::stream::source::open(
         source,
         &options.hub,
@@ -174,7 +167,13 @@ pub async fn run_stream(
     } else {
         None
     };
-    let mut lander = new_lander(source.id().clone());
+    let mut lander = Lander::new(
+        lake,
+        source.id().clone(),
+        views.clone(),
+        checkpoints.clone(),
+        decoder.clone(),
+    );
     let landed = async {
         let resumed = match source.resumes() {
             Some(partition_id) => {
@@ -200,7 +199,6 @@ pub async fn run_stream(
     if let Some(lease) = lease {
         lease.release().await;
     }
-    landed?;
     compacting.cancel();
     if let Some(compactor) = compactor {
         let _ = compactor.await;
@@ -209,6 +207,7 @@ pub async fn run_stream(
             .compactions
             .load(std::sync::atomic::Ordering::Relaxed);
     }
+    landed?;
     if let Some(alerting) = alerting {
         report.alerts_waiting = alerting.close().await;
         report.alerts_delivered = metrics

@@ -417,6 +417,24 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
+/// `vitalake stream` following `file` with `extra` arguments, its metrics on a free port.
+fn follow(lake: &Path, file: &Path, extra: &[&str]) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut args = vec!["--follow", "--metrics", &metrics];
+    args.extend(extra);
+    let child = stream(lake, file, &args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
 pub fn metrics(port: u16) -> String {
     use std::io::Read;
     let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -442,27 +460,7 @@ async fn a_followed_file_streams_new_lines_and_sigterm_stops_after_landing() {
     let (head, tail) = all.split_at(all.len() / 2);
     let file = dir.path().join("live.ndjson");
     std::fs::write(&file, head.join("\n") + "\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let lake_path = dir.path().join("lake");
-    let mut child = stream(
-        &lake_path,
-        &file,
-        &[
-            "--follow",
-            "--batch-ms",
-            "200",
-            "--metrics",
-            &format!("127.0.0.1:{port}"),
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let (mut child, port) = follow(&dir.path().join("lake"), &file, &["--batch-ms", "200"]);
     let landed =
         |n: usize| move || metrics(port).contains(&format!("vitalake_stream_events_total {n}\n"));
     wait_for("the first half", landed(head.len()));
@@ -630,28 +628,11 @@ async fn a_running_stream_compacts_its_small_files_and_keeps_every_event_once() 
         .collect();
     let file = dir.path().join("live.ndjson");
     std::fs::write(&file, "").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = stream(
+    let (mut child, port) = follow(
         &dir.path().join("lake"),
         &file,
-        &[
-            "--follow",
-            "--batch-ms",
-            "100",
-            "--compact-files",
-            "3",
-            "--metrics",
-            &format!("127.0.0.1:{port}"),
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+        &["--batch-ms", "100", "--compact-files", "3"],
+    );
     let mut writer = std::fs::OpenOptions::new()
         .append(true)
         .open(&file)
