@@ -417,8 +417,18 @@ fn terminate(child: &mut Child) -> std::process::ExitStatus {
     child.wait().unwrap()
 }
 
+/// A child process killed when dropped: a failing test leaves no stream running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `vitalake stream` following `file` with `extra` arguments, its metrics on a free port.
-fn follow(lake: &Path, file: &Path, extra: &[&str]) -> (Child, u16) {
+fn follow(lake: &Path, file: &Path, extra: &[&str]) -> (Running, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -432,7 +442,7 @@ fn follow(lake: &Path, file: &Path, extra: &[&str]) -> (Child, u16) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    (child, port)
+    (Running(child), port)
 }
 
 pub fn metrics(port: u16) -> String {
@@ -473,7 +483,7 @@ async fn a_followed_file_streams_new_lines_and_sigterm_stops_after_landing() {
         .unwrap();
     wait_for("the lines appended later", landed(all.len()));
     assert!(metrics(port).contains("vitalake_stream_batch_seconds_count"));
-    let status = terminate(&mut child);
+    let status = terminate(&mut child.0);
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
     assert_eq!(
         count(&lake, "bronze/eventhubs/observations").await,
@@ -660,7 +670,7 @@ async fn a_running_stream_compacts_its_small_files_and_keeps_every_event_once() 
         counter("vitalake_compaction_rounds_total").unwrap() >= rounds + 2
     });
     assert!(counter("vitalake_compactions_total").unwrap() > 0);
-    let status = terminate(&mut child);
+    let status = terminate(&mut child.0);
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
     for table in [
         "bronze/eventhubs/observations",
