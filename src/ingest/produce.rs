@@ -15,13 +15,13 @@ use rayon::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::fhir::ndjson::{LineContent, NdjsonLines};
-use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, ResourceRecord, decode};
+use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, decode};
 use crate::issue::{Issue, Severity};
 use crate::validate::Check;
 
 use super::prepared::{Prepared, prepare};
 use super::report::{ProduceStats, QUARANTINE_EXAMPLES, QuarantineNote};
-use super::silver::{BronzeResource, Flattened, SilverViews, from_records};
+use super::silver::{BronzeResource, ResourceToLand, SilverViews, from_records};
 use super::source::{Fetched, Format, SourceFile};
 use super::tables::{FileLogEntry, Provenance, bronze_batch, quarantine_batch};
 
@@ -67,9 +67,6 @@ impl ProduceContext {
         }
     }
 }
-
-/// A resource on its way to bronze and silver: the record, where it came from, its view rows.
-type ResourceToLand = (ResourceRecord, Arc<Provenance>, Option<Flattened>);
 
 /// JSON files up to this size are read whole and decoded a group at a time.
 const SMALL_FILE_BYTES: u64 = 8 << 20;

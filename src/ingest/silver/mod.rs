@@ -48,7 +48,7 @@ use bronze::*;
 use flatten::*;
 use history::*;
 
-pub use bronze::{BronzeResource, bronze_resources, from_bronze, from_records};
+pub use bronze::{BronzeResource, ResourceToLand, bronze_resources, from_bronze, from_records};
 pub use flatten::{Flattened, flatten_ahead};
 pub use refresh::{RefreshReport, refresh};
 pub use writer::SilverWriter;

@@ -23,9 +23,9 @@ use super::events::{
     DATE_COLUMN, EventDecoder, LandedEvent, Prepared, bronze_batch, bronze_events_table,
     events_from_bronze, source_name, source_uri,
 };
-use crate::fhir::{Decoded, Rejected, ResourceRecord};
+use crate::fhir::{Decoded, Rejected};
 use crate::ingest::IngestError;
-use crate::ingest::silver::{Flattened, SilverViews, SilverWriter, from_records, quote};
+use crate::ingest::silver::{ResourceToLand, SilverViews, SilverWriter, from_records, quote};
 use crate::ingest::tables::{Provenance, QUARANTINE_TABLE, quarantine_batch};
 use crate::lake::delete::delete_where;
 use crate::lake::{AppendBuilder, Lake, LakeError, app_version, read};
@@ -36,10 +36,6 @@ use crate::stream::{Event, StreamId};
 pub const STREAM_STAGE: &str = "stream";
 
 /// One partition's events for one landing, in sequence order, all above what bronze has.
-/// A resource of a landing on its way into silver: the record, where it came from, and its view
-/// rows if its reader flattened it ahead.
-type ResourceToMerge = (ResourceRecord, Arc<Provenance>, Option<Flattened>);
-
 pub struct PartitionBatch {
     pub partition_id: String,
     pub events: Vec<Event>,
@@ -455,7 +451,7 @@ impl<'l> Lander<'l> {
         redo: bool,
     ) -> Result<Landed, IngestError> {
         let mut landed = Landed::default();
-        let mut by_type: BTreeMap<String, Vec<ResourceToMerge>> = BTreeMap::new();
+        let mut by_type: BTreeMap<String, Vec<ResourceToLand>> = BTreeMap::new();
         let mut rejected: Vec<(Rejected, Arc<Provenance>)> = Vec::new();
         // In redo mode, what an interrupted attempt may have quarantined for these events goes.
         let mut redone = Vec::new();
@@ -497,10 +493,7 @@ impl<'l> Lander<'l> {
                         })
                     })
                     .clone();
-                for Prepared {
-                    record, flattened, ..
-                } in records
-                {
+                for Prepared { record, flattened } in records {
                     match record {
                         Decoded::Resource(r) => by_type
                             .entry(r.resource_type.clone())
