@@ -98,9 +98,12 @@ impl Error {
             Error::Config(_) => true,
             Error::Ingest(e) => match e {
                 IngestError::Input { .. } | IngestError::Remote { .. } => true,
-                IngestError::Stream(e) => {
-                    matches!(e, StreamError::BadSource(_) | StreamError::BadSink(_))
-                }
+                IngestError::Stream(e) => matches!(
+                    e,
+                    StreamError::BadSource(_)
+                        | StreamError::BadSink(_)
+                        | StreamError::NoCredentials { .. }
+                ),
                 IngestError::FhirServer(e) => {
                     matches!(**e, ingest::fhir_server::FhirServerError::Setup(_))
                 }
@@ -121,9 +124,17 @@ impl Error {
                     | serve::ServeError::MissingPassword { .. }
                     | serve::ServeError::DuplicateUser(_)
                     | serve::ServeError::UnknownMaskColumn { .. }
+                    | serve::ServeError::TlsHalfConfigured
+                    | serve::ServeError::TlsFile { .. }
                     | serve::ServeError::Tls(_)
             ),
-            Error::Stream(e) => matches!(e, StreamError::BadSource(_) | StreamError::BadSink(_)),
+            Error::Stream(e) => matches!(
+                e,
+                StreamError::BadSource(_)
+                    | StreamError::BadSink(_)
+                    | StreamError::NoCredentials { .. }
+                    | StreamError::EventTooLarge { .. }
+            ),
             Error::Lake(_)
             | Error::Generate(_)
             | Error::Gold(_)
@@ -133,5 +144,9 @@ impl Error {
         if bad_input { 2 } else { 1 }
     }
 }
+
+/// The cause of an error from a client library whose error types we do not name (Azure, object
+/// stores, TLS): kept whole, so that `{:#}` and `source()` reach it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -24,13 +24,27 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", error_message(&err));
             ExitCode::from(
                 err.downcast_ref::<vitalake::Error>()
                     .map_or(1, vitalake::Error::exit_code),
             )
         }
     }
+}
+
+/// The error and its causes, each said once. Our errors name their cause in their own message
+/// (`cannot read X: No such file`), which anyhow's `{:#}` would print a second time.
+fn error_message(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_tracing(verbose: u8) {

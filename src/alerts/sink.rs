@@ -18,7 +18,9 @@ use azure_messaging_eventhubs::{EventDataBatchOptions, ProducerClient, RetryOpti
 use serde_json::Value;
 
 use crate::stream::StreamError;
-use crate::stream::event_hubs::{EventHubsOptions, producer_with, send_batch_within};
+use crate::stream::event_hubs::{
+    EventHubsOptions, error as event_hubs_error, producer_with, send_batch_within,
+};
 
 /// How long one send to Event Hubs may take, the client's own retries included, before the outbox
 /// counts it as failed and tries again: short, so that alerts go out soon after the hub is back.
@@ -169,10 +171,10 @@ async fn alert_producer(options: &EventHubsOptions) -> Result<ProducerClient, St
     tokio::time::timeout(SEND_TIMEOUT, producer_with(options, builder))
         .await
         .unwrap_or_else(|_| {
-            Err(StreamError::EventHubs(format!(
-                "connecting to Event Hubs: no answer within {} s",
-                SEND_TIMEOUT.as_secs()
-            )))
+            Err(StreamError::NoAnswer {
+                doing: "connecting".into(),
+                secs: SEND_TIMEOUT.as_secs(),
+            })
         })
 }
 
@@ -190,9 +192,8 @@ async fn send_to_hub(
     client: &ProducerClient,
     events: &[(String, Value)],
 ) -> Result<(), StreamError> {
-    let failed = |e: azure_messaging_eventhubs::EventHubsError| {
-        StreamError::EventHubs(format!("sending alerts to {hub}: {e}"))
-    };
+    let doing = format!("sending alerts to {hub}");
+    let failed = |e: azure_messaging_eventhubs::EventHubsError| event_hubs_error(&doing, e);
     let mut by_patient: std::collections::BTreeMap<&str, Vec<&Value>> = Default::default();
     for (patient, event) in events {
         by_patient.entry(patient).or_default().push(event);
@@ -212,18 +213,13 @@ async fn send_to_hub(
                 .with_message_id(event["id"].as_str().unwrap_or_default().to_string())
                 .build();
             if !batch.try_add_event_data(data, None).map_err(failed)? {
-                return Err(StreamError::EventHubs(format!(
-                    "the alerts of one patient do not fit in one message batch of {hub}"
-                )));
+                return Err(event_hubs_error(
+                    &doing,
+                    "the alerts of one patient do not fit in one message batch",
+                ));
             }
         }
-        send_batch_within(
-            client,
-            batch,
-            &format!("sending alerts to {hub}"),
-            SEND_TIMEOUT,
-        )
-        .await?;
+        send_batch_within(client, batch, &doing, SEND_TIMEOUT).await?;
     }
     Ok(())
 }

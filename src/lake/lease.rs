@@ -54,12 +54,20 @@ pub enum LeaseError {
         name: String,
         secs: u64,
     },
-    #[error("lease {name} on {lake}: {message}")]
+    #[error("lease {name} on {lake}: {source}")]
     Storage {
         lake: String,
         name: String,
-        message: String,
+        source: crate::BoxError,
     },
+    #[error("lease {name} on {lake} is not a vitalake lease: {source}")]
+    Corrupt {
+        lake: String,
+        name: String,
+        source: serde_json::Error,
+    },
+    #[error("lease {name} on {lake}: another run took it while this one was taking it")]
+    Contended { lake: String, name: String },
 }
 
 /// A remote lease someone else holds, for the message.
@@ -181,7 +189,7 @@ fn lock_file(
     let storage = |e: std::io::Error| LeaseError::Storage {
         lake: lake.root().to_string(),
         name: path.display().to_string(),
-        message: e.to_string(),
+        source: e.into(),
     };
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -250,12 +258,12 @@ impl RemoteState {
 
 impl Remote {
     async fn acquire(lake: &Lake, name: &str, record: Record) -> Result<Remote, LeaseError> {
-        let storage = |message: String| LeaseError::Storage {
+        let storage = |e: crate::BoxError| LeaseError::Storage {
             lake: lake.root().to_string(),
             name: name.to_string(),
-            message,
+            source: e,
         };
-        let store = lake.object_store().map_err(|e| storage(e.to_string()))?;
+        let store = lake.object_store().map_err(|e| storage(e.into()))?;
         let path = Path::from(name);
         let ttl = Duration::from_secs(record.ttl_secs);
         let body = || PutPayload::from(serde_json::to_vec(&record).expect("serializes"));
@@ -264,14 +272,17 @@ impl Remote {
             let sent = Instant::now();
             let mode = match store.get(&path).await {
                 Err(object_store::Error::NotFound { .. }) => PutMode::Create,
-                Err(e) => return Err(storage(e.to_string())),
+                Err(e) => return Err(storage(e.into())),
                 Ok(got) => {
                     let etag = got.meta.e_tag.clone().unwrap_or_default();
                     let renewed = got.meta.last_modified;
-                    let bytes = got.bytes().await.map_err(|e| storage(e.to_string()))?;
-                    let held: Record = serde_json::from_slice(&bytes).map_err(|e| {
-                        storage(format!("the lease blob is not a vitalake lease: {e}"))
-                    })?;
+                    let bytes = got.bytes().await.map_err(|e| storage(e.into()))?;
+                    let held: Record =
+                        serde_json::from_slice(&bytes).map_err(|source| LeaseError::Corrupt {
+                            lake: lake.root().to_string(),
+                            name: name.to_string(),
+                            source,
+                        })?;
                     let expires = renewed + chrono::Duration::seconds(held.ttl_secs as i64);
                     if !held.released && expires > Utc::now() {
                         return Err(LeaseError::Held(Box::new(HeldBy {
@@ -318,12 +329,13 @@ impl Remote {
                 }
                 Err(object_store::Error::Precondition { .. })
                 | Err(object_store::Error::AlreadyExists { .. }) => continue,
-                Err(e) => return Err(storage(e.to_string())),
+                Err(e) => return Err(storage(e.into())),
             }
         }
-        Err(storage(
-            "another run took the lease while this one was taking it".into(),
-        ))
+        Err(LeaseError::Contended {
+            lake: lake.root().to_string(),
+            name: name.to_string(),
+        })
     }
 
     fn ensure_held(&self, lake: &str, name: &str) -> Result<(), LeaseError> {

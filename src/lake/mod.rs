@@ -50,8 +50,11 @@ pub enum LakeError {
         table: String,
         source: deltalake::datafusion::error::DataFusionError,
     },
-    #[error("Delta table {table}: {message}")]
-    Schema { table: String, message: String },
+    #[error("Delta table {table}: {source}")]
+    Schema {
+        table: String,
+        source: deltalake::arrow::error::ArrowError,
+    },
     #[error("listing {prefix} in the lake: {source}")]
     List {
         prefix: String,
@@ -331,7 +334,9 @@ mod tests {
         assert!(lost.is_concurrent_transaction(), "{lost:?}");
         let other = LakeError::Schema {
             table: "t".into(),
-            message: "Concurrent transaction failed.".into(),
+            source: deltalake::arrow::error::ArrowError::ComputeError(
+                "Concurrent transaction failed.".into(),
+            ),
         };
         assert!(!other.is_concurrent_transaction());
     }

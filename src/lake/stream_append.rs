@@ -14,6 +14,7 @@ use deltalake::DeltaTable;
 use deltalake::arrow::array::{ArrayRef, new_null_array};
 use deltalake::arrow::compute::{CastOptions, cast_with_options};
 use deltalake::arrow::datatypes::{Field, Schema, SchemaRef};
+use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
@@ -73,10 +74,10 @@ impl StreamingAppend {
             }
         }
         let batch =
-            conform(&batch, &std::sync::Arc::new(Schema::new(fields))).map_err(|message| {
+            conform(&batch, &std::sync::Arc::new(Schema::new(fields))).map_err(|source| {
                 LakeError::Schema {
                     table: self.name.clone(),
-                    message,
+                    source,
                 }
             })?;
         self.writer
@@ -113,7 +114,7 @@ impl StreamingAppend {
 
 /// `batch` with its columns cast by name to `schema`'s types and order; a column `schema` has and
 /// the batch lacks is null.
-pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
     let options = CastOptions {
         safe: false,
         ..CastOptions::default()
@@ -128,13 +129,13 @@ pub fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, S
                     Ok(column.clone())
                 } else {
                     cast_with_options(column, field.data_type(), &options)
-                        .map_err(|e| format!("column {}: {e}", field.name()))
+                        .map_err(|e| ArrowError::CastError(format!("column {}: {e}", field.name())))
                 }
             }
             Err(_) => Ok(new_null_array(field.data_type(), batch.num_rows())),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())
+    RecordBatch::try_new(schema.clone(), columns)
 }
 
 /// `batch` with `extra` columns added after its own.

@@ -624,7 +624,7 @@ fn decoded(
                 });
                 decoding
                     .await
-                    .unwrap_or_else(|e| vec![Err(StreamError::Decode(e.to_string()))])
+                    .unwrap_or_else(|e| vec![Err(StreamError::Decode(e))])
             }
         })
         .flat_map(futures::stream::iter)

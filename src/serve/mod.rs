@@ -50,8 +50,15 @@ pub enum ServeError {
     DuplicateUser(String),
     #[error("mask on {table}.{column}: the table has no column {column:?}")]
     UnknownMaskColumn { table: String, column: String },
+    #[error("TLS: set both tls_cert and tls_key, or neither")]
+    TlsHalfConfigured,
+    #[error("TLS, {file}: {source}")]
+    TlsFile {
+        file: String,
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] rustls::Error),
     #[error(transparent)]
     Lake(Box<LakeError>),
     #[error("catalogue: {0}")]
@@ -101,9 +108,7 @@ impl Server {
             (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
             (None, None) => None,
             _ => {
-                return Err(ServeError::Tls(
-                    "set both tls_cert and tls_key, or neither".into(),
-                ));
+                return Err(ServeError::TlsHalfConfigured);
             }
         };
         let sessions = sessions(&lake, &config.masks).await?;
@@ -229,15 +234,18 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ServeError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| ServeError::Tls(format!("{}: {e}", cert.display())))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| ServeError::Tls(format!("{}: {e}", key.display())))?;
+        .map_err(|source| ServeError::TlsFile {
+            file: cert.display().to_string(),
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| ServeError::TlsFile {
+        file: key.display().to_string(),
+        source,
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ServeError::Tls(e.to_string()))?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ServeError::Tls(e.to_string()))?;
+        .with_single_cert(certs, key)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -207,9 +207,10 @@ impl Credentials {
             return Ok(Credentials::ConnectionString(connection_string));
         }
         let Some(namespace) = var(&namespace_var) else {
-            return Err(StreamError::EventHubs(format!(
-                "set {connection_var} to the namespace's connection string, or {namespace_var} (<name>.servicebus.windows.net) to sign in with Microsoft Entra ID"
-            )));
+            return Err(StreamError::NoCredentials {
+                connection_var,
+                namespace_var,
+            });
         };
         let credential = crate::entra::credential_from_env()
             .map_err(|e| error("setting up the Entra ID credential", e))?;
@@ -239,8 +240,12 @@ pub fn install_tls_provider() {
     });
 }
 
-fn error(context: &str, e: impl std::fmt::Display) -> StreamError {
-    StreamError::EventHubs(format!("{context}: {e}"))
+/// A failure of the Event Hubs client while `doing` something.
+pub(crate) fn error(doing: &str, e: impl Into<crate::BoxError>) -> StreamError {
+    StreamError::EventHubs {
+        doing: doing.to_string(),
+        source: e.into(),
+    }
 }
 
 /// A running share of a hub's partitions: partitions arrive on `partitions` as this process claims
@@ -779,9 +784,9 @@ pub async fn send_batch_within(
 ) -> Result<(), StreamError> {
     match tokio::time::timeout(timeout, client.send_batch(batch, None)).await {
         Ok(sent) => sent.map_err(|e| error(what, e)),
-        Err(_) => Err(StreamError::EventHubs(format!(
-            "{what}: no acknowledgement from Event Hubs within {} s",
-            timeout.as_secs()
-        ))),
+        Err(_) => Err(StreamError::NoAnswer {
+            doing: what.to_string(),
+            secs: timeout.as_secs(),
+        }),
     }
 }

@@ -66,16 +66,38 @@ pub enum StreamError {
         path: String,
         source: std::io::Error,
     },
-    #[error("checkpoint store {location}: {message}")]
-    Checkpoints { location: String, message: String },
-    #[error("Event Hubs: {0}")]
-    EventHubs(String),
+    #[error("checkpoint store {location}: {source}")]
+    Checkpoints {
+        location: String,
+        source: crate::BoxError,
+    },
+    #[error("{path} is not a vitalake checkpoint document: {source}")]
+    CorruptCheckpoint {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("Event Hubs, {doing}: {source}")]
+    EventHubs {
+        doing: String,
+        source: crate::BoxError,
+    },
+    #[error("Event Hubs, {doing}: no answer within {secs} s")]
+    NoAnswer { doing: String, secs: u64 },
+    #[error(
+        "set {connection_var} to the Event Hubs namespace's connection string, or {namespace_var} (<name>.servicebus.windows.net) to sign in with Microsoft Entra ID"
+    )]
+    NoCredentials {
+        connection_var: String,
+        namespace_var: String,
+    },
+    #[error("an event of {bytes} bytes is larger than the hub's message size limit")]
+    EventTooLarge { bytes: usize },
     #[error("invalid stream source {0:?}; expected file:PATH, stdin or eventhubs:HUB")]
     BadSource(String),
     #[error("invalid alert sink {0:?}; expected stdout, file:PATH or eventhubs:HUB")]
     BadSink(String),
-    #[error("decoding events failed: {0}")]
-    Decode(String),
+    #[error("decoding events failed")]
+    Decode(#[source] tokio::task::JoinError),
 }
 
 /// One partition of a source: its events in sequence order.
@@ -269,7 +291,10 @@ mod tests {
     async fn events_before_a_read_error_come_first() {
         let failing = futures::stream::iter([
             event(1),
-            Err(StreamError::EventHubs("link detached".into())),
+            Err(StreamError::EventHubs {
+                doing: "receiving".into(),
+                source: "link detached".into(),
+            }),
         ]);
         let mut failing = Box::pin(failing);
         let mut pending = None;
@@ -289,7 +314,7 @@ mod tests {
             &CancellationToken::new(),
         )
         .await;
-        assert!(matches!(error, Err(StreamError::EventHubs(_))));
+        assert!(matches!(error, Err(StreamError::EventHubs { .. })));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use azure_messaging_eventhubs::models::EventData;
 use serde_json::Value;
 
 use super::StreamError;
-use super::event_hubs::{EventHubsOptions, producer, send_batch};
+use super::event_hubs::{EventHubsOptions, error, producer, send_batch};
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Sent {
@@ -57,10 +57,8 @@ pub async fn send_file(path: &Path, options: &EventHubsOptions) -> Result<Sent, 
         by_key.entry(partition_key(line)).or_default().push(line);
     }
     let client = producer(options).await?;
-    let failed = |e: azure_messaging_eventhubs::EventHubsError| {
-        StreamError::EventHubs(format!("sending to {}: {e}", options.hub))
-    };
     let what = format!("sending to {}", options.hub);
+    let failed = |e: azure_messaging_eventhubs::EventHubsError| error(&what, e);
     let mut sent = Sent {
         partition_keys: by_key.len(),
         ..Sent::default()
@@ -82,10 +80,7 @@ pub async fn send_file(path: &Path, options: &EventHubsOptions) -> Result<Sent, 
             };
             if !batch.try_add_event_data(event(), None).map_err(failed)? {
                 if batch.is_empty() {
-                    return Err(StreamError::EventHubs(format!(
-                        "an event of {} bytes is larger than the hub's message size limit",
-                        line.len()
-                    )));
+                    return Err(StreamError::EventTooLarge { bytes: line.len() });
                 }
                 send_batch(&client, batch, &what).await?;
                 sent.batches += 1;
@@ -94,10 +89,7 @@ pub async fn send_file(path: &Path, options: &EventHubsOptions) -> Result<Sent, 
                     .await
                     .map_err(failed)?;
                 if !batch.try_add_event_data(event(), None).map_err(failed)? {
-                    return Err(StreamError::EventHubs(format!(
-                        "an event of {} bytes is larger than the hub's message size limit",
-                        line.len()
-                    )));
+                    return Err(StreamError::EventTooLarge { bytes: line.len() });
                 }
             }
             sent.events += 1;

@@ -533,6 +533,36 @@ async fn stdin_events_are_numbered_on_from_the_last_run() {
     );
 }
 
+/// What a user sees when a stream cannot start for want of a file or a setting: the cause once,
+/// and exit code 2, which tells a scheduler to fix the setup rather than retry.
+#[test]
+fn a_stream_that_cannot_start_says_why_once() {
+    let (dir, _lake) = temp_lake();
+    let lake_path = dir.path().join("lake");
+    let missing = dir.path().join("no-such-file.ndjson");
+    let out = stream(&lake_path, &missing, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("No such file").count(), 1, "{stderr}");
+    assert!(stderr.contains("no-such-file.ndjson"), "{stderr}");
+
+    // Event Hubs without a connection string or a namespace: a setting to fix, not a retry.
+    let out = vitalake()
+        .arg("--lake")
+        .arg(&lake_path)
+        .args(["stream", "--source", "eventhubs:observations"])
+        .env_remove("EVENTHUBS_CONNECTION_STRING")
+        .env_remove("EVENTHUBS_NAMESPACE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("EVENTHUBS_CONNECTION_STRING") && stderr.contains("EVENTHUBS_NAMESPACE"),
+        "{stderr}"
+    );
+}
+
 /// The Blob checkpoint store on Azurite: two instances racing for one partition with the same
 /// ETag, exactly one wins; checkpoints read back per partition, a file path as partition id too.
 #[tokio::test(flavor = "multi_thread")]

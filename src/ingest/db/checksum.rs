@@ -134,9 +134,9 @@ pub async fn landed_checksum(
             table: name.to_string(),
             source,
         })?;
-        let batch = conform(&batch, &schema).map_err(|message| DbError::Table {
+        let batch = conform(&batch, &schema).map_err(|source| LakeError::Schema {
             table: name.to_string(),
-            message,
+            source,
         })?;
         checksum.add(&batch, true);
     }

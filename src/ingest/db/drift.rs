@@ -8,9 +8,10 @@ use std::sync::Arc;
 use deltalake::arrow::array::RecordBatch;
 use deltalake::arrow::compute::can_cast_types;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use deltalake::arrow::error::ArrowError;
 
 use crate::lake::stream_append::conform;
-use crate::lake::{Lake, read};
+use crate::lake::{Lake, LakeError, read};
 
 use super::DbError;
 
@@ -100,9 +101,9 @@ pub async fn widen(lake: &Lake, name: &str, fields: &[Field]) -> Result<(), DbEr
         .iter()
         .map(|b| conform(b, &widened))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|message| DbError::Table {
+        .map_err(|source| LakeError::Schema {
             table: name.to_string(),
-            message,
+            source,
         })?;
     let batches = if batches.is_empty() {
         vec![RecordBatch::new_empty(widened)]
@@ -122,7 +123,7 @@ pub async fn widen(lake: &Lake, name: &str, fields: &[Field]) -> Result<(), DbEr
 pub fn cast_columns(
     batch: RecordBatch,
     casts: &HashMap<String, DataType>,
-) -> Result<RecordBatch, String> {
+) -> Result<RecordBatch, ArrowError> {
     if casts.is_empty() {
         return Ok(batch);
     }

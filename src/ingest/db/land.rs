@@ -400,9 +400,9 @@ async fn extract_and_write(
         let (mut bronze, mut silver) = (bronze, silver);
         let mut checksum = Checksum::default();
         while let Some(batch) = receiver.recv().await {
-            let batch = cast_columns(batch, &casts).map_err(|message| DbError::Table {
+            let batch = cast_columns(batch, &casts).map_err(|source| LakeError::Schema {
                 table: name.clone(),
-                message,
+                source,
             })?;
             checksum.add(&batch, full);
             progress(&name, checksum.rows);

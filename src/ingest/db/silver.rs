@@ -75,11 +75,12 @@ pub async fn apply_to_silver(
         .await?;
         let mut stream = source.execute_stream().await.map_err(query_err)?;
         while let Some(batch) = stream.next().await {
-            let batch =
-                conform(&batch.map_err(query_err)?, &schema).map_err(|message| DbError::Table {
+            let batch = conform(&batch.map_err(query_err)?, &schema).map_err(|source| {
+                LakeError::Schema {
                     table: target.silver.clone(),
-                    message,
-                })?;
+                    source,
+                }
+            })?;
             append.write(batch).await?;
         }
         let metadata =

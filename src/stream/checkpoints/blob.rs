@@ -23,11 +23,11 @@ impl BlobStore {
     /// `az://container/prefix` or `abfss://container@account.dfs.core.windows.net/prefix`;
     /// credentials and the emulator settings come from the environment (`AZURE_STORAGE_*`).
     pub fn open(location: &str) -> Result<Self, StreamError> {
-        let url = url::Url::parse(location).map_err(|e| error(location, e.to_string()))?;
+        let url = url::Url::parse(location).map_err(|e| error(location, e))?;
         let store = MicrosoftAzureBuilder::from_env()
             .with_url(location)
             .build()
-            .map_err(|e| error(location, e.to_string()))?;
+            .map_err(|e| error(location, e))?;
         Ok(BlobStore {
             store: Arc::new(store),
             prefix: Path::from(url.path().trim_matches('/')),
@@ -64,22 +64,19 @@ impl BlobStore {
             .list(Some(&folder))
             .try_collect()
             .await
-            .map_err(|e| error(&self.location, e.to_string()))?;
+            .map_err(|e| error(&self.location, e))?;
         let mut found = Vec::new();
         for meta in metas {
             let got = match self.store.get(&meta.location).await {
                 Ok(got) => got,
                 Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(error(&self.location, e.to_string())),
+                Err(e) => return Err(error(&self.location, e)),
             };
             let (etag, last_modified) = (
                 got.meta.e_tag.clone().unwrap_or_default(),
                 got.meta.last_modified.timestamp_micros(),
             );
-            let body = got
-                .bytes()
-                .await
-                .map_err(|e| error(&self.location, e.to_string()))?;
+            let body = got.bytes().await.map_err(|e| error(&self.location, e))?;
             found.push(Stored {
                 name: self.name_of(&meta.location),
                 body: body.to_vec(),
@@ -120,7 +117,7 @@ impl BlobStore {
                     .store
                     .head(&path)
                     .await
-                    .map_err(|e| error(&self.location, e.to_string()))?;
+                    .map_err(|e| error(&self.location, e))?;
                 Ok(Written::Done {
                     etag: result.e_tag.or(head.e_tag).unwrap_or_default(),
                     last_modified: head.last_modified.timestamp_micros(),
@@ -128,14 +125,14 @@ impl BlobStore {
             }
             Err(object_store::Error::Precondition { .. })
             | Err(object_store::Error::AlreadyExists { .. }) => Ok(Written::Conflict),
-            Err(e) => Err(error(&self.location, e.to_string())),
+            Err(e) => Err(error(&self.location, e)),
         }
     }
 }
 
-fn error(location: &str, message: String) -> StreamError {
+fn error(location: &str, source: impl Into<crate::BoxError>) -> StreamError {
     StreamError::Checkpoints {
         location: location.to_string(),
-        message,
+        source: source.into(),
     }
 }

@@ -41,10 +41,11 @@ impl LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(read_error(path, source)),
         };
-        let doc: OnDisk = serde_json::from_slice(&text).map_err(|e| StreamError::Checkpoints {
-            location: path.display().to_string(),
-            message: format!("not a vitalake checkpoint document: {e}"),
-        })?;
+        let doc: OnDisk =
+            serde_json::from_slice(&text).map_err(|source| StreamError::CorruptCheckpoint {
+                path: path.display().to_string(),
+                source,
+            })?;
         Ok(Some(Stored {
             name: name.to_string(),
             body: serde_json::to_vec(&doc.body).expect("JSON value serializes"),

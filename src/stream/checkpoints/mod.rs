@@ -96,7 +96,7 @@ impl Checkpoints {
                 .to_file_path()
                 .map_err(|()| StreamError::Checkpoints {
                     location: lake_root.to_string(),
-                    message: "not a local path".into(),
+                    source: "not a local path".into(),
                 })?;
             return Checkpoints::open(&path.join("_checkpoints").display().to_string());
         }
@@ -147,7 +147,7 @@ impl Checkpoints {
     fn error(&self, error: azure_core::Error) -> StreamError {
         StreamError::Checkpoints {
             location: self.location.clone(),
-            message: error.to_string(),
+            source: error.into(),
         }
     }
 }
