@@ -2,6 +2,12 @@
 
 use super::*;
 
+/// How far back, in ingest time, a look-up of known versions reads first: a correction usually
+/// follows its reading within hours (a device re-sends, a nurse fixes an entry). Each window reads
+/// only the files Delta's statistics say were written in it (`_ingest_order` starts with the
+/// ingest time); the keys not found there are looked for in the next, the last being everything.
+const LOOKUP_WINDOWS_DAYS: [i64; 2] = [1, 30];
+
 /// The winning versions already recorded for `keys`.
 pub(super) async fn known_versions(
     lake: &Lake,
@@ -13,31 +19,56 @@ pub(super) async fn known_versions(
     let Some(table) = lake.existing_table(&name).await? else {
         return Ok(known);
     };
-    for slice in keys.chunks(10_000) {
-        let sql = format!(
-            "SELECT _key, _version_id, _last_updated, _ingest_order FROM t WHERE {}",
-            key_predicate("_key", slice.iter().copied())
-        );
-        for batch in read::query(&table, &name, &sql).await? {
-            let (k, v, o) = (
-                strings(&batch, "_key"),
-                strings(&batch, "_version_id"),
-                strings(&batch, "_ingest_order"),
-            );
-            let updated = integers(&batch, "_last_updated");
-            for i in 0..batch.num_rows() {
-                known.insert(
-                    k.value(i).to_string(),
-                    VersionKey {
-                        version_id: (!v.is_null(i)).then(|| v.value(i).to_string()),
-                        last_updated: (!updated.is_null(i)).then(|| updated.value(i)),
-                        ingest_order: o.value(i).to_string(),
-                    },
-                );
+    let now = chrono::Utc::now().timestamp_micros();
+    let floors = LOOKUP_WINDOWS_DAYS
+        .iter()
+        .map(|days| Some(ingested_since(now - days * 86_400_000_000)))
+        .chain([None]);
+    let mut missing: Vec<&String> = keys.to_vec();
+    for floor in floors {
+        for slice in missing.chunks(10_000) {
+            let keys = key_predicate("_key", slice.iter().copied());
+            let sql = match &floor {
+                Some(floor) => format!("{SELECT_VERSIONS} WHERE {floor} AND {keys}"),
+                None => format!("{SELECT_VERSIONS} WHERE {keys}"),
+            };
+            for batch in read::query(&table, &name, &sql).await? {
+                add_versions(&batch, &mut known);
             }
+        }
+        missing.retain(|k| !known.contains_key(*k));
+        if missing.is_empty() {
+            break;
         }
     }
     Ok(known)
+}
+
+const SELECT_VERSIONS: &str = "SELECT _key, _version_id, _last_updated, _ingest_order FROM t";
+
+/// The rows ingested at `micros` or later: ingest orders start with the ingest time, in
+/// microseconds, as 20 digits.
+fn ingested_since(micros: i64) -> String {
+    format!("_ingest_order >= '{micros:020}'")
+}
+
+fn add_versions(batch: &RecordBatch, known: &mut HashMap<String, VersionKey>) {
+    let (k, v, o) = (
+        strings(batch, "_key"),
+        strings(batch, "_version_id"),
+        strings(batch, "_ingest_order"),
+    );
+    let updated = integers(batch, "_last_updated");
+    for i in 0..batch.num_rows() {
+        known.insert(
+            k.value(i).to_string(),
+            VersionKey {
+                version_id: (!v.is_null(i)).then(|| v.value(i).to_string()),
+                last_updated: (!updated.is_null(i)).then(|| updated.value(i)),
+                ingest_order: o.value(i).to_string(),
+            },
+        );
+    }
 }
 
 pub(super) fn timestamps(values: impl IntoIterator<Item = Option<i64>>) -> ArrayRef {
@@ -153,13 +184,41 @@ pub(super) enum Replace {
 /// Replace the rows of `keys` if any of them was known before; otherwise nothing can be there.
 ///
 /// The predicate names every key written, not only the known ones: Delta checks that each row a
-/// replacing write adds matches its predicate.
-pub(super) fn replace_known(keys: &[&String], known: &HashMap<String, VersionKey>) -> Replace {
+/// replacing write adds matches its predicate. It also bounds `_ingest_order` from below by
+/// `floor`, the oldest ingest among the rows replaced and written ([`ingest_floor`]): Delta then
+/// skips, by its file statistics, every file written before that. A correction of recent readings
+/// reads and rewrites recent files only, however long the table's history (the keys themselves
+/// are spread over every file, so they skip nothing).
+pub(super) fn replace_known(
+    keys: &[&String],
+    known: &HashMap<String, VersionKey>,
+    floor: &str,
+) -> Replace {
     if keys.iter().any(|k| known.contains_key(*k)) {
-        Replace::Matching(key_predicate("_key", keys.iter().copied()))
+        Replace::Matching(format!(
+            "(_ingest_order >= {} OR _ingest_order IS NULL) AND {}",
+            quote(floor),
+            key_predicate("_key", keys.iter().copied())
+        ))
     } else {
         Replace::Nothing
     }
+}
+
+/// The oldest ingest order among `winners` and the versions of them silver holds (`known`): no row
+/// a merge of `winners` replaces or writes was ingested before it. Rows of one resource version
+/// carry its ingest order in every silver table, so this bounds the rows replaced in each.
+pub(super) fn ingest_floor<'w>(
+    winners: &'w [BronzeResource],
+    known: &'w HashMap<String, VersionKey>,
+) -> &'w str {
+    winners
+        .iter()
+        .flat_map(|r| [Some(&r.version), known.get(&r.key)])
+        .flatten()
+        .map(|v| v.ingest_order.as_str())
+        .min()
+        .unwrap_or("")
 }
 
 /// Writes `batch` to an open table; returns the table after the commit and the rows written.
@@ -204,4 +263,63 @@ pub(super) async fn write(
     Ok(write_to(table, name, batch, replace, batch_id, &[])
         .await?
         .1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A versions table row of `key`, ingested at `micros`.
+    fn version_row(key: &str, micros: i64) -> RecordBatch {
+        let order = format!("{micros:020}|b|s|{:012}|", 0);
+        RecordBatch::try_from_iter([
+            ("_key", Arc::new(StringArray::from(vec![key])) as ArrayRef),
+            (
+                "_version_id",
+                Arc::new(StringArray::from(vec!["1"])) as ArrayRef,
+            ),
+            ("_last_updated", timestamps([Some(micros)])),
+            (
+                "_ingest_order",
+                Arc::new(StringArray::from(vec![order])) as ArrayRef,
+            ),
+        ])
+        .unwrap()
+    }
+
+    /// Keys ingested long ago, a month ago and now are all found: the windows that read recent
+    /// files first leave nothing out.
+    #[tokio::test]
+    async fn known_versions_finds_keys_of_every_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let name = versions_table("Observation");
+        let now = chrono::Utc::now().timestamp_micros();
+        let day = 86_400_000_000;
+        let ages = [
+            ("old", now - 400 * day),
+            ("month", now - 20 * day),
+            ("new", now),
+        ];
+        for (key, at) in ages {
+            // One file per row, as separate landings leave them.
+            let table = lake.table(&name).await.unwrap();
+            AppendBuilder::new(table, &name, vec![version_row(key, at)])
+                .execute()
+                .await
+                .unwrap();
+        }
+        let keys: Vec<String> = ["old", "month", "new", "never"].map(String::from).into();
+        let found = known_versions(&lake, "Observation", &keys.iter().collect::<Vec<_>>())
+            .await
+            .unwrap();
+        let mut found_keys: Vec<&str> = found.keys().map(String::as_str).collect();
+        found_keys.sort();
+        assert_eq!(found_keys, ["month", "new", "old"]);
+        assert!(
+            found["old"]
+                .ingest_order
+                .starts_with(&format!("{:020}", now - 400 * day))
+        );
+    }
 }

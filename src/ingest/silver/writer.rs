@@ -9,6 +9,50 @@ pub(super) fn key_hash(key: &str) -> u64 {
     hasher.finish()
 }
 
+/// 64-bit hashes of the keys of one resource type that silver holds.
+///
+/// Read once per run from `silver/versions/<type>`: the table's keys as a sorted vector (8 bytes
+/// a key, built with one sort; a hash set of 10 million took twice the memory and a random memory
+/// access per insert, most of a small run's time on a large lake), and the keys this run added.
+#[derive(Default)]
+struct KnownKeys {
+    sorted: Vec<u64>,
+    added: HashSet<u64>,
+}
+
+impl KnownKeys {
+    fn from_hashes(mut hashes: Vec<u64>) -> KnownKeys {
+        hashes.par_sort_unstable();
+        KnownKeys {
+            sorted: hashes,
+            added: HashSet::new(),
+        }
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        self.added.contains(&hash) || self.sorted.binary_search(&hash).is_ok()
+    }
+
+    fn extend(&mut self, hashes: impl IntoIterator<Item = u64>) {
+        self.added.extend(hashes);
+    }
+}
+
+/// The hashes of a batch's string column, read as the lake stores it (plain or view strings).
+fn column_hashes(batch: &RecordBatch, name: &str, into: &mut Vec<u64>) {
+    use deltalake::arrow::array::AsArray;
+    let column = batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("the table has column {name}"));
+    match column.data_type() {
+        DataType::Utf8View => into.extend(column.as_string_view().iter().flatten().map(key_hash)),
+        DataType::LargeUtf8 => {
+            into.extend(column.as_string::<i64>().iter().flatten().map(key_hash))
+        }
+        _ => into.extend(strings(batch, name).iter().flatten().map(key_hash)),
+    }
+}
+
 /// Merges bronze chunks into silver during one ingest run.
 ///
 /// It keeps the tables open between chunks (opening a Delta table replays its log), and a 64-bit hash
@@ -20,7 +64,7 @@ pub struct SilverWriter<'l> {
     batch_id: String,
     tables: HashMap<String, DeltaTable>,
     /// Per resource type: hashes of the keys in `silver/versions/<type>`, this run's included.
-    known_keys: HashMap<String, HashSet<u64>>,
+    known_keys: HashMap<String, KnownKeys>,
     /// Merging again what may already be partly merged (a stream batch interrupted before silver):
     /// every key is replaced, so nothing is written twice.
     redo: bool,
@@ -64,11 +108,17 @@ impl<'l> SilverWriter<'l> {
         self.redo = redo;
     }
 
-    fn replace(&self, keys: &[&String], known: &HashMap<String, VersionKey>) -> Replace {
+    /// In `redo`, what silver holds is not known: every key is replaced, wherever its rows are.
+    fn replace(
+        &self,
+        keys: &[&String],
+        known: &HashMap<String, VersionKey>,
+        floor: &str,
+    ) -> Replace {
         if self.redo {
             Replace::Matching(key_predicate("_key", keys.iter().copied()))
         } else {
-            replace_known(keys, known)
+            replace_known(keys, known, floor)
         }
     }
 
@@ -95,18 +145,18 @@ impl<'l> SilverWriter<'l> {
             }
         }
         let name = versions_table(resource_type);
-        let mut hashes = HashSet::new();
+        let mut hashes = Vec::new();
         if let Some(table) = self.lake.existing_table(&name).await? {
             let mut stream = read::stream(&table, &name, "SELECT _key FROM t").await?;
             while let Some(batch) = stream.try_next().await.map_err(|source| LakeError::Query {
                 table: name.clone(),
                 source,
             })? {
-                let keys = strings(&batch, "_key");
-                hashes.extend(keys.iter().flatten().map(key_hash));
+                column_hashes(&batch, "_key", &mut hashes);
             }
         }
-        self.known_keys.insert(resource_type.to_string(), hashes);
+        self.known_keys
+            .insert(resource_type.to_string(), KnownKeys::from_hashes(hashes));
         Ok(())
     }
 
@@ -146,7 +196,7 @@ impl<'l> SilverWriter<'l> {
         let hashes = &self.known_keys[resource_type];
         let maybe_known: HashSet<String> = resources
             .iter()
-            .filter(|r| self.redo || hashes.contains(&key_hash(&r.key)))
+            .filter(|r| self.redo || hashes.contains(key_hash(&r.key)))
             .map(|r| r.key.clone())
             .collect();
         let history = if resource_type == "Patient" {
@@ -177,6 +227,7 @@ impl<'l> SilverWriter<'l> {
         let (mut winners, losers) = plan::winners(resources, &known, self.redo);
 
         if !winners.is_empty() {
+            let floor = ingest_floor(&winners, &known).to_string();
             let mut flattened: Vec<Flattened> = winners
                 .par_iter_mut()
                 .map(|r| r.flattened.take().unwrap_or_else(|| flatten(&views, r)))
@@ -197,12 +248,12 @@ impl<'l> SilverWriter<'l> {
             {
                 let view = &views.views()[index];
                 let name = view_table(view.name().unwrap_or_default());
-                let replace = self.replace(&touched, &known);
+                let replace = self.replace(&touched, &known, &floor);
                 metrics.rows += self.write(&name, view_batch(view, rows), replace).await?;
                 metrics.commits += 1;
             }
             let keys: Vec<&String> = winners.iter().map(|r| &r.key).collect();
-            let replace = self.replace(&keys, &known);
+            let replace = self.replace(&keys, &known, &floor);
             self.write(
                 &versions_table(resource_type),
                 versions_batch(&winners.iter().collect::<Vec<_>>()),
@@ -269,5 +320,19 @@ impl<'l> SilverWriter<'l> {
         // on the thread that lands the next batch.
         rayon::spawn(move || drop((winners, losers)));
         Ok(metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_keys_hold_the_tables_keys_and_the_runs() {
+        let mut known = KnownKeys::from_hashes(["b", "a", "d"].map(key_hash).into());
+        assert!(["a", "b", "d"].iter().all(|k| known.contains(key_hash(k))));
+        assert!(!known.contains(key_hash("c")));
+        known.extend([key_hash("c")]);
+        assert!(known.contains(key_hash("c")));
     }
 }
