@@ -77,6 +77,8 @@ pub enum Error {
     #[error(transparent)]
     Stream(#[from] stream::StreamError),
     #[error(transparent)]
+    Rules(#[from] rules::InvalidRules),
+    #[error(transparent)]
     Demo(#[from] demo::DemoError),
 }
 
@@ -95,7 +97,7 @@ impl Error {
         use ingest::IngestError;
         use stream::StreamError;
         let bad_input = match self {
-            Error::Config(_) => true,
+            Error::Config(_) | Error::Rules(_) => true,
             Error::Ingest(e) => match e {
                 IngestError::Input { .. } | IngestError::Remote { .. } => true,
                 IngestError::Stream(e) => matches!(

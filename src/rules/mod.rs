@@ -60,7 +60,16 @@ impl fmt::Display for Problem {
 }
 
 /// Every problem of a rule folder, one per line.
+#[derive(Debug)]
 pub struct Problems(pub Vec<Problem>);
+
+/// A rule folder that does not load: every problem in it, each with its file, line and field.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in the rules in {dir}:\n{problems}", problems.0.len())]
+pub struct InvalidRules {
+    pub dir: String,
+    pub problems: Problems,
+}
 
 impl fmt::Display for Problems {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

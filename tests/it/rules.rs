@@ -148,6 +148,19 @@ fn rules_check_names_file_line_and_field_and_rules_test_catches_a_wrong_expectat
         text.contains(&format!("{file}:23: /sustain/within:")),
         "{text}"
     );
+    // Given to `rules test`, the same folder is bad input (exit code 2), its problems named.
+    let out = vitalake()
+        .args(["rules", "test"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        text.contains("2 problem(s) in the rules")
+            && text.contains(&format!("{file}:4: /severity:")),
+        "{text}"
+    );
 
     std::fs::copy(Path::new(RULES).join("hypertensive-crisis.yaml"), &crisis).unwrap();
     edit(
