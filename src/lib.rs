@@ -130,6 +130,7 @@ impl Error {
                     | serve::ServeError::TlsFile { .. }
                     | serve::ServeError::Tls(_)
             ),
+            Error::Lake(e) => matches!(e, lake::LakeError::Root { .. }),
             Error::Stream(e) => matches!(
                 e,
                 StreamError::BadSource(_)
@@ -137,11 +138,7 @@ impl Error {
                     | StreamError::NoCredentials { .. }
                     | StreamError::EventTooLarge { .. }
             ),
-            Error::Lake(_)
-            | Error::Generate(_)
-            | Error::Gold(_)
-            | Error::Views(_)
-            | Error::Demo(_) => false,
+            Error::Generate(_) | Error::Gold(_) | Error::Views(_) | Error::Demo(_) => false,
         };
         if bad_input { 2 } else { 1 }
     }

@@ -37,9 +37,12 @@ pub fn utc_timestamp() -> deltalake::arrow::datatypes::DataType {
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
     #[error(
-        "invalid lake root {root:?}: {reason}; use a local folder or abfss://<container>@<account>.dfs.core.windows.net/<path>"
+        "invalid lake root {root:?}: {source}; use a local folder or abfss://<container>@<account>.dfs.core.windows.net/<path>"
     )]
-    Root { root: String, reason: String },
+    Root {
+        root: String,
+        source: crate::BoxError,
+    },
     #[error("Delta table {table}: {source}")]
     Delta {
         table: String,
@@ -143,15 +146,15 @@ impl Lake {
     /// (`abfss://`, `az://`). Azure credentials come from the environment.
     pub fn open(root: &str) -> Result<Lake, LakeError> {
         register_cloud_handlers();
-        let bad = |reason: String| LakeError::Root {
+        let bad = |source: crate::BoxError| LakeError::Root {
             root: root.to_string(),
-            reason,
+            source,
         };
         let url = if root.contains("://") {
-            Url::parse(root).map_err(|e| bad(e.to_string()))?
+            Url::parse(root).map_err(|e| bad(e.into()))?
         } else {
-            std::fs::create_dir_all(root).map_err(|e| bad(e.to_string()))?;
-            let path = std::fs::canonicalize(root).map_err(|e| bad(e.to_string()))?;
+            std::fs::create_dir_all(root).map_err(|e| bad(e.into()))?;
+            let path = std::fs::canonicalize(root).map_err(|e| bad(e.into()))?;
             Url::from_directory_path(&path).map_err(|_| bad("not an absolute path".into()))?
         };
         let url = if url.path().ends_with('/') {
@@ -206,7 +209,7 @@ impl Lake {
             // The local store insists on an existing folder, even for a table about to be created.
             std::fs::create_dir_all(&path).map_err(|e| LakeError::Root {
                 root: path.display().to_string(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
         }
         DeltaTable::try_from_url(url)

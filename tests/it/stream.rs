@@ -561,6 +561,14 @@ fn a_stream_that_cannot_start_says_why_once() {
         stderr.contains("EVENTHUBS_CONNECTION_STRING") && stderr.contains("EVENTHUBS_NAMESPACE"),
         "{stderr}"
     );
+
+    // A lake folder that cannot be made: a setting to fix too.
+    let out = stream(Path::new("/proc/no-such-lake"), &missing, &[])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("invalid lake root"), "{stderr}");
 }
 
 /// The Blob checkpoint store on Azurite: two instances racing for one partition with the same
