@@ -14,7 +14,6 @@ pub(super) fn key_hash(key: &str) -> u64 {
 /// Read once per run from `silver/versions/<type>`: the table's keys as a sorted vector (8 bytes
 /// a key, built with one sort; a hash set of 10 million took twice the memory and a random memory
 /// access per insert, most of a small run's time on a large lake), and the keys this run added.
-#[derive(Default)]
 struct KnownKeys {
     sorted: Vec<u64>,
     added: HashSet<u64>,
