@@ -37,6 +37,17 @@ impl KnownKeys {
     }
 }
 
+/// The rows of `table`, as its Delta log's statistics count them (none where they are missing).
+fn rows_in(table: &DeltaTable) -> usize {
+    table.snapshot().map_or(0, |snapshot| {
+        snapshot
+            .log_data()
+            .into_iter()
+            .filter_map(|file| file.num_records())
+            .sum()
+    })
+}
+
 /// The hashes of a batch's string column, read as the lake stores it (plain or view strings).
 fn column_hashes(batch: &RecordBatch, name: &str, into: &mut Vec<u64>) {
     use deltalake::arrow::array::AsArray;
@@ -146,6 +157,9 @@ impl<'l> SilverWriter<'l> {
         let name = versions_table(resource_type);
         let mut hashes = Vec::new();
         if let Some(table) = self.lake.existing_table(&name).await? {
+            // Sized once from the Delta log: a vector doubling its way to 10M keys would hold
+            // both its old and new buffers, 200 MB, at its peak.
+            hashes.reserve_exact(rows_in(&table));
             let mut stream = read::stream(&table, &name, "SELECT _key FROM t").await?;
             while let Some(batch) = stream.try_next().await.map_err(|source| LakeError::Query {
                 table: name.clone(),
