@@ -95,17 +95,11 @@ impl Error {
     /// failed, the lake refused a commit: trying again may work).
     pub fn exit_code(&self) -> u8 {
         use ingest::IngestError;
-        use stream::StreamError;
         let bad_input = match self {
             Error::Config(_) | Error::Rules(_) => true,
             Error::Ingest(e) => match e {
                 IngestError::Input { .. } | IngestError::Remote { .. } => true,
-                IngestError::Stream(e) => matches!(
-                    e,
-                    StreamError::BadSource(_)
-                        | StreamError::BadSink(_)
-                        | StreamError::NoCredentials { .. }
-                ),
+                IngestError::Stream(e) => e.is_bad_input(),
                 IngestError::FhirServer(e) => {
                     matches!(**e, ingest::fhir_server::FhirServerError::Setup(_))
                 }
@@ -131,13 +125,7 @@ impl Error {
                     | serve::ServeError::Tls(_)
             ),
             Error::Lake(e) => matches!(e, lake::LakeError::Root { .. }),
-            Error::Stream(e) => matches!(
-                e,
-                StreamError::BadSource(_)
-                    | StreamError::BadSink(_)
-                    | StreamError::NoCredentials { .. }
-                    | StreamError::EventTooLarge { .. }
-            ),
+            Error::Stream(e) => e.is_bad_input(),
             Error::Generate(_) | Error::Gold(_) | Error::Views(_) | Error::Demo(_) => false,
         };
         if bad_input { 2 } else { 1 }

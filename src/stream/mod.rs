@@ -100,6 +100,19 @@ pub enum StreamError {
     Decode(#[source] tokio::task::JoinError),
 }
 
+impl StreamError {
+    /// Whether the user can fix it (a source, sink, credential or event they gave): exit code 2.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            StreamError::BadSource(_)
+                | StreamError::BadSink(_)
+                | StreamError::NoCredentials { .. }
+                | StreamError::EventTooLarge { .. }
+        )
+    }
+}
+
 /// One partition of a source: its events in sequence order.
 pub struct Partition {
     pub id: String,

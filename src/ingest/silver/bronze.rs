@@ -121,13 +121,13 @@ pub fn from_bronze(resource_type: &str, batch: &RecordBatch) -> Vec<BronzeResour
         .collect()
 }
 
-/// The resources of one type just decoded (the stream's), as [`from_bronze`] would read them back
-/// from their bronze rows: moved, with their rows flattened ahead, rather than copied through an
-/// Arrow batch.
 /// A resource on its way to bronze and silver: the record, where it came from, and its view rows
 /// if they were computed where it was decoded.
 pub type ResourceToLand = (ResourceRecord, Arc<Provenance>, Option<Flattened>);
 
+/// The resources of one type just decoded (a file's or the stream's), as [`from_bronze`] would
+/// read them back from their bronze rows: moved, with their rows flattened ahead, rather than
+/// copied through an Arrow batch.
 pub fn from_records(records: Vec<ResourceToLand>) -> Vec<BronzeResource> {
     records
         .into_iter()
