@@ -38,7 +38,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use rand::{Rng, SeedableRng};
-use support::{bp_reading, env, query_csv, run_sampling_rss};
+use support::{bp_reading, env, query_csv, run_ok, run_sampling_rss, vitalake};
 use vitalake::lake::{AppendBuilder, Lake, arrow_schema};
 
 const READINGS: &str = "silver/fhir/blood_pressure";
@@ -145,19 +145,11 @@ fn ingested(n: u64, rows: u64, now: i64) -> i64 {
 async fn build_lake(path: &Path, rows: u64) {
     let now = chrono::Utc::now().timestamp_micros();
     let _ = std::fs::remove_dir_all(path);
-    let out = vitalake(path)
-        .args([
-            "ingest",
-            "fhir",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/samples/drop"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(vitalake(path).args([
+        "ingest",
+        "fhir",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/samples/drop"),
+    ]));
     let lake = Lake::open(&path.display().to_string()).unwrap();
     let patients = rows / 10;
     let schema_of =
@@ -228,12 +220,6 @@ async fn build_lake(path: &Path, rows: u64) {
             append(&lake, table, schema, columns).await;
         }
     }
-}
-
-fn vitalake(lake: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalake"));
-    cmd.arg("--lake").arg(lake);
-    cmd
 }
 
 /// A reading as FHIR, with the version its `meta` names.

@@ -13,6 +13,9 @@
 //! micro-batches leave them: many files, each holding every patient. Readings are spread over a
 //! year. Every query is timed from the client: sent to all rows received.
 
+#[allow(dead_code)]
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use rand::{Rng, SeedableRng};
+use support::{env, run_ok as run, vitalake};
 use vitalake::lake::{AppendBuilder, Lake, arrow_schema};
 
 const TABLE: &str = "silver/fhir/blood_pressure";
@@ -32,29 +36,6 @@ const PASSWORD: &str = "bench-pw";
 /// 2026-01-01T00:00:00Z in microseconds.
 const YEAR_START: i64 = 1_767_225_600_000_000;
 const DAY_MICROS: i64 = 86_400_000_000;
-
-fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn vitalake(lake: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalake"));
-    cmd.arg("--lake").arg(lake);
-    cmd
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn patient(p: u64) -> String {
     format!("bench-{p:06}")

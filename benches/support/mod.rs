@@ -1,5 +1,5 @@
 //! What the benches share: the release binary run in a child process, its peak RSS sampled;
-//! `vitalake query` on a bench's lake; settings from the environment; a blood-pressure reading.
+//! `vitalake` on a bench's lake, `vitalake query` among its commands; settings from the environment; a blood-pressure reading.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -50,21 +50,27 @@ pub fn env(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Runs `vitalake query` on the lake; the CSV rows without the header.
-pub fn query_csv(lake: &Path, sql: &str) -> Vec<Vec<String>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_vitalake"))
-        .arg("--lake")
-        .arg(lake)
-        .args(["query", sql, "--format", "csv"])
-        .output()
-        .unwrap();
+/// The release `vitalake` binary, on the lake at `lake`.
+pub fn vitalake(lake: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vitalake"));
+    cmd.arg("--lake").arg(lake);
+    cmd
+}
+
+/// Runs `cmd` to its end; its standard output. Panics with its standard error if it failed.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs `vitalake query` on the lake; the CSV rows without the header.
+pub fn query_csv(lake: &Path, sql: &str) -> Vec<Vec<String>> {
+    run_ok(vitalake(lake).args(["query", sql, "--format", "csv"]))
         .lines()
         .skip(1)
         .map(|line| line.split(',').map(str::to_string).collect())
