@@ -23,8 +23,10 @@ pub struct DecodeOptions {
     /// Resources (or whole texts) larger than this are rejected with rule `size`.
     pub max_resource_bytes: usize,
     /// Keep each resource's parse ([`ResourceRecord::json`]) from the structural check, for the
-    /// checks and views that read it next. Off for file drops: a Bundle's entries would all hold
-    /// their parse at once, and a file without profile checks never needs it.
+    /// checks and views that read it next (ingest and the stream: the silver views read every
+    /// resource). With it, a resource of a shape already accepted on this thread skips the typed
+    /// read (see `structure::check_and_parse`). Callers that keep it should take each resource
+    /// through [`decode_each`], so a Bundle never holds all its entries' parses at once.
     pub keep_parse: bool,
 }
 
@@ -215,7 +217,19 @@ fn delete_event(full_url: Option<String>, url: &str, location: Location, index: 
 
 /// Decodes `text`, found at `location`, appending one [`Decoded`] per resource or rejected piece.
 pub fn decode(text: &str, location: Location, options: &DecodeOptions, out: &mut Vec<Decoded>) {
-    decode_at_depth(text, location, None, options, 0, out)
+    decode_each(text, location, options, &mut |decoded| out.push(decoded))
+}
+
+/// [`decode`], handing each [`Decoded`] to `each` as soon as it is made: a caller that checks and
+/// flattens each resource there frees its parse before the next entry of a large Bundle is read,
+/// so a Bundle never holds the parses of all its entries at once.
+pub fn decode_each(
+    text: &str,
+    location: Location,
+    options: &DecodeOptions,
+    each: &mut dyn FnMut(Decoded),
+) {
+    decode_at_depth(text, location, None, options, 0, each)
 }
 
 fn decode_at_depth(
@@ -224,12 +238,12 @@ fn decode_at_depth(
     full_url: Option<String>,
     options: &DecodeOptions,
     depth: usize,
-    out: &mut Vec<Decoded>,
+    out: &mut dyn FnMut(Decoded),
 ) {
     let reject = |issue: Issue| Decoded::Rejected(Rejected::new(text, location.clone(), issue));
     match text.trim_start().as_bytes().first() {
         None => {
-            return out.push(reject(Issue::error(
+            return out(reject(Issue::error(
                 "json",
                 "$",
                 "empty input: no JSON at all",
@@ -237,7 +251,7 @@ fn decode_at_depth(
         }
         Some(b'{') => {}
         Some(b'[') => {
-            return out.push(reject(Issue::error(
+            return out(reject(Issue::error(
                 "json",
                 "$",
                 "a top-level JSON array is not a FHIR resource; expected an object with resourceType \
@@ -245,7 +259,7 @@ fn decode_at_depth(
             )));
         }
         Some(_) => {
-            return out.push(reject(Issue::error(
+            return out(reject(Issue::error(
                 "json",
                 "$",
                 match serde_json::from_str::<serde::de::IgnoredAny>(text) {
@@ -263,10 +277,10 @@ fn decode_at_depth(
             let issue = structure::check(text, &resource_type)
                 .err()
                 .unwrap_or_else(|| Issue::error("structure", resource_type, err.to_string()));
-            return out.push(reject(issue));
+            return out(reject(issue));
         }
         Err(err) => {
-            return out.push(reject(Issue::error(
+            return out(reject(Issue::error(
                 "json",
                 "$",
                 format!("invalid JSON: {err}"),
@@ -274,7 +288,7 @@ fn decode_at_depth(
         }
     };
     let Some(resource_type) = head.resource_type else {
-        return out.push(reject(Issue::error(
+        return out(reject(Issue::error(
             "resourceType",
             "$",
             "no resourceType: this JSON object is not a FHIR resource",
@@ -284,7 +298,7 @@ fn decode_at_depth(
         && let Some(entries) = head.entry
     {
         if depth >= MAX_BUNDLE_DEPTH {
-            return out.push(reject(Issue::error(
+            return out(reject(Issue::error(
                 "bundle",
                 "Bundle",
                 format!("Bundles nested more than {MAX_BUNDLE_DEPTH} deep are not opened"),
@@ -306,10 +320,8 @@ fn decode_at_depth(
                     depth + 1,
                     out,
                 ),
-                (None, Some(url)) => {
-                    out.push(delete_event(entry.full_url, url, entry_location, index))
-                }
-                (None, None) => out.push(Decoded::Rejected(Rejected::new(
+                (None, Some(url)) => out(delete_event(entry.full_url, url, entry_location, index)),
+                (None, None) => out(Decoded::Rejected(Rejected::new(
                     "",
                     entry_location,
                     Issue::error(
@@ -361,7 +373,7 @@ fn decode_at_depth(
         None => None,
     };
     if issues.is_empty() {
-        out.push(Decoded::Resource(ResourceRecord {
+        out(Decoded::Resource(ResourceRecord {
             resource_type,
             id: head.id,
             version_id,
@@ -374,7 +386,7 @@ fn decode_at_depth(
             deleted: false,
         }));
     } else {
-        out.push(Decoded::Rejected(Rejected {
+        out(Decoded::Rejected(Rejected {
             resource_type: Some(resource_type),
             id: head.id,
             raw: text.to_string(),

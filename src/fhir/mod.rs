@@ -16,4 +16,4 @@ pub mod location;
 pub mod ndjson;
 pub mod structure;
 
-pub use decode::{DecodeOptions, Decoded, Location, Rejected, ResourceRecord, decode};
+pub use decode::{DecodeOptions, Decoded, Location, Rejected, ResourceRecord, decode, decode_each};

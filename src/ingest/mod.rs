@@ -28,6 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use deltalake::DeltaTable;
+use deltalake::arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
 use crate::fhir::DecodeOptions;
@@ -219,8 +220,8 @@ struct Written {
     commits: u64,
 }
 
-/// Commits each chunk: bronze tables, then quarantine, then the ingest-log rows of the files the
-/// chunk completes, so a file is logged only once all its records are in.
+/// Commits each chunk: bronze tables and quarantine, then the ingest-log rows of the files the
+/// chunk completes, so a file is logged only once all its records are in, then silver.
 async fn write_chunks(
     lake: &Lake,
     views: &silver::SilverViews,
@@ -238,35 +239,13 @@ async fn write_chunks(
         if let Some(quarantine) = chunk.quarantine {
             appends.push((QUARANTINE_TABLE.to_string(), quarantine));
         }
+        append_all(lake, &mut tables, appends, batch_id, &mut written).await?;
+        // The log last: a file is logged once all its records are in.
         if !chunk.files.is_empty() {
             let at = chrono::Utc::now().timestamp_micros();
-            appends.push((
-                INGEST_LOG_TABLE.to_string(),
-                ingest_log_batch(&chunk.files, batch_id, at),
-            ));
-        }
-        for (name, batch) in appends {
-            let path = match name.as_str() {
-                QUARANTINE_TABLE | INGEST_LOG_TABLE => name.clone(),
-                resource_type => bronze_fhir_table(resource_type),
-            };
-            let table = match tables.remove(&path) {
-                Some(table) => table,
-                None => lake.table(&path).await?,
-            };
-            let (table, metrics) = AppendBuilder::new(table, path.clone(), vec![batch])
-                .with_metadata("vitalake.batch_id", batch_id)
-                .with_metadata("vitalake.operation", "ingest fhir")
-                .with_schema_merge()
-                .execute()
-                .await?;
-            match name.as_str() {
-                QUARANTINE_TABLE => written.quarantine_rows += metrics.rows as u64,
-                INGEST_LOG_TABLE => {}
-                _ => written.bronze_rows += metrics.rows as u64,
-            }
-            written.commits += 1;
-            tables.insert(path, table);
+            let log = ingest_log_batch(&chunk.files, batch_id, at);
+            let appends = vec![(INGEST_LOG_TABLE.to_string(), log)];
+            append_all(lake, &mut tables, appends, batch_id, &mut written).await?;
         }
         // Silver after bronze: what silver holds is always in bronze.
         for (resource_type, resources) in chunk.silver {
@@ -282,4 +261,56 @@ async fn write_chunks(
         );
     }
     Ok(written)
+}
+
+/// Appends each `(table, batch)` of a chunk at the same time (bronze of each type, quarantine and
+/// the ingest log are independent tables), keeping the tables open in `tables` for the next
+/// chunk. Every append runs to its end; the first failure is returned.
+async fn append_all(
+    lake: &Lake,
+    tables: &mut HashMap<String, DeltaTable>,
+    appends: Vec<(String, RecordBatch)>,
+    batch_id: &str,
+    written: &mut Written,
+) -> Result<(), IngestError> {
+    let mut names = Vec::with_capacity(appends.len());
+    let mut builders = Vec::with_capacity(appends.len());
+    for (name, batch) in appends {
+        let path = match name.as_str() {
+            QUARANTINE_TABLE | INGEST_LOG_TABLE => name.clone(),
+            resource_type => bronze_fhir_table(resource_type),
+        };
+        let table = match tables.remove(&path) {
+            Some(table) => table,
+            None => lake.table(&path).await?,
+        };
+        builders.push(
+            AppendBuilder::new(table, path.clone(), vec![batch])
+                .with_metadata("vitalake.batch_id", batch_id)
+                .with_metadata("vitalake.operation", "ingest fhir")
+                .with_schema_merge(),
+        );
+        names.push((name, path));
+    }
+    let mut failure = None;
+    for ((name, path), result) in names
+        .into_iter()
+        .zip(AppendBuilder::execute_all(builders).await)
+    {
+        match result {
+            Ok((table, metrics)) => {
+                match name.as_str() {
+                    QUARANTINE_TABLE => written.quarantine_rows += metrics.rows as u64,
+                    INGEST_LOG_TABLE => {}
+                    _ => written.bronze_rows += metrics.rows as u64,
+                }
+                written.commits += 1;
+                tables.insert(path, table);
+            }
+            Err(error) => {
+                failure.get_or_insert(error);
+            }
+        }
+    }
+    failure.map_or(Ok(()), |error| Err(error.into()))
 }

@@ -32,11 +32,16 @@ impl Prepared {
 /// by the checks) is in cache, and frees the parse: the one parse of each resource serves the
 /// structural check, the profile checks and the views.
 pub fn prepare(decoded: Vec<Decoded>, views: &SilverViews) -> impl Iterator<Item = Prepared> + '_ {
-    decoded.into_iter().map(move |mut record| {
-        let flattened = match &mut record {
-            Decoded::Resource(resource) => flatten_ahead(views, resource),
-            Decoded::Rejected(_) => None,
-        };
-        Prepared { record, flattened }
-    })
+    decoded
+        .into_iter()
+        .map(move |record| prepare_one(record, views))
+}
+
+/// [`prepare`] for one record.
+pub fn prepare_one(mut record: Decoded, views: &SilverViews) -> Prepared {
+    let flattened = match &mut record {
+        Decoded::Resource(resource) => flatten_ahead(views, resource),
+        Decoded::Rejected(_) => None,
+    };
+    Prepared { record, flattened }
 }

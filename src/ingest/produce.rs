@@ -15,11 +15,11 @@ use rayon::prelude::*;
 use tokio::sync::mpsc;
 
 use crate::fhir::ndjson::{LineContent, NdjsonLines};
-use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, decode};
+use crate::fhir::{DecodeOptions, Decoded, Location, Rejected, decode_each};
 use crate::issue::{Issue, Severity};
 use crate::validate::Check;
 
-use super::prepared::{Prepared, prepare};
+use super::prepared::{Prepared, prepare_one};
 use super::report::{ProduceStats, QUARANTINE_EXAMPLES, QuarantineNote};
 use super::silver::{BronzeResource, ResourceToLand, SilverViews, from_records};
 use super::source::{Fetched, Format, SourceFile};
@@ -57,7 +57,11 @@ impl ProduceContext {
         ProduceContext {
             batch_id: batch_id.to_string(),
             ingested_at: chrono::Utc::now().timestamp_micros(),
-            decode: options.decode.clone(),
+            // The checks and the silver views read the parse the structural check makes.
+            decode: DecodeOptions {
+                keep_parse: true,
+                ..options.decode.clone()
+            },
             chunk_records: options.chunk_records,
             chunk_bytes: options.chunk_bytes,
             checks: options.checks.clone(),
@@ -323,12 +327,13 @@ fn decode_line(line: &crate::fhir::ndjson::Line, ctx: &ProduceContext) -> Vec<Pr
 }
 
 /// Decodes, runs the configured checks (a resource with an error-level finding is rejected) and
-/// flattens what passed through the silver views: one parse serves all three, and is freed here.
+/// flattens what passed through the silver views: one parse serves all three, and is freed as
+/// soon as the resource is flattened, before the next entry of a Bundle is decoded.
 fn decode_checked(text: &str, location: Location, ctx: &ProduceContext, out: &mut Vec<Prepared>) {
-    let mut decoded = Vec::new();
-    decode(text, location, &ctx.decode, &mut decoded);
-    apply_checks(&ctx.checks, &mut decoded, true);
-    out.extend(prepare(decoded, &ctx.views));
+    decode_each(text, location, &ctx.decode, &mut |mut record| {
+        apply_checks(&ctx.checks, std::slice::from_mut(&mut record), true);
+        out.push(prepare_one(record, &ctx.views));
+    });
 }
 
 /// Runs `checks` on every decoded resource: error-level findings reject it (with all its findings),
@@ -566,5 +571,56 @@ impl<'a> ChunkBuffer<'a> {
     fn finish(mut self) -> ProduceStats {
         self.flush();
         self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Bundle's resources leave the decoder checked and flattened, each with its silver rows and
+    /// no parse left behind: the landing parses nothing again, and no parse outlives its resource.
+    #[tokio::test]
+    async fn a_bundle_is_checked_and_flattened_where_it_is_decoded() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let views = SilverViews::load(&root.join("profiles/views")).unwrap();
+        let options = super::super::IngestOptions::from_config(&Default::default());
+        let ctx = ProduceContext::new(&options, views.clone(), "test-batch");
+        let examples = root.join("../shared/fhir/r4/examples");
+        let entry = |name: &str| {
+            let resource = std::fs::read_to_string(examples.join(name)).unwrap();
+            format!(r#"{{"resource":{resource}}}"#)
+        };
+        let bundle = format!(
+            r#"{{"resourceType":"Bundle","type":"collection","entry":[{},{}]}}"#,
+            entry("Patient-example.json"),
+            entry("Observation-blood-pressure.json")
+        );
+        let mut out = Vec::new();
+        decode_checked(&bundle, Location::default(), &ctx, &mut out);
+
+        let landed: Vec<(&str, Vec<(&str, usize)>)> = out
+            .iter()
+            .map(|prepared| {
+                let Decoded::Resource(resource) = &prepared.record else {
+                    panic!("rejected: {:?}", prepared.record)
+                };
+                assert!(resource.json.is_none(), "the parse was freed");
+                let flattened = prepared.landing_rows().expect("flattened where decoded");
+                let rows = flattened
+                    .rows(&views)
+                    .filter(|(_, rows)| !rows.is_empty())
+                    .map(|(view, rows)| (view.name().unwrap_or_default(), rows.len()))
+                    .collect();
+                (resource.resource_type.as_str(), rows)
+            })
+            .collect();
+        assert_eq!(
+            landed,
+            [
+                ("Patient", vec![("patient", 1)]),
+                ("Observation", vec![("blood_pressure", 1)])
+            ]
+        );
     }
 }

@@ -221,16 +221,16 @@ pub(super) fn ingest_floor<'w>(
         .unwrap_or("")
 }
 
-/// Writes `batch` to an open table; returns the table after the commit and the rows written.
-pub(super) async fn write_to(
+/// The append that writes `batch` to silver table `name`, replacing what `replace` says, in one
+/// commit carrying the run's id and the stream's `fence`.
+pub(super) fn silver_append(
     table: DeltaTable,
     name: &str,
     batch: RecordBatch,
     replace: Replace,
     batch_id: &str,
     fence: &[(String, i64)],
-) -> Result<(DeltaTable, u64), IngestError> {
-    let rows = batch.num_rows() as u64;
+) -> AppendBuilder {
     let operation = if matches!(replace, Replace::All) {
         "silver refresh"
     } else {
@@ -242,13 +242,11 @@ pub(super) async fn write_to(
     let builder = fence.iter().fold(builder, |builder, (app_id, version)| {
         builder.with_transaction(app_id, *version)
     });
-    let builder = match replace {
+    match replace {
         Replace::Nothing => builder,
         Replace::Matching(predicate) => builder.replacing(predicate),
         Replace::All => builder.replacing_all(),
-    };
-    let (table, _) = builder.execute().await?;
-    Ok((table, rows))
+    }
 }
 
 /// Opens `name` and writes `batch` to it (the rebuild, which writes each table once).
@@ -260,9 +258,10 @@ pub(super) async fn write(
     batch_id: &str,
 ) -> Result<u64, IngestError> {
     let table = lake.table(name).await?;
-    Ok(write_to(table, name, batch, replace, batch_id, &[])
-        .await?
-        .1)
+    let (_, metrics) = silver_append(table, name, batch, replace, batch_id, &[])
+        .execute()
+        .await?;
+    Ok(metrics.rows as u64)
 }
 
 #[cfg(test)]

@@ -128,10 +128,12 @@ pub(super) fn history_batch(
 }
 
 /// The patient view's row for each version (versions the view cannot evaluate are left out; they are
-/// in quarantine through the view's own table).
+/// in quarantine through the view's own table). `view` is the patient view and its index among the
+/// silver views: a resource flattened where it was decoded has that view's row already, and is not
+/// parsed again.
 pub(super) fn patient_versions(
-    view: &View,
-    resources: &[BronzeResource],
+    (index, view): (usize, &View),
+    resources: &[&BronzeResource],
     out: &mut BTreeMap<String, Vec<PatientVersion>>,
 ) {
     let rows: Vec<Option<Vec<Cell>>> = resources
@@ -140,6 +142,10 @@ pub(super) fn patient_versions(
             // A delete event's raw is its request: no patient to read.
             if r.deleted {
                 return None;
+            }
+            if let Some(flattened) = &r.flattened {
+                let (_, rows) = flattened.rows.iter().find(|(i, _)| *i == index)?;
+                return rows.first().cloned();
             }
             let json: Json = serde_json::from_str(&r.raw).ok()?;
             view.rows(&json).ok()?.into_iter().next()
@@ -161,7 +167,7 @@ pub(super) fn patient_versions(
 /// Every version bronze holds of the patients `ids`, added to `patients`.
 pub(super) async fn history_from_bronze(
     lake: &Lake,
-    view: &View,
+    view: (usize, &View),
     ids: &[String],
     patients: &mut BTreeMap<String, Vec<PatientVersion>>,
 ) -> Result<(), IngestError> {
@@ -176,7 +182,8 @@ pub(super) async fn history_from_bronze(
             key_predicate("resource_id", slice)
         );
         for batch in read::query(&bronze, &bronze_name, &sql).await? {
-            patient_versions(view, &from_bronze("Patient", &batch), patients);
+            let resources = from_bronze("Patient", &batch);
+            patient_versions(view, &resources.iter().collect::<Vec<_>>(), patients);
         }
     }
     Ok(())

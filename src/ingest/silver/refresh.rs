@@ -56,7 +56,7 @@ pub async fn refresh(
         let history_view = selected
             .iter()
             .find(|(_, v)| v.name() == Some(HISTORY_VIEW) && resource_type == "Patient")
-            .map(|(_, v)| *v);
+            .copied();
         if let Some(bronze) = lake.existing_table(&bronze_name).await? {
             let columns = bronze_columns(&bronze, &bronze_name)?;
             // The delete events first (few): each erases the versions ingested before it.
@@ -80,7 +80,7 @@ pub async fn refresh(
                 let resources = from_bronze(resource_type, &batch);
                 report.resources_read += resources.len() as u64;
                 if let Some(view) = history_view {
-                    patient_versions(view, &resources, &mut patients);
+                    patient_versions(view, &resources.iter().collect::<Vec<_>>(), &mut patients);
                 }
                 let candidates: Vec<BronzeResource> = resources
                     .into_iter()
@@ -136,7 +136,7 @@ pub async fn refresh(
             )
             .await?;
         }
-        if let Some(view) = history_view {
+        if let Some((_, view)) = history_view {
             let written = write(
                 lake,
                 HISTORY_TABLE,

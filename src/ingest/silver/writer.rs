@@ -173,22 +173,62 @@ impl<'l> SilverWriter<'l> {
         Ok(())
     }
 
+    /// Writes `batch` to one table (see [`Self::write_all`]).
     async fn write(
         &mut self,
         name: &str,
         batch: RecordBatch,
         replace: Replace,
+    ) -> Result<(), IngestError> {
+        self.write_all(vec![(name.to_string(), batch, replace)])
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes each `(table, batch, replace)` at the same time: the tables are independent, and
+    /// their Parquet encoding and commits overlap. Returns the rows written to the view tables
+    /// (not those to quarantine). Every write runs to its end; the first failure is returned.
+    async fn write_all(
+        &mut self,
+        writes: Vec<(String, RecordBatch, Replace)>,
     ) -> Result<u64, IngestError> {
-        let table = match self.tables.remove(name) {
-            Some(table) => table,
-            None => self.lake.table(name).await?,
-        };
-        let read = table.version();
-        let (table, rows) =
-            write_to(table, name, batch, replace, &self.batch_id, &self.fence).await?;
-        self.stale |= read.is_some_and(|read| table.version() > Some(read + 1));
-        self.tables.insert(name.to_string(), table);
-        Ok(rows)
+        let mut opened = Vec::with_capacity(writes.len());
+        let mut appends = Vec::with_capacity(writes.len());
+        for (name, batch, replace) in writes {
+            let table = match self.tables.remove(&name) {
+                Some(table) => table,
+                None => self.lake.table(&name).await?,
+            };
+            opened.push((name.clone(), table.version()));
+            appends.push(silver_append(
+                table,
+                &name,
+                batch,
+                replace,
+                &self.batch_id,
+                &self.fence,
+            ));
+        }
+        let mut rows = 0;
+        let mut failure = None;
+        for ((name, read), result) in opened
+            .into_iter()
+            .zip(AppendBuilder::execute_all(appends).await)
+        {
+            match result {
+                Ok((table, metrics)) => {
+                    self.stale |= read.is_some_and(|read| table.version() > Some(read + 1));
+                    if name != QUARANTINE_TABLE {
+                        rows += metrics.rows as u64;
+                    }
+                    self.tables.insert(name, table);
+                }
+                Err(error) => {
+                    failure.get_or_insert(error);
+                }
+            }
+        }
+        failure.map_or(Ok(rows), |error| Err(error.into()))
     }
 
     /// Merges one chunk of bronze resources of one type.
@@ -216,17 +256,17 @@ impl<'l> SilverWriter<'l> {
             views
                 .views()
                 .iter()
-                .find(|v| v.name() == Some(HISTORY_VIEW) && v.resource() == "Patient")
+                .enumerate()
+                .find(|(_, v)| v.name() == Some(HISTORY_VIEW) && v.resource() == "Patient")
         } else {
             None
         };
         // A new patient's versions are all in this chunk; a known one's history is read from bronze.
         let mut chunk_versions = BTreeMap::new();
         if let Some(view) = history {
-            let new: Vec<BronzeResource> = resources
+            let new: Vec<&BronzeResource> = resources
                 .iter()
                 .filter(|r| !maybe_known.contains(&r.key))
-                .cloned()
                 .collect();
             patient_versions(view, &new, &mut chunk_versions);
         }
@@ -253,6 +293,7 @@ impl<'l> SilverWriter<'l> {
                 &known,
                 self.redo,
             );
+            let mut writes = Vec::new();
             for plan::ViewRows {
                 index,
                 rows,
@@ -262,18 +303,8 @@ impl<'l> SilverWriter<'l> {
                 let view = &views.views()[index];
                 let name = view_table(view.name().unwrap_or_default());
                 let replace = self.replace(&touched, &known, &floor);
-                metrics.rows += self.write(&name, view_batch(view, rows), replace).await?;
-                metrics.commits += 1;
+                writes.push((name, view_batch(view, rows), replace));
             }
-            let keys: Vec<&String> = winners.iter().map(|r| &r.key).collect();
-            let replace = self.replace(&keys, &known, &floor);
-            self.write(
-                &versions_table(resource_type),
-                versions_batch(&winners.iter().collect::<Vec<_>>()),
-                replace,
-            )
-            .await?;
-            metrics.commits += 1;
             let rejected = plan::rejected(&winners, flattened);
             if !rejected.is_empty() {
                 metrics.quarantined += rejected.len() as u64;
@@ -288,14 +319,24 @@ impl<'l> SilverWriter<'l> {
                 } else {
                     Replace::Nothing
                 };
-                self.write(
-                    QUARANTINE_TABLE,
+                writes.push((
+                    QUARANTINE_TABLE.to_string(),
                     quarantine_batch(&rejected, VIEW_STAGE),
                     replace,
-                )
-                .await?;
-                metrics.commits += 1;
+                ));
             }
+            metrics.commits += writes.len() as u64;
+            metrics.rows += self.write_all(writes).await?;
+            // The versions last: a version silver records is in every view it reaches.
+            let keys: Vec<&String> = winners.iter().map(|r| &r.key).collect();
+            let replace = self.replace(&keys, &known, &floor);
+            self.write(
+                &versions_table(resource_type),
+                versions_batch(&winners.iter().collect::<Vec<_>>()),
+                replace,
+            )
+            .await?;
+            metrics.commits += 1;
             let hashes = self
                 .known_keys
                 .get_mut(resource_type)
@@ -315,7 +356,7 @@ impl<'l> SilverWriter<'l> {
                 } else {
                     Replace::Matching(key_predicate("_key", &keys))
                 };
-                self.write(HISTORY_TABLE, history_batch(view, patients), replace)
+                self.write(HISTORY_TABLE, history_batch(view.1, patients), replace)
                     .await?;
                 metrics.commits += 1;
             }
