@@ -111,9 +111,10 @@ pub struct IngestOptions {
 impl IngestOptions {
     pub fn from_config(config: &crate::config::IngestConfig) -> Self {
         IngestOptions {
+            // Whether the parse is kept is the producer's business (see `ProduceContext::new`).
             decode: DecodeOptions {
                 max_resource_bytes: config.max_resource_bytes,
-                keep_parse: false,
+                ..DecodeOptions::default()
             },
             chunk_records: config.chunk_records.max(1),
             chunk_bytes: config.chunk_bytes.max(1),
