@@ -266,7 +266,7 @@ async fn write_chunks(
 
 /// Appends each `(table, batch)` of a chunk at the same time (bronze of each type, quarantine and
 /// the ingest log are independent tables), keeping the tables open in `tables` for the next
-/// chunk. Every append runs to its end; the first failure is returned.
+/// chunk (see [`AppendBuilder::execute_all`]).
 async fn append_all(
     lake: &Lake,
     tables: &mut HashMap<String, DeltaTable>,
@@ -293,25 +293,15 @@ async fn append_all(
         );
         names.push((name, path));
     }
-    let mut failure = None;
-    for ((name, path), result) in names
-        .into_iter()
-        .zip(AppendBuilder::execute_all(builders).await)
-    {
-        match result {
-            Ok((table, metrics)) => {
-                match name.as_str() {
-                    QUARANTINE_TABLE => written.quarantine_rows += metrics.rows as u64,
-                    INGEST_LOG_TABLE => {}
-                    _ => written.bronze_rows += metrics.rows as u64,
-                }
-                written.commits += 1;
-                tables.insert(path, table);
-            }
-            Err(error) => {
-                failure.get_or_insert(error);
-            }
+    let appended = AppendBuilder::execute_all(builders).await?;
+    for ((name, path), (table, metrics)) in names.into_iter().zip(appended) {
+        match name.as_str() {
+            QUARANTINE_TABLE => written.quarantine_rows += metrics.rows as u64,
+            INGEST_LOG_TABLE => {}
+            _ => written.bronze_rows += metrics.rows as u64,
         }
+        written.commits += 1;
+        tables.insert(path, table);
     }
-    failure.map_or(Ok(()), |error| Err(error.into()))
+    Ok(())
 }

@@ -87,25 +87,30 @@ impl AppendBuilder {
         self
     }
 
-    /// Runs `appends` at the same time, each on its own task, and gives their results in the
-    /// order given. For independent tables: their Parquet encoding and commits overlap. Every
-    /// append runs to its end, whatever the others do; a panic in one is raised here.
+    /// Runs `appends` at the same time, each on its own task, and gives the tables and metrics in
+    /// the order given. For independent tables: their Parquet encoding and commits overlap. Every
+    /// append runs to its end, whatever the others do; the first failure is returned, and a panic
+    /// in one is raised here.
     pub async fn execute_all(
         appends: Vec<AppendBuilder>,
-    ) -> Vec<Result<(DeltaTable, AppendMetrics), LakeError>> {
+    ) -> Result<Vec<(DeltaTable, AppendMetrics)>, LakeError> {
         let tasks: Vec<_> = appends
             .into_iter()
             .map(|append| tokio::spawn(append.execute()))
             .collect();
-        let mut results = Vec::with_capacity(tasks.len());
+        let mut done = Vec::with_capacity(tasks.len());
+        let mut failure = None;
         for task in tasks {
-            results.push(match task.await {
-                Ok(result) => result,
+            match task.await {
+                Ok(Ok(appended)) => done.push(appended),
+                Ok(Err(error)) => {
+                    failure.get_or_insert(error);
+                }
                 // Never aborted: a join fails only when the append panicked.
                 Err(failed) => std::panic::resume_unwind(failed.into_panic()),
-            });
+            }
         }
-        results
+        failure.map_or(Ok(done), Err)
     }
 
     pub async fn execute(self) -> Result<(DeltaTable, AppendMetrics), LakeError> {

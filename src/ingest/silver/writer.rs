@@ -187,7 +187,8 @@ impl<'l> SilverWriter<'l> {
 
     /// Writes each `(table, batch, replace)` at the same time: the tables are independent, and
     /// their Parquet encoding and commits overlap. Returns the rows written to the view tables
-    /// (not those to quarantine). Every write runs to its end; the first failure is returned.
+    /// (not those to quarantine). Every write runs to its end; the first failure is returned, and
+    /// the tables are opened again for the next chunk.
     async fn write_all(
         &mut self,
         writes: Vec<(String, RecordBatch, Replace)>,
@@ -209,26 +210,16 @@ impl<'l> SilverWriter<'l> {
                 &self.fence,
             ));
         }
+        let appended = AppendBuilder::execute_all(appends).await?;
         let mut rows = 0;
-        let mut failure = None;
-        for ((name, read), result) in opened
-            .into_iter()
-            .zip(AppendBuilder::execute_all(appends).await)
-        {
-            match result {
-                Ok((table, metrics)) => {
-                    self.stale |= read.is_some_and(|read| table.version() > Some(read + 1));
-                    if name != QUARANTINE_TABLE {
-                        rows += metrics.rows as u64;
-                    }
-                    self.tables.insert(name, table);
-                }
-                Err(error) => {
-                    failure.get_or_insert(error);
-                }
+        for ((name, read), (table, metrics)) in opened.into_iter().zip(appended) {
+            self.stale |= read.is_some_and(|read| table.version() > Some(read + 1));
+            if name != QUARANTINE_TABLE {
+                rows += metrics.rows as u64;
             }
+            self.tables.insert(name, table);
         }
-        failure.map_or(Ok(rows), |error| Err(error.into()))
+        Ok(rows)
     }
 
     /// Merges one chunk of bronze resources of one type.
