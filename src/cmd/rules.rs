@@ -89,10 +89,5 @@ pub async fn run(config: &Config, command: RulesCommand) -> anyhow::Result<ExitC
 
 /// The rule set in `dir`, or every problem with it (bad input: exit code 2).
 fn load(dir: &Path) -> anyhow::Result<RuleSet> {
-    RuleSet::load_dir(dir).map_err(|problems| {
-        anyhow::Error::from(vitalake::Error::from(vitalake::rules::InvalidRules {
-            dir: dir.display().to_string(),
-            problems,
-        }))
-    })
+    RuleSet::load(dir).map_err(|invalid| anyhow::Error::from(vitalake::Error::from(invalid)))
 }

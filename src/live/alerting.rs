@@ -31,7 +31,7 @@ use crate::ingest::stream::events;
 use crate::lake::Lake;
 use crate::rules::Reading;
 use crate::rules::evaluate::{AlertEvent, Delivery, Evaluator, Options};
-use crate::rules::{InvalidRules, RuleSet, fingerprint};
+use crate::rules::{RuleSet, fingerprint};
 use crate::stream::Event;
 
 /// How long a stopping stream keeps trying a failing sink before it leaves the alerts still
@@ -65,12 +65,9 @@ impl Alerting {
         stats: Arc<OutboxStats>,
     ) -> Result<Arc<Alerting>, IngestError> {
         // Bad input (exit code 2), its problems kept whole as the source.
-        let rules = RuleSet::load_dir(&dir).map_err(|problems| IngestError::Input {
+        let rules = RuleSet::load(&dir).map_err(|invalid| IngestError::Input {
             path: dir.display().to_string(),
-            source: std::io::Error::other(InvalidRules {
-                dir: dir.display().to_string(),
-                problems,
-            }),
+            source: std::io::Error::other(invalid),
         })?;
         let outbox = Outbox::start(sink::open(sink).await?, sink, lake.clone(), stats);
         tracing::info!(rules = rules.rules.len(), folder = %dir.display(), "anomaly rules loaded");

@@ -87,6 +87,14 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// [`RuleSet::load_dir`], its problems as the typed error that names the folder.
+    pub fn load(dir: &Path) -> Result<RuleSet, InvalidRules> {
+        RuleSet::load_dir(dir).map_err(|problems| InvalidRules {
+            dir: dir.display().to_string(),
+            problems,
+        })
+    }
+
     /// Reads every `*.yaml`/`*.yml` file of `dir`. All or nothing: any problem in any file fails the set.
     pub fn load_dir(dir: &Path) -> Result<RuleSet, Problems> {
         let files = rule_files(dir).map_err(|e| {
