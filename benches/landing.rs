@@ -38,7 +38,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use rand::{Rng, SeedableRng};
-use support::{bp_reading, env, query_csv, run_ok, run_sampling_rss, vitalake};
+use support::{bp_reading, env, query_csv, run_sampling_rss, sample_lake, vitalake};
 use vitalake::lake::{AppendBuilder, Lake, arrow_schema};
 
 const READINGS: &str = "silver/fhir/blood_pressure";
@@ -144,13 +144,7 @@ fn ingested(n: u64, rows: u64, now: i64) -> i64 {
 /// The lake: the sample drop, then `rows` readings of `rows / 10` patients written as silver.
 async fn build_lake(path: &Path, rows: u64) {
     let now = chrono::Utc::now().timestamp_micros();
-    let _ = std::fs::remove_dir_all(path);
-    run_ok(vitalake(path).args([
-        "ingest",
-        "fhir",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/samples/drop"),
-    ]));
-    let lake = Lake::open(&path.display().to_string()).unwrap();
+    let lake = sample_lake(path);
     let patients = rows / 10;
     let schema_of =
         async |table: &str| arrow_schema(&lake.table(table).await.unwrap(), table).unwrap();

@@ -28,8 +28,8 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use rand::{Rng, SeedableRng};
-use support::{env, run_ok as run, vitalake};
-use vitalake::lake::{AppendBuilder, Lake, arrow_schema};
+use support::{env, run_ok as run, sample_lake, vitalake};
+use vitalake::lake::{AppendBuilder, arrow_schema};
 
 const TABLE: &str = "silver/fhir/blood_pressure";
 const PASSWORD: &str = "bench-pw";
@@ -85,13 +85,7 @@ fn column(
 
 /// The lake: the sample drop, then `total` generated rows in 200 appends.
 async fn build_lake(lake_path: &Path, total: u64, patients: u64) {
-    let _ = std::fs::remove_dir_all(lake_path);
-    run(vitalake(lake_path).args([
-        "ingest",
-        "fhir",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/samples/drop"),
-    ]));
-    let lake = Lake::open(&lake_path.display().to_string()).unwrap();
+    let lake = sample_lake(lake_path);
     let schema: SchemaRef = arrow_schema(&lake.table(TABLE).await.unwrap(), TABLE).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     let commits = 200;

@@ -68,6 +68,18 @@ pub fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// A new lake at `path` holding the sample drop, so every table has its real schema, opened for a
+/// bench to write its rows straight into.
+pub fn sample_lake(path: &Path) -> vitalake::lake::Lake {
+    let _ = std::fs::remove_dir_all(path);
+    run_ok(vitalake(path).args([
+        "ingest",
+        "fhir",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/samples/drop"),
+    ]));
+    vitalake::lake::Lake::open(&path.display().to_string()).unwrap()
+}
+
 /// Runs `vitalake query` on the lake; the CSV rows without the header.
 pub fn query_csv(lake: &Path, sql: &str) -> Vec<Vec<String>> {
     run_ok(vitalake(lake).args(["query", sql, "--format", "csv"]))
