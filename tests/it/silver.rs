@@ -332,6 +332,14 @@ async fn newest_version_wins_in_any_arrival_order_and_history_follows_demographi
                 "Lisboa",
             ),
             patient("p2", None, None, "+351 901", "Braga"),
+            // A new patient among known ones: its rows are appended, theirs replaced.
+            patient(
+                "p3",
+                Some("1"),
+                Some("2026-01-01T00:00:00Z"),
+                "+351 500",
+                "Faro",
+            ),
             blood_pressure("bp1", "1", "2026-01-05T00:00:00Z", "final"),
         ],
     );
@@ -347,7 +355,8 @@ async fn newest_version_wins_in_any_arrival_order_and_history_follows_demographi
         patients,
         vec![
             vec!["p1", "3", "+351 333", "Lisboa", "MRN-p1", "Ana Rita"],
-            vec!["p2", "", "+351 901", "Braga", "MRN-p2", "Ana Rita"]
+            vec!["p2", "", "+351 901", "Braga", "MRN-p2", "Ana Rita"],
+            vec!["p3", "1", "+351 500", "Faro", "MRN-p3", "Ana Rita"]
         ]
     );
     assert_eq!(
@@ -389,6 +398,13 @@ async fn newest_version_wins_in_any_arrival_order_and_history_follows_demographi
         p2,
         vec![vec!["+351 900", "false"], vec!["+351 901", "true"]]
     );
+    let p3 = rows(
+        &lake,
+        silver::HISTORY_TABLE,
+        "SELECT phone, is_current FROM t WHERE id = 'p3' ORDER BY _row",
+    )
+    .await;
+    assert_eq!(p3, vec![vec!["+351 500", "true"]]);
 
     // The rebuild from bronze gives the same tables.
     let tables = [
