@@ -5,6 +5,9 @@ mod cmd;
 
 /// FHIR decoding allocates many small strings and maps per resource; with glibc's allocator that
 /// was a third of ingest time (perf, BENCHMARKS.md). mimalloc handles that pattern far better.
+/// Its v2 (the `v2` feature in Cargo.toml) rather than v3: v3 gives freed pages back only after a
+/// second, so a 1 GB ingest peaked at 750-850 MB against 480-520 MB with v2, which costs about 7%
+/// of the time (BENCHMARKS.md, issue 25).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
