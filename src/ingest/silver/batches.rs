@@ -181,28 +181,21 @@ pub(super) enum Replace {
     All,
 }
 
-/// Replace the rows of `keys` if any of them was known before; otherwise nothing can be there.
+/// Replace the rows of `keys`, keys silver knew, with the rows written for them (the rows of new
+/// keys are a separate append: Delta checks that each row a replacing write adds matches its
+/// predicate, and a predicate naming every key of a chunk is costly to plan).
 ///
-/// The predicate names every key written, not only the known ones: Delta checks that each row a
-/// replacing write adds matches its predicate. It also bounds `_ingest_order` from below by
-/// `floor`, the oldest ingest among the rows replaced and written ([`ingest_floor`]): Delta then
-/// skips, by its file statistics, every file written before that. A correction of recent readings
-/// reads and rewrites recent files only, however long the table's history (the keys themselves
-/// are spread over every file, so they skip nothing).
-pub(super) fn replace_known(
-    keys: &[&String],
-    known: &HashMap<String, VersionKey>,
-    floor: &str,
-) -> Replace {
-    if keys.iter().any(|k| known.contains_key(*k)) {
-        Replace::Matching(format!(
-            "(_ingest_order >= {} OR _ingest_order IS NULL) AND {}",
-            quote(floor),
-            key_predicate("_key", keys.iter().copied())
-        ))
-    } else {
-        Replace::Nothing
-    }
+/// The predicate also bounds `_ingest_order` from below by `floor`, the oldest ingest among the
+/// rows replaced and written ([`ingest_floor`]): Delta then skips, by its file statistics, every
+/// file written before that. A correction of recent readings reads and rewrites recent files
+/// only, however long the table's history (the keys themselves are spread over every file, so
+/// they skip nothing).
+pub(super) fn replace_known(keys: &[&String], floor: &str) -> Replace {
+    Replace::Matching(format!(
+        "(_ingest_order >= {} OR _ingest_order IS NULL) AND {}",
+        quote(floor),
+        key_predicate("_key", keys.iter().copied())
+    ))
 }
 
 /// The oldest ingest order among `winners` and the versions of them silver holds (`known`): no row

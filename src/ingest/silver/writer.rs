@@ -121,17 +121,13 @@ impl<'l> SilverWriter<'l> {
         self.redo = redo;
     }
 
-    /// In `redo`, what silver holds is not known: every key is replaced, wherever its rows are.
-    fn replace(
-        &self,
-        keys: &[&String],
-        known: &HashMap<String, VersionKey>,
-        floor: &str,
-    ) -> Replace {
+    /// What the rows of known `keys` replace. In `redo`, what silver holds is not known (every
+    /// key counts as known): each key is replaced, wherever its rows are.
+    fn replace(&self, keys: &[&String], floor: &str) -> Replace {
         if self.redo {
             Replace::Matching(key_predicate("_key", keys.iter().copied()))
         } else {
-            replace_known(keys, known, floor)
+            replace_known(keys, floor)
         }
     }
 
@@ -176,23 +172,23 @@ impl<'l> SilverWriter<'l> {
         Ok(())
     }
 
-    /// Writes `batch` to one table (see [`Self::write_all`]).
-    async fn write(
+    /// The two rounds of a merge (see [`Self::merge_chunk`]): the `replacing` writes, then the
+    /// `appending` ones. Returns the commits made.
+    async fn write_rounds(
         &mut self,
-        name: &str,
-        batch: RecordBatch,
-        replace: Replace,
-    ) -> Result<(), IngestError> {
-        self.write_all(vec![(name.to_string(), batch, replace)])
-            .await
-            .map(|_| ())
+        replacing: Vec<TableWrite>,
+        appending: Vec<TableWrite>,
+    ) -> Result<u64, IngestError> {
+        let commits = (replacing.len() + appending.len()) as u64;
+        self.write_all(replacing).await?;
+        self.write_all(appending).await?;
+        Ok(commits)
     }
 
     /// Writes each `(table, batch, replace)` at the same time: the tables are independent, and
-    /// their Parquet encoding and commits overlap. Returns the rows written to the view tables
-    /// (not those to quarantine or the history). Every write runs to its end; the first failure
+    /// their Parquet encoding and commits overlap. Every write runs to its end; the first failure
     /// is returned, and the tables are opened again for the next chunk.
-    async fn write_all(&mut self, writes: Vec<TableWrite>) -> Result<u64, IngestError> {
+    async fn write_all(&mut self, writes: Vec<TableWrite>) -> Result<(), IngestError> {
         let mut opened = Vec::with_capacity(writes.len());
         let mut appends = Vec::with_capacity(writes.len());
         for (name, batch, replace) in writes {
@@ -211,15 +207,11 @@ impl<'l> SilverWriter<'l> {
             ));
         }
         let appended = AppendBuilder::execute_all(appends).await?;
-        let mut rows = 0;
-        for ((name, read), (table, metrics)) in opened.into_iter().zip(appended) {
+        for ((name, read), (table, _)) in opened.into_iter().zip(appended) {
             self.stale |= read.is_some_and(|read| table.version() > Some(read + 1));
-            if name != QUARANTINE_TABLE && name != HISTORY_TABLE {
-                rows += metrics.rows as u64;
-            }
             self.tables.insert(name, table);
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Merges one chunk of bronze resources of one type.
@@ -296,11 +288,12 @@ impl<'l> SilverWriter<'l> {
             {
                 let view = &views.views()[index];
                 let name = view_table(view.name().unwrap_or_default());
+                metrics.rows += rows.len() as u64;
                 let (old, new): (Vec<_>, Vec<_>) =
                     rows.into_iter().partition(|(r, _, _)| is_known(&r.key));
                 let touched: Vec<&String> = touched.into_iter().filter(|k| is_known(k)).collect();
                 if !touched.is_empty() {
-                    let replace = self.replace(&touched, &known, &floor);
+                    let replace = self.replace(&touched, &floor);
                     replacing.push((name.clone(), view_batch(view, old), replace));
                 }
                 if !new.is_empty() {
@@ -328,27 +321,22 @@ impl<'l> SilverWriter<'l> {
                 ));
             }
         }
-        for writes in [replacing, appending] {
-            metrics.commits += writes.len() as u64;
-            metrics.rows += self.write_all(writes).await?;
-        }
+        metrics.commits += self.write_rounds(replacing, appending).await?;
         if !winners.is_empty() {
             // The versions last: a version silver records is in every view it reaches.
             let (old, new): (Vec<&BronzeResource>, Vec<&BronzeResource>) =
                 winners.iter().partition(|r| is_known(&r.key));
             let name = versions_table(resource_type);
-            let mut writes = Vec::new();
+            let (mut replacing, mut appending) = (Vec::new(), Vec::new());
             if !old.is_empty() {
                 let keys: Vec<&String> = old.iter().map(|r| &r.key).collect();
-                writes.push((versions_batch(&old), self.replace(&keys, &known, &floor)));
+                let replace = self.replace(&keys, &floor);
+                replacing.push((name.clone(), versions_batch(&old), replace));
             }
             if !new.is_empty() {
-                writes.push((versions_batch(&new), Replace::Nothing));
+                appending.push((name, versions_batch(&new), Replace::Nothing));
             }
-            for (batch, replace) in writes {
-                self.write(&name, batch, replace).await?;
-                metrics.commits += 1;
-            }
+            metrics.commits += self.write_rounds(replacing, appending).await?;
             let hashes = self
                 .known_keys
                 .get_mut(resource_type)
