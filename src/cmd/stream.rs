@@ -123,8 +123,9 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<ExitCode> 
 /// environment still decides.
 fn keep_freed_memory() {
     use std::ffi::{c_int, c_long};
-    // `mi_option_purge_delay` in mimalloc v3's include/mimalloc.h (libmimalloc-sys 0.1.49), which
-    // the `mimalloc` crate links; the call is skipped unless it reads the documented default, 10.
+    // `mi_option_purge_delay` in mimalloc's include/mimalloc.h (libmimalloc-sys 0.1.49, the same
+    // in its v2, which we link, and v3); the call is skipped unless it reads the documented
+    // default, 10.
     const MI_OPTION_PURGE_DELAY: c_int = 15;
     unsafe extern "C" {
         fn mi_option_get(option: c_int) -> c_long;

@@ -221,8 +221,20 @@ struct Written {
     commits: u64,
 }
 
+impl std::ops::AddAssign for Written {
+    fn add_assign(&mut self, other: Written) {
+        self.bronze_rows += other.bronze_rows;
+        self.silver_rows += other.silver_rows;
+        self.quarantine_rows += other.quarantine_rows;
+        self.commits += other.commits;
+    }
+}
+
 /// Commits each chunk: bronze tables and quarantine, then the ingest-log rows of the files the
-/// chunk completes, so a file is logged only once all its records are in, then silver.
+/// chunk completes, so a file is logged only once all its records are in; silver at the same
+/// time, except the types whose merge reads bronze (patients: their history is recomputed from
+/// every version), merged once the chunk's bronze is in. Nothing needs silver to follow bronze
+/// otherwise: an interrupted run is rolled back and silver rebuilt from bronze.
 async fn write_chunks(
     lake: &Lake,
     views: &silver::SilverViews,
@@ -236,30 +248,50 @@ async fn write_chunks(
     while let Some(chunk) = rx.recv().await {
         lease.ensure_held()?;
         let commit_started = Instant::now();
+        let (after_bronze, alongside): (Vec<_>, Vec<_>) = chunk
+            .silver
+            .into_iter()
+            .partition(|(resource_type, _)| silver.reads_bronze(resource_type));
         let mut appends = chunk.bronze;
         if let Some(quarantine) = chunk.quarantine {
             appends.push((QUARANTINE_TABLE.to_string(), quarantine));
         }
-        append_all(lake, &mut tables, appends, batch_id, &mut written).await?;
-        // The log last: a file is logged once all its records are in.
-        if !chunk.files.is_empty() {
-            let at = chrono::Utc::now().timestamp_micros();
-            let log = ingest_log_batch(&chunk.files, batch_id, at);
-            let appends = vec![(INGEST_LOG_TABLE.to_string(), log)];
-            append_all(lake, &mut tables, appends, batch_id, &mut written).await?;
-        }
-        // Silver after bronze: what silver holds is always in bronze.
-        for (resource_type, resources) in chunk.silver {
-            let merged = silver.merge_chunk(&resource_type, resources).await?;
-            written.silver_rows += merged.rows;
-            written.quarantine_rows += merged.quarantined;
-            written.commits += merged.commits;
-        }
+        let bronze = async {
+            let mut written = append_all(lake, &mut tables, appends, batch_id).await?;
+            // The log last: a file is logged once all its records are in.
+            if !chunk.files.is_empty() {
+                let at = chrono::Utc::now().timestamp_micros();
+                let log = ingest_log_batch(&chunk.files, batch_id, at);
+                let appends = vec![(INGEST_LOG_TABLE.to_string(), log)];
+                written += append_all(lake, &mut tables, appends, batch_id).await?;
+            }
+            Ok::<_, IngestError>(written)
+        };
+        // Both run to their end (as `AppendBuilder::execute_all` does) before a failure is raised.
+        let (bronze, merged) = tokio::join!(bronze, merge_all(&mut silver, alongside));
+        written += bronze?;
+        written += merged?;
+        written += merge_all(&mut silver, after_bronze).await?;
         tracing::debug!(
             batch_id,
             ms = commit_started.elapsed().as_millis() as u64,
             "chunk committed"
         );
+    }
+    Ok(written)
+}
+
+/// Merges each type's resources of a chunk into silver.
+async fn merge_all(
+    silver: &mut silver::SilverWriter<'_>,
+    resources: Vec<(String, Vec<silver::BronzeResource>)>,
+) -> Result<Written, IngestError> {
+    let mut written = Written::default();
+    for (resource_type, resources) in resources {
+        let merged = silver.merge_chunk(&resource_type, resources).await?;
+        written.silver_rows += merged.rows;
+        written.quarantine_rows += merged.quarantined;
+        written.commits += merged.commits;
     }
     Ok(written)
 }
@@ -272,8 +304,8 @@ async fn append_all(
     tables: &mut HashMap<String, DeltaTable>,
     appends: Vec<(String, RecordBatch)>,
     batch_id: &str,
-    written: &mut Written,
-) -> Result<(), IngestError> {
+) -> Result<Written, IngestError> {
+    let mut written = Written::default();
     let mut names = Vec::with_capacity(appends.len());
     let mut builders = Vec::with_capacity(appends.len());
     for (name, batch) in appends {
@@ -289,7 +321,8 @@ async fn append_all(
             AppendBuilder::new(table, path.clone(), vec![batch])
                 .with_metadata("vitalake.batch_id", batch_id)
                 .with_metadata("vitalake.operation", "ingest fhir")
-                .with_schema_merge(),
+                .with_schema_merge()
+                .without_dictionary(&["raw"]),
         );
         names.push((name, path));
     }
@@ -303,5 +336,5 @@ async fn append_all(
         written.commits += 1;
         tables.insert(path, table);
     }
-    Ok(())
+    Ok(written)
 }

@@ -3,8 +3,8 @@
 //! Runs on a plain thread (never on the async reactor) and decodes in parallel with `rayon`: small
 //! JSON files a group at a time, NDJSON files a block of lines at a time, so a 1 GB NDJSON file
 //! streams through in bounded memory. A chunk is handed to the writer once it holds
-//! `chunk_records` records or `chunk_bytes` of JSON; the bounded channel makes decoding wait while
-//! the writer is behind.
+//! `chunk_records` records or `chunk_bytes` of JSON. Decoding a chunk starts only once the writer
+//! has taken the one before (see [`ChunkBuffer::reserve`]): two chunks are in memory at a time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, Read};
@@ -397,7 +397,8 @@ pub(crate) fn apply_checks(checks: &[Arc<dyn Check>], decoded: &mut [Decoded], k
 /// Records waiting for the next commit.
 struct ChunkBuffer<'a> {
     ctx: &'a ProduceContext,
-    tx: mpsc::Sender<PreparedChunk>,
+    /// The channel's slot for the chunk being filled (see [`ChunkBuffer::reserve`]).
+    slot: Option<mpsc::OwnedPermit<PreparedChunk>>,
     resources: Vec<ResourceToLand>,
     rejected: Vec<(Rejected, Arc<Provenance>)>,
     files: Vec<FileLogEntry>,
@@ -409,15 +410,29 @@ struct ChunkBuffer<'a> {
 
 impl<'a> ChunkBuffer<'a> {
     fn new(ctx: &'a ProduceContext, tx: mpsc::Sender<PreparedChunk>) -> Self {
-        ChunkBuffer {
+        let mut buffer = ChunkBuffer {
             ctx,
-            tx,
+            slot: None,
             resources: Vec::new(),
             rejected: Vec::new(),
             files: Vec::new(),
             bytes: 0,
             stats: ProduceStats::default(),
             closed: false,
+        };
+        buffer.reserve(tx);
+        buffer
+    }
+
+    /// Waits until the writer has taken the chunk sent last, then holds the channel's one slot for
+    /// the next. Without this, a chunk decoded while the writer is behind would wait in the
+    /// channel, and the next one would be decoded meanwhile: three chunks in memory rather than
+    /// two (the one being written and the one being filled), for no gain, since the writer is the
+    /// slower side.
+    fn reserve(&mut self, tx: mpsc::Sender<PreparedChunk>) {
+        match self.ctx.runtime.block_on(tx.reserve_owned()) {
+            Ok(slot) => self.slot = Some(slot),
+            Err(_) => self.closed = true,
         }
     }
 
@@ -563,8 +578,9 @@ impl<'a> ChunkBuffer<'a> {
             quarantine,
             files: std::mem::take(&mut self.files),
         };
-        if self.tx.blocking_send(chunk).is_err() {
-            self.closed = true;
+        match self.slot.take() {
+            Some(slot) => self.reserve(slot.send(chunk)),
+            None => self.closed = true,
         }
     }
 

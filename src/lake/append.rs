@@ -8,6 +8,9 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
+use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 
 use super::LakeError;
@@ -31,6 +34,7 @@ pub struct AppendBuilder {
     replace_all: bool,
     merge_schema: bool,
     transactions: Vec<(String, i64)>,
+    without_dictionary: Vec<String>,
 }
 
 impl AppendBuilder {
@@ -45,6 +49,7 @@ impl AppendBuilder {
             replace_all: false,
             merge_schema: false,
             transactions: Vec::new(),
+            without_dictionary: Vec::new(),
         }
     }
 
@@ -70,6 +75,13 @@ impl AppendBuilder {
     /// Adds columns the table does not have yet (a table written by an older vitalake).
     pub fn with_schema_merge(mut self) -> Self {
         self.merge_schema = true;
+        self
+    }
+
+    /// Writes `columns` without a Parquet dictionary. For a column of unique long texts (bronze's
+    /// raw JSON) the writer would build one for nothing, some megabytes a chunk, until it gives up.
+    pub fn without_dictionary(mut self, columns: &[&str]) -> Self {
+        self.without_dictionary = columns.iter().map(|c| c.to_string()).collect();
         self
     }
 
@@ -140,6 +152,15 @@ impl AppendBuilder {
         }
         if !self.partition_columns.is_empty() {
             write = write.with_partition_columns(self.partition_columns);
+        }
+        if !self.without_dictionary.is_empty() {
+            // Snappy, as delta-rs writes when given no properties.
+            let mut properties = WriterProperties::builder().set_compression(Compression::SNAPPY);
+            for column in &self.without_dictionary {
+                properties = properties
+                    .set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
+            }
+            write = write.with_writer_properties(properties.build());
         }
         let table = write.await.map_err(|source| LakeError::Delta {
             table: name,

@@ -16,7 +16,7 @@ pub(super) fn winners(
     redo: bool,
 ) -> (Vec<BronzeResource>, Vec<BronzeResource>) {
     let deletes = latest_deletes(resources.iter());
-    let mut newest: HashMap<String, BronzeResource> = HashMap::new();
+    let mut newest: HashMap<String, BronzeResource> = HashMap::with_capacity(resources.len());
     for resource in resources {
         if erased(&resource, &deletes) {
             continue;

@@ -37,6 +37,16 @@ impl KnownKeys {
     }
 }
 
+/// The `patient_history` view, when `resource_type` is `Patient` and the views define it.
+fn history_view<'v>(views: &'v SilverViews, resource_type: &str) -> Option<(usize, &'v View)> {
+    views
+        .views()
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.name() == Some(HISTORY_VIEW) && v.resource() == "Patient")
+        .filter(|_| resource_type == "Patient")
+}
+
 /// The rows of `table`, as its Delta log's statistics count them (none where they are missing).
 fn rows_in(table: &DeltaTable) -> usize {
     table.snapshot().map_or(0, |snapshot| {
@@ -214,6 +224,12 @@ impl<'l> SilverWriter<'l> {
         Ok(())
     }
 
+    /// Whether merging `resource_type` reads bronze: the patient history is recomputed from every
+    /// version bronze holds, so a chunk of patients is merged only once its bronze is committed.
+    pub fn reads_bronze(&self, resource_type: &str) -> bool {
+        history_view(&self.views, resource_type).is_some()
+    }
+
     /// Merges one chunk of bronze resources of one type.
     ///
     /// Each table is written in at most two commits: the rows of keys silver knew replace theirs
@@ -242,12 +258,7 @@ impl<'l> SilverWriter<'l> {
             .filter(|r| self.redo || hashes.contains(key_hash(&r.key)))
             .map(|r| r.key.clone())
             .collect();
-        let history_view = views
-            .views()
-            .iter()
-            .enumerate()
-            .find(|(_, v)| v.name() == Some(HISTORY_VIEW) && v.resource() == "Patient")
-            .filter(|_| resource_type == "Patient");
+        let history_view = history_view(&views, resource_type);
         let candidates: Vec<&String> = maybe_known.iter().collect();
         let looked_up = candidates.len();
         // One read at a time: overlapping the history's read of bronze with the look-up of known
