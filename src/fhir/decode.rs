@@ -294,8 +294,10 @@ fn decode_at_depth(
             "no resourceType: this JSON object is not a FHIR resource",
         )));
     };
+    // A Bundle without entries (`"entry": []`, or none: an empty search result) is itself the
+    // record, checked and landed like any resource, so nothing that arrives goes unaccounted.
     if resource_type == "Bundle"
-        && let Some(entries) = head.entry
+        && let Some(entries) = head.entry.filter(|entries| !entries.is_empty())
     {
         if depth >= MAX_BUNDLE_DEPTH {
             return out(reject(Issue::error(
@@ -450,6 +452,27 @@ mod tests {
         assert_eq!(r.version_id.as_deref(), Some("3"));
         assert_eq!(r.last_updated, Some(1_704_164_645_000_000));
         assert_eq!(r.location.json_path(), "$");
+    }
+
+    #[test]
+    fn a_bundle_without_entries_is_itself_the_record() {
+        for text in [
+            r#"{"resourceType":"Bundle","id":"b1","type":"searchset","total":0,"entry":[]}"#,
+            r#"{"resourceType":"Bundle","id":"b1","type":"searchset","total":0}"#,
+        ] {
+            let out = run(text);
+            assert_eq!(out.len(), 1, "{text}: {out:?}");
+            let Decoded::Resource(r) = &out[0] else {
+                panic!("{out:?}")
+            };
+            assert_eq!(r.resource_type, "Bundle");
+        }
+        // Broken (no `type`, an unknown element): rejected with its reasons, not dropped.
+        let out = run(r#"{"resourceType":"Bundle","pe":"Bundle","entry":[]}"#);
+        let [Decoded::Rejected(rejected)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert!(!rejected.issues.is_empty());
     }
 
     #[test]

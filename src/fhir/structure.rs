@@ -99,8 +99,19 @@ fn check_reading<T: de::DeserializeOwned>(
         }
         return Ok(parsed);
     }
-    let Err(verdict) = fhirbolt::json::from_str::<Resource>(raw, None) else {
-        return Ok(parsed);
+    // `fhirbolt`'s enum path panics on some invalid input (an empty array beside an unknown
+    // element: an `unwrap` in its element deserializer); the typed path's verdict stands then.
+    let verdict = match std::panic::catch_unwind(|| fhirbolt::json::from_str::<Resource>(raw, None))
+    {
+        Ok(Ok(_)) => return Ok(parsed),
+        Ok(Err(verdict)) => Some(verdict),
+        Err(_) => None,
+    };
+    let Some(verdict) = verdict else {
+        return Err(match check_typed(&quoted, resource_type) {
+            Some(Err(err)) => located(&quoted, resource_type, &err),
+            _ => Issue::error("structure", resource_type, "not a valid FHIR R4 resource"),
+        });
     };
     match check_typed(raw, resource_type) {
         Some(Err(err))
@@ -419,6 +430,14 @@ fn strip_position(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Input on which `fhirbolt`'s enum path panics is rejected with the typed path's reason.
+    #[test]
+    fn an_empty_array_beside_an_unknown_element_is_rejected_not_a_crash() {
+        let issue =
+            check(r#"{"resourceType":"Patient","foo":1,"name":[]}"#, "Patient").unwrap_err();
+        assert!(issue.message.contains("foo"), "{issue:?}");
+    }
 
     #[test]
     fn accepts_a_valid_observation() {
