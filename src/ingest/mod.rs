@@ -281,19 +281,18 @@ async fn write_chunks(
     Ok(written)
 }
 
-/// Merges each type's resources of a chunk into silver.
+/// Merges a chunk's resources, by type, into silver.
 async fn merge_all(
     silver: &mut silver::SilverWriter<'_>,
     resources: Vec<(String, Vec<silver::BronzeResource>)>,
 ) -> Result<Written, IngestError> {
-    let mut written = Written::default();
-    for (resource_type, resources) in resources {
-        let merged = silver.merge_chunk(&resource_type, resources).await?;
-        written.silver_rows += merged.rows;
-        written.quarantine_rows += merged.quarantined;
-        written.commits += merged.commits;
-    }
-    Ok(written)
+    let merged = silver.merge_chunk(resources).await?;
+    Ok(Written {
+        silver_rows: merged.rows,
+        quarantine_rows: merged.quarantined,
+        commits: merged.commits,
+        ..Written::default()
+    })
 }
 
 /// Appends each `(table, batch)` of a chunk at the same time (bronze of each type, quarantine and

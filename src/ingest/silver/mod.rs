@@ -8,7 +8,7 @@
 //!
 //! Versions are ordered by `meta.versionId` (numerically when both are numbers), then
 //! `meta.lastUpdated`, then ingest order (run, source, line, Bundle entry). Silver is a function of
-//! bronze: the incremental path ([`SilverWriter::merge_chunk`], after each bronze commit) and the rebuild
+//! bronze: the incremental path ([`SilverWriter::merge_chunk`], with each bronze commit) and the rebuild
 //! ([`refresh`]) share `flatten` and the version order, so they give the same tables.
 //!
 //! `silver/fhir/patient_history` is SCD type 2 over the `patient` view: a period per change of the

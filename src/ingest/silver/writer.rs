@@ -76,6 +76,17 @@ fn column_hashes(batch: &RecordBatch, name: &str, into: &mut Vec<u64>) {
 /// One write of a chunk: the table, its rows, and what they replace.
 type TableWrite = (String, RecordBatch, Replace);
 
+/// What merging one type's resources of a chunk writes, planned before any of it is written.
+struct PlannedType {
+    resource_type: String,
+    /// Writes replacing the rows of keys silver knew (views, history, versions).
+    replacing: Vec<TableWrite>,
+    /// Writes appending rows of new keys, and quarantine's.
+    appending: Vec<TableWrite>,
+    winners: Vec<BronzeResource>,
+    metrics: SilverMetrics,
+}
+
 /// Merges bronze chunks into silver during one ingest run.
 ///
 /// It keeps the tables open between chunks (opening a Delta table replays its log), and a 64-bit hash
@@ -182,23 +193,24 @@ impl<'l> SilverWriter<'l> {
         Ok(())
     }
 
-    /// The two rounds of a merge (see [`Self::merge_chunk`]): the `replacing` writes, then the
-    /// `appending` ones. Returns the commits made.
-    async fn write_rounds(
-        &mut self,
-        replacing: Vec<TableWrite>,
-        appending: Vec<TableWrite>,
-    ) -> Result<u64, IngestError> {
-        let commits = (replacing.len() + appending.len()) as u64;
-        self.write_all(replacing).await?;
-        self.write_all(appending).await?;
-        Ok(commits)
+    /// Writes each `(table, batch, replace)` at the same time: the tables are independent, and
+    /// their Parquet encoding and commits overlap. Two writes of one table (quarantine, from two
+    /// types) are made one after the other. Every write of a round runs to its end; the first
+    /// failure is returned, and the tables are opened again for the next chunk.
+    async fn write_all(&mut self, mut writes: Vec<TableWrite>) -> Result<(), IngestError> {
+        while !writes.is_empty() {
+            let mut seen = HashSet::new();
+            let (now, later): (Vec<_>, Vec<_>) = writes
+                .into_iter()
+                .partition(|(name, _, _)| seen.insert(name.clone()));
+            self.write_round(now).await?;
+            writes = later;
+        }
+        Ok(())
     }
 
-    /// Writes each `(table, batch, replace)` at the same time: the tables are independent, and
-    /// their Parquet encoding and commits overlap. Every write runs to its end; the first failure
-    /// is returned, and the tables are opened again for the next chunk.
-    async fn write_all(&mut self, writes: Vec<TableWrite>) -> Result<(), IngestError> {
+    /// One round of [`Self::write_all`]: writes of distinct tables.
+    async fn write_round(&mut self, writes: Vec<TableWrite>) -> Result<(), IngestError> {
         let mut opened = Vec::with_capacity(writes.len());
         let mut appends = Vec::with_capacity(writes.len());
         for (name, batch, replace) in writes {
@@ -218,7 +230,10 @@ impl<'l> SilverWriter<'l> {
         }
         let appended = AppendBuilder::execute_all(appends).await?;
         for ((name, read), (table, _)) in opened.into_iter().zip(appended) {
-            self.stale |= read.is_some_and(|read| table.version() > Some(read + 1));
+            // Quarantine excepted: it holds no keys, and this process's own bronze landing
+            // appends to it at the same time.
+            self.stale |= name != QUARANTINE_TABLE
+                && read.is_some_and(|read| table.version() > Some(read + 1));
             self.tables.insert(name, table);
         }
         Ok(())
@@ -230,35 +245,73 @@ impl<'l> SilverWriter<'l> {
         history_view(&self.views, resource_type).is_some()
     }
 
-    /// Merges one chunk of bronze resources of one type.
+    /// Merges one chunk of bronze resources, given by type.
     ///
     /// Each table is written in at most two commits: the rows of keys silver knew replace theirs
     /// (a predicate naming those keys only), then the rows of new keys are appended. One commit
     /// naming every key costs far more: Delta checks each added row against the predicate, and
-    /// planning a predicate of 10,000 keys took most of a chunk's time. Both rounds write their
-    /// tables at the same time; `silver/versions/<type>` comes last, so an interrupted merge is
-    /// merged again (a rebuild after an interrupted run, a redo for the stream).
+    /// planning a predicate of 10,000 keys took most of a chunk's time. Every type is planned
+    /// first, then the tables of all types, `silver/versions/<type>` included, are written at the
+    /// same time (a drop's chunk holds a dozen types: two rounds per type made the writer wait on
+    /// commits one after another). A merge that fails part-way is never trusted: `ingest fhir`
+    /// rebuilds silver from bronze after an interrupted run, and the stream merges the batch
+    /// again in redo mode, where every key is replaced and an equal version written again.
     pub async fn merge_chunk(
         &mut self,
-        resource_type: &str,
-        resources: Vec<BronzeResource>,
+        resources: Vec<(String, Vec<BronzeResource>)>,
     ) -> Result<SilverMetrics, IngestError> {
-        let mut metrics = SilverMetrics::default();
         if std::mem::take(&mut self.stale) {
             self.forget();
         }
-        let views = self.views.clone();
-        if !views.has_type(resource_type) || resources.is_empty() {
-            return Ok(metrics);
+        let mut metrics = SilverMetrics::default();
+        let mut planned = Vec::with_capacity(resources.len());
+        for (resource_type, resources) in resources {
+            if self.views.has_type(&resource_type) && !resources.is_empty() {
+                planned.push(self.plan(resource_type, resources).await?);
+            }
         }
-        self.load_known_keys(resource_type).await?;
-        let hashes = &self.known_keys[resource_type];
+        // Replacing writes first: the appends of a table that also has one wait for it.
+        let mut writes = Vec::new();
+        for plan in &mut planned {
+            writes.append(&mut plan.replacing);
+            metrics.rows += plan.metrics.rows;
+            metrics.quarantined += plan.metrics.quarantined;
+        }
+        for plan in &mut planned {
+            writes.append(&mut plan.appending);
+        }
+        metrics.commits += writes.len() as u64;
+        self.write_all(writes).await?;
+        for plan in planned {
+            let hashes = self
+                .known_keys
+                .get_mut(&plan.resource_type)
+                .expect("loaded by plan");
+            hashes.extend(plan.winners.iter().map(|r| key_hash(&r.key)));
+            // Freeing thousands of resources (texts, rows) is real work, done on a worker rather
+            // than on the thread that lands the next batch.
+            rayon::spawn(move || drop(plan));
+        }
+        Ok(metrics)
+    }
+
+    /// What merging `resources` of one type writes: reads what silver knows of their keys and
+    /// plans the writes (see [`Self::merge_chunk`]).
+    async fn plan(
+        &mut self,
+        resource_type: String,
+        resources: Vec<BronzeResource>,
+    ) -> Result<PlannedType, IngestError> {
+        let mut metrics = SilverMetrics::default();
+        let views = self.views.clone();
+        self.load_known_keys(&resource_type).await?;
+        let hashes = &self.known_keys[&resource_type];
         let maybe_known: HashSet<String> = resources
             .iter()
             .filter(|r| self.redo || hashes.contains(key_hash(&r.key)))
             .map(|r| r.key.clone())
             .collect();
-        let history_view = history_view(&views, resource_type);
+        let history_view = history_view(&views, &resource_type);
         let candidates: Vec<&String> = maybe_known.iter().collect();
         let looked_up = candidates.len();
         // One read at a time: overlapping the history's read of bronze with the look-up of known
@@ -270,7 +323,7 @@ impl<'l> SilverWriter<'l> {
         let known = if candidates.is_empty() {
             HashMap::new()
         } else {
-            known_versions(self.lake, resource_type, &candidates).await?
+            known_versions(self.lake, &resource_type, &candidates).await?
         };
         // Replacing writes first, then appends: one of each per table at most.
         let (mut replacing, mut appending) = history;
@@ -285,7 +338,7 @@ impl<'l> SilverWriter<'l> {
                 .collect();
             let planned = plan::view_rows(
                 &views,
-                resource_type,
+                &resource_type,
                 &winners,
                 &mut flattened,
                 &known,
@@ -331,14 +384,9 @@ impl<'l> SilverWriter<'l> {
                     replace,
                 ));
             }
-        }
-        metrics.commits += self.write_rounds(replacing, appending).await?;
-        if !winners.is_empty() {
-            // The versions last: a version silver records is in every view it reaches.
             let (old, new): (Vec<&BronzeResource>, Vec<&BronzeResource>) =
                 winners.iter().partition(|r| is_known(&r.key));
-            let name = versions_table(resource_type);
-            let (mut replacing, mut appending) = (Vec::new(), Vec::new());
+            let name = versions_table(&resource_type);
             if !old.is_empty() {
                 let keys: Vec<&String> = old.iter().map(|r| &r.key).collect();
                 let replace = self.replace(&keys, &floor);
@@ -347,12 +395,6 @@ impl<'l> SilverWriter<'l> {
             if !new.is_empty() {
                 appending.push((name, versions_batch(&new), Replace::Nothing));
             }
-            metrics.commits += self.write_rounds(replacing, appending).await?;
-            let hashes = self
-                .known_keys
-                .get_mut(resource_type)
-                .expect("loaded above");
-            hashes.extend(winners.iter().map(|r| key_hash(&r.key)));
         }
         tracing::debug!(
             resource_type,
@@ -361,12 +403,17 @@ impl<'l> SilverWriter<'l> {
             looked_up,
             replaced = known.len(),
             rows = metrics.rows,
-            "silver merged"
+            "silver merge planned"
         );
-        // Freeing thousands of resources (texts, rows) is real work, done on a worker rather than
-        // on the thread that lands the next batch.
-        rayon::spawn(move || drop((winners, losers)));
-        Ok(metrics)
+        // Versions older than what silver or the chunk holds stay in bronze only.
+        rayon::spawn(move || drop(losers));
+        Ok(PlannedType {
+            resource_type,
+            replacing,
+            appending,
+            winners,
+            metrics,
+        })
     }
 
     /// The `patient_history` writes of a chunk of patients: the periods of patients silver may

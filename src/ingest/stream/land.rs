@@ -515,14 +515,15 @@ impl<'l> Lander<'l> {
             });
             self.quarantine(&rejected, replace).await?;
         }
-        for (resource_type, records) in by_type {
-            landed.resources += records.len() as u64;
-            // Moved as they are, with the rows their views gave where they were decoded.
-            let resources = from_records(records);
-            let merged = self.silver.merge_chunk(&resource_type, resources).await?;
-            landed.silver_rows += merged.rows;
-            landed.quarantined += merged.quarantined;
-        }
+        landed.resources += by_type.values().map(|r| r.len() as u64).sum::<u64>();
+        // Moved as they are, with the rows their views gave where they were decoded.
+        let resources = by_type
+            .into_iter()
+            .map(|(resource_type, records)| (resource_type, from_records(records)))
+            .collect();
+        let merged = self.silver.merge_chunk(resources).await?;
+        landed.silver_rows += merged.rows;
+        landed.quarantined += merged.quarantined;
         Ok(landed)
     }
 
