@@ -444,7 +444,7 @@ impl<'l> Lander<'l> {
 
     /// Decodes the events (or takes what their readers decoded ahead: a retry decodes again),
     /// appends the rejected ones to quarantine (one commit for all partitions) and merges the
-    /// resources into silver (one merge per resource type).
+    /// resources into silver (one merge, every type's tables written together).
     async fn merge_fenced(
         &mut self,
         parts: &mut [(String, Vec<LandedEvent>)],
