@@ -87,7 +87,8 @@ fn check_reading<T: de::DeserializeOwned>(
     let quoted = decimals::quote_decimals(raw, resource_type, |number, string| {
         is_decimal(number, string, resource_type)
     });
-    if let Some(Ok(())) = check_typed(&quoted, resource_type) {
+    let quoted_verdict = check_typed(&quoted, resource_type);
+    if let Some(Ok(())) = quoted_verdict {
         if let Some(key) = key {
             ACCEPTED_SHAPES.with(|accepted| {
                 let mut accepted = accepted.borrow_mut();
@@ -108,7 +109,7 @@ fn check_reading<T: de::DeserializeOwned>(
         Err(_) => None,
     };
     let Some(verdict) = verdict else {
-        return Err(match check_typed(&quoted, resource_type) {
+        return Err(match quoted_verdict {
             Some(Err(err)) => located(&quoted, resource_type, &err),
             _ => Issue::error("structure", resource_type, "not a valid FHIR R4 resource"),
         });

@@ -194,9 +194,10 @@ impl<'l> SilverWriter<'l> {
     }
 
     /// Writes each `(table, batch, replace)` at the same time: the tables are independent, and
-    /// their Parquet encoding and commits overlap. Two writes of one table (quarantine, from two
-    /// types) are made one after the other. Every write of a round runs to its end; the first
-    /// failure is returned, and the tables are opened again for the next chunk.
+    /// their Parquet encoding and commits overlap. Two writes of one table (a view's replacing
+    /// write and its append, or quarantine from two types) are made one after the other, in the
+    /// order given. Every write of a round runs to its end; the first failure is returned, and the
+    /// tables are opened again for the next chunk.
     async fn write_all(&mut self, mut writes: Vec<TableWrite>) -> Result<(), IngestError> {
         while !writes.is_empty() {
             let mut seen = HashSet::new();
