@@ -105,14 +105,13 @@ fn check_reading<T: de::DeserializeOwned>(
     let verdict = match std::panic::catch_unwind(|| fhirbolt::json::from_str::<Resource>(raw, None))
     {
         Ok(Ok(_)) => return Ok(parsed),
-        Ok(Err(verdict)) => Some(verdict),
-        Err(_) => None,
-    };
-    let Some(verdict) = verdict else {
-        return Err(match quoted_verdict {
-            Some(Err(err)) => located(&quoted, resource_type, &err),
-            _ => Issue::error("structure", resource_type, "not a valid FHIR R4 resource"),
-        });
+        Ok(Err(verdict)) => verdict,
+        Err(_) => {
+            return Err(match quoted_verdict {
+                Some(Err(err)) => located(&quoted, resource_type, &err),
+                _ => Issue::error("structure", resource_type, "not a valid FHIR R4 resource"),
+            });
+        }
     };
     match check_typed(raw, resource_type) {
         Some(Err(err))
