@@ -10,6 +10,7 @@ pub mod changes;
 pub mod delete;
 pub mod layout;
 pub mod lease;
+mod local_store;
 pub mod maintain;
 pub mod merge;
 pub mod read;
@@ -145,7 +146,7 @@ impl Lake {
     /// Opens the lake at `root`: a local folder (created if missing) or an Azure URL
     /// (`abfss://`, `az://`). Azure credentials come from the environment.
     pub fn open(root: &str) -> Result<Lake, LakeError> {
-        register_cloud_handlers();
+        register_store_handlers();
         let bad = |source: crate::BoxError| LakeError::Root {
             root: root.to_string(),
             source,
@@ -285,9 +286,13 @@ impl Lake {
     }
 }
 
-fn register_cloud_handlers() {
+/// Tells deltalake how to reach the lake: Azure's handlers, and our pooled store for local folders.
+fn register_store_handlers() {
     static ONCE: Once = Once::new();
-    ONCE.call_once(|| deltalake::azure::register_handlers(None));
+    ONCE.call_once(|| {
+        deltalake::azure::register_handlers(None);
+        local_store::register();
+    });
 }
 
 #[cfg(test)]
