@@ -64,12 +64,12 @@ impl ObjectStoreFactory for PooledLocalFactory {
 
 /// `LocalFileSystem` with its calls run on [`io_pool`]. Cheap to clone.
 #[derive(Clone)]
-pub struct PooledLocalStore {
+struct PooledLocalStore {
     inner: Arc<LocalFileSystem>,
 }
 
 impl PooledLocalStore {
-    pub fn new() -> PooledLocalStore {
+    fn new() -> PooledLocalStore {
         PooledLocalStore {
             inner: Arc::new(LocalFileSystem::new()),
         }
@@ -95,6 +95,8 @@ impl PooledLocalStore {
         })
     }
 
+    /// A listing, gathered whole on the IO pool and then handed out: a Delta log or a table's
+    /// folder, thousands of entries at most.
     fn listing(
         &self,
         call: impl FnOnce(&LocalFileSystem) -> Result<Vec<ObjectMeta>> + Send + 'static,
