@@ -102,8 +102,7 @@ fn check_reading<T: de::DeserializeOwned>(
     }
     // `fhirbolt`'s enum path panics on some invalid input (an empty array beside an unknown
     // element: an `unwrap` in its element deserializer); the typed path's verdict stands then.
-    let verdict = match std::panic::catch_unwind(|| fhirbolt::json::from_str::<Resource>(raw, None))
-    {
+    let verdict = match quiet_catch_unwind(|| fhirbolt::json::from_str::<Resource>(raw, None)) {
         Ok(Ok(_)) => return Ok(parsed),
         Ok(Err(verdict)) => verdict,
         Err(_) => {
@@ -425,6 +424,33 @@ fn strip_position(message: &str) -> String {
         .next()
         .unwrap_or(message)
         .to_string()
+}
+
+/// `catch_unwind` without the panic's report on stderr: the panic is expected (see its caller),
+/// its record goes to quarantine with a reason, and a user ingesting a drop should not see a
+/// crash report for each such record.
+///
+/// The process's panic hook is wrapped once; it stays silent only on a thread inside this call,
+/// so every other panic is still reported as before.
+fn quiet_catch_unwind<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::thread::Result<T> {
+    use std::cell::Cell;
+    use std::sync::Once;
+    thread_local! {
+        static EXPECTING_PANIC: Cell<bool> = const { Cell::new(false) };
+    }
+    static WRAP_HOOK: Once = Once::new();
+    WRAP_HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !EXPECTING_PANIC.with(Cell::get) {
+                report(info);
+            }
+        }));
+    });
+    EXPECTING_PANIC.with(|expecting| expecting.set(true));
+    let result = std::panic::catch_unwind(f);
+    EXPECTING_PANIC.with(|expecting| expecting.set(false));
+    result
 }
 
 #[cfg(test)]

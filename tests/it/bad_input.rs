@@ -337,3 +337,29 @@ async fn a_byte_order_mark_is_ignored_with_a_warning() {
         String::from_utf8_lossy(&text_report.stdout)
     );
 }
+
+/// Input on which the FHIR library panics inside (an empty array beside an unknown element) is
+/// quarantined with its reason, and `ingest fhir` as a user runs it prints no crash report.
+#[tokio::test]
+async fn input_that_panics_the_fhir_library_is_quarantined_without_a_crash_report() {
+    let (dir, _lake) = temp_lake();
+    let drop = dir.path().join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    std::fs::write(drop.join("good.json"), GOOD_PATIENT).unwrap();
+    std::fs::write(
+        drop.join("odd.json"),
+        r#"{"resourceType":"Patient","id":"odd-1","foo":1,"name":[]}"#,
+    )
+    .unwrap();
+
+    let lake_path = dir.path().join("lake");
+    let out = crate::common::on_lake(
+        &lake_path,
+        &["ingest", "fhir", drop.to_str().unwrap(), "--json"],
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bronze_rows"], 1);
+    assert_eq!(report["quarantine_rows"], 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
