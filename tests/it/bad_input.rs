@@ -281,6 +281,13 @@ async fn a_corrupt_gzip_file() {
     );
 }
 
+/// `vitalake ingest fhir <drop> --json` into `lake`, as a user runs it: its report and its stderr.
+fn ingest_as_user(lake: &std::path::Path, drop: &std::path::Path) -> (serde_json::Value, String) {
+    let out = crate::common::on_lake(lake, &["ingest", "fhir", drop.to_str().unwrap(), "--json"]);
+    let report = serde_json::from_slice(&out.stdout).unwrap();
+    (report, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// A UTF-8 byte order mark, which Windows exports carry and RFC 8259 lets a parser ignore: the
 /// resources land, and `ingest fhir` as a user runs it names the files in its report.
 #[tokio::test]
@@ -308,11 +315,7 @@ async fn a_byte_order_mark_is_ignored_with_a_warning() {
     .unwrap();
 
     let lake_path = dir.path().join("lake");
-    let out = crate::common::on_lake(
-        &lake_path,
-        &["ingest", "fhir", drop.to_str().unwrap(), "--json"],
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (report, _) = ingest_as_user(&lake_path, &drop);
     assert_eq!(report["bronze_rows"], 5);
     assert_eq!(report["quarantine_rows"], 0);
     let mut marked: Vec<String> = report["files_with_byte_order_mark"]
@@ -352,14 +355,8 @@ async fn input_that_panics_the_fhir_library_is_quarantined_without_a_crash_repor
     )
     .unwrap();
 
-    let lake_path = dir.path().join("lake");
-    let out = crate::common::on_lake(
-        &lake_path,
-        &["ingest", "fhir", drop.to_str().unwrap(), "--json"],
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (report, stderr) = ingest_as_user(&dir.path().join("lake"), &drop);
     assert_eq!(report["bronze_rows"], 1);
     assert_eq!(report["quarantine_rows"], 1);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
