@@ -17,6 +17,14 @@ struct Quarantined {
     raw_truncated: bool,
 }
 
+/// A `drop` folder under `dir` holding one valid Patient, `good.json`, for a bad file to sit beside.
+fn drop_with_a_good_patient(dir: &std::path::Path) -> std::path::PathBuf {
+    let drop = dir.join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    std::fs::write(drop.join("good.json"), GOOD_PATIENT).unwrap();
+    drop
+}
+
 /// Ingests a drop holding `name` (with `bytes`) next to a valid Patient; checks the Patient landed
 /// and returns what was quarantined.
 async fn ingest_beside_good(
@@ -24,9 +32,7 @@ async fn ingest_beside_good(
     bytes: &[u8],
 ) -> (vitalake::ingest::IngestReport, Vec<Quarantined>) {
     let (dir, lake) = temp_lake();
-    let drop = dir.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    std::fs::write(drop.join("good.json"), GOOD_PATIENT).unwrap();
+    let drop = drop_with_a_good_patient(dir.path());
     std::fs::write(drop.join(name), bytes).unwrap();
     let report = ingest(&lake, &[drop.to_str().unwrap()]).await;
     assert_eq!(
@@ -223,9 +229,7 @@ async fn a_file_that_is_not_json_at_all() {
 #[tokio::test]
 async fn an_unreadable_file() {
     let (dir, lake) = temp_lake();
-    let drop = dir.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    std::fs::write(drop.join("good.json"), GOOD_PATIENT).unwrap();
+    let drop = drop_with_a_good_patient(dir.path());
     std::os::unix::fs::symlink(dir.path().join("gone.json"), drop.join("unreadable.json")).unwrap();
     let report = ingest(&lake, &[drop.to_str().unwrap()]).await;
     assert_eq!(count(&lake, "bronze/fhir/Patient").await, 1);
@@ -346,9 +350,7 @@ async fn a_byte_order_mark_is_ignored_with_a_warning() {
 #[tokio::test]
 async fn input_that_panics_the_fhir_library_is_quarantined_without_a_crash_report() {
     let (dir, _lake) = temp_lake();
-    let drop = dir.path().join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    std::fs::write(drop.join("good.json"), GOOD_PATIENT).unwrap();
+    let drop = drop_with_a_good_patient(dir.path());
     std::fs::write(
         drop.join("odd.json"),
         r#"{"resourceType":"Patient","id":"odd-1","foo":1,"name":[]}"#,
