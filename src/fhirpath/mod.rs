@@ -26,7 +26,7 @@ pub use eval::{EvalError, Variables, children};
 pub use functions::reference_parts;
 pub use parse::ParseError;
 pub use temporal::{DateTimeValue, Precision, TimeValue};
-pub use value::{Collection, Item, PRIMITIVE_TYPES, entry, field, resource_type};
+pub use value::{Collection, Item, PRIMITIVE_TYPES, choice_type, entry, field, resource_type};
 
 use serde_json::Value as Json;
 

@@ -8,7 +8,7 @@
 use serde_json::{Map, Value as Json};
 
 use super::profiles::{Element, Profile, Strength};
-use crate::fhirpath::{Collection, Item, PRIMITIVE_TYPES, Variables};
+use crate::fhirpath::{Collection, Item, Variables};
 use crate::issue::{Issue, Severity};
 
 /// `%resource`, `%rootResource`, `%context` and `%ucum` for invariants.
@@ -51,18 +51,13 @@ fn issue(severity: Severity, location: String, rule: &str, message: String) -> I
     }
 }
 
-/// The FHIR type a choice suffix names (`Quantity`, `dateTime`).
-fn suffix_type(suffix: &str) -> Option<String> {
-    let first = suffix.chars().next()?;
-    if !first.is_ascii_uppercase() {
+/// The FHIR type a choice suffix names (`Quantity`, `dateTime`); an unknown type by its own name,
+/// so that it is reported as not allowed.
+fn suffix_type(suffix: &str) -> Option<&str> {
+    if !suffix.starts_with(|c: char| c.is_ascii_uppercase()) {
         return None;
     }
-    let lowered = format!("{}{}", first.to_ascii_lowercase(), &suffix[1..]);
-    Some(if PRIMITIVE_TYPES.contains(&lowered.as_str()) {
-        lowered
-    } else {
-        suffix.to_string()
-    })
+    Some(crate::fhirpath::choice_type(suffix).unwrap_or(suffix))
 }
 
 /// Whether `value` holds everything `pattern` says (FHIR pattern[x] semantics).
@@ -82,27 +77,26 @@ pub fn matches_pattern(value: &Json, pattern: &Json) -> bool {
     }
 }
 
-/// Nodes at a dotted path below `value` (arrays fan out).
-fn at_path<'a>(value: &'a Json, path: &str) -> Vec<&'a Json> {
-    let mut nodes = vec![value];
-    if path == "$this" {
-        return nodes;
+/// Whether a node at the dotted `steps` below `value` (arrays fan out; `$this` is `value`)
+/// satisfies `test`. Walked in place: slices are told apart at every value of a sliced element.
+fn any_at_path(
+    value: &Json,
+    mut steps: std::str::Split<'_, char>,
+    test: &dyn Fn(&Json) -> bool,
+) -> bool {
+    match steps.next() {
+        None | Some("$this") => test(value),
+        Some(step) => match value
+            .as_object()
+            .and_then(|o| crate::fhirpath::field(o, step))
+        {
+            Some(Json::Array(items)) => items
+                .iter()
+                .any(|item| any_at_path(item, steps.clone(), test)),
+            Some(child) => any_at_path(child, steps, test),
+            None => false,
+        },
     }
-    for step in path.split('.') {
-        let mut next = Vec::new();
-        for node in nodes {
-            match node
-                .as_object()
-                .and_then(|o| crate::fhirpath::field(o, step))
-            {
-                Some(Json::Array(items)) => next.extend(items),
-                Some(child) => next.push(child),
-                None => {}
-            }
-        }
-        nodes = next;
-    }
-    nodes
 }
 
 impl<'p, 'a> Walker<'p, 'a> {
@@ -241,34 +235,21 @@ impl<'p, 'a> Walker<'p, 'a> {
         let Some(expansion) = &binding.expansion else {
             return;
         };
-        let codes: Vec<(Option<&str>, &str)> = match value {
-            Json::String(code) => vec![(None, code.as_str())],
-            Json::Object(object) if object.contains_key("coding") => at_path(value, "coding")
-                .into_iter()
-                .filter_map(|c| {
-                    Some((
-                        c.get("system").and_then(Json::as_str),
-                        c.get("code")?.as_str()?,
-                    ))
-                })
-                .collect(),
-            Json::Object(object) => match object.get("code").and_then(Json::as_str) {
-                Some(code) => vec![(object.get("system").and_then(Json::as_str), code)],
-                None => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
-        if codes.is_empty()
-            || codes
-                .iter()
-                .any(|(system, code)| expansion.contains(*system, code))
-        {
+        let (mut coded, mut in_value_set) = (false, false);
+        each_code(value, |system, code| {
+            coded = true;
+            in_value_set = in_value_set || expansion.contains(system, code);
+        });
+        if !coded || in_value_set {
             return;
         }
-        let shown: Vec<String> = codes
-            .iter()
-            .map(|(s, c)| format!("{}{c}", s.map(|s| format!("{s}|")).unwrap_or_default()))
-            .collect();
+        let mut shown = Vec::new();
+        each_code(value, |system, code| {
+            shown.push(format!(
+                "{}{code}",
+                system.map(|s| format!("{s}|")).unwrap_or_default()
+            ))
+        });
         let message = format!(
             "{} is not in the {:?} ValueSet {}",
             shown.join(", "),
@@ -328,7 +309,7 @@ impl<'p, 'a> Walker<'p, 'a> {
                     let Some(type_name) = suffix_type(suffix) else {
                         continue;
                     };
-                    if !element.types.is_empty() && !element.types.contains(&type_name) {
+                    if !element.types.is_empty() && !element.types.iter().any(|t| t == type_name) {
                         self.issues.push(issue(
                             Severity::Error,
                             Loc::Child(location, key, None).to_string(),
@@ -340,11 +321,6 @@ impl<'p, 'a> Walker<'p, 'a> {
                         ));
                         continue;
                     }
-                    let type_name: &'a str = PRIMITIVE_TYPES
-                        .iter()
-                        .find(|p| **p == type_name)
-                        .copied()
-                        .unwrap_or(&key[prefix.len()..]);
                     push(key, value, Some(type_name));
                 }
             }
@@ -353,9 +329,14 @@ impl<'p, 'a> Walker<'p, 'a> {
     }
 
     fn check_children(&mut self, index: usize, object: &'a Map<String, Json>, location: &Loc<'_>) {
+        let keys = KeyFilter::of(object);
         for &child in &self.element(index).children {
             let element = self.element(child);
-            let found = self.find(element, object, location);
+            let found = if keys.may_hold(&element.name) {
+                self.find(element, object, location)
+            } else {
+                Vec::new()
+            };
             self.check_cardinality(
                 element,
                 found.len(),
@@ -427,16 +408,18 @@ impl<'p, 'a> Walker<'p, 'a> {
         }
         for (position, &slice) in element.slices.iter().enumerate() {
             let slice_element = self.element(slice);
-            let what = format!(
-                "slice '{}': ",
-                slice_element.slice_name.as_deref().unwrap_or("?")
-            );
-            self.check_cardinality(
-                slice_element,
-                counts[position],
-                &Loc::Child(location, &element.name, None),
-                &what,
-            );
+            if !slice_element.allows(counts[position]) {
+                let what = format!(
+                    "slice '{}': ",
+                    slice_element.slice_name.as_deref().unwrap_or("?")
+                );
+                self.check_cardinality(
+                    slice_element,
+                    counts[position],
+                    &Loc::Child(location, &element.name, None),
+                    &what,
+                );
+            }
         }
     }
 
@@ -446,10 +429,57 @@ impl<'p, 'a> Walker<'p, 'a> {
         let constraints = &self.element(slice).slice_values;
         !constraints.is_empty()
             && constraints.iter().all(|(path, expected)| {
-                at_path(value, path)
-                    .iter()
-                    .any(|node| expected.iter().any(|e| matches_pattern(node, e)))
+                any_at_path(value, path.split('.'), &|node| {
+                    expected.iter().any(|e| matches_pattern(node, e))
+                })
             })
+    }
+}
+
+/// Which keys an object may hold, as one bit per key's length and first and last byte: a profile
+/// element names thirty-odd children, an instance holds a handful, and looking up each absent one
+/// (hashing it, or comparing it with every key) was a quarter of validation's time.
+struct KeyFilter(u64);
+
+impl KeyFilter {
+    fn of(object: &Map<String, Json>) -> Self {
+        KeyFilter(object.keys().fold(0, |bits, key| bits | Self::bit(key)))
+    }
+
+    fn bit(key: &str) -> u64 {
+        let bytes = key.as_bytes();
+        let (first, last) = (bytes.first().copied(), bytes.last().copied());
+        let mixed = bytes.len() as u64 * 31 + u64::from(first.unwrap_or(0)) * 7;
+        1 << ((mixed + u64::from(last.unwrap_or(0))) % 64)
+    }
+
+    /// Whether the object may hold the element `name`: a choice element (`value[x]`) may always.
+    fn may_hold(&self, name: &str) -> bool {
+        name.ends_with("[x]") || self.0 & Self::bit(name) != 0
+    }
+}
+
+/// Calls `visit` with the `(system, code)` of each code `value` carries for a binding: a `code`
+/// string, a `Coding`, or each coding of a `CodeableConcept`. Visited in place: bindings are
+/// checked on every coded element, and nearly every code is in its ValueSet.
+fn each_code<'v>(value: &'v Json, mut visit: impl FnMut(Option<&'v str>, &'v str)) {
+    let mut coding = |object: &'v Map<String, Json>| {
+        if let Some(code) = object.get("code").and_then(Json::as_str) {
+            visit(object.get("system").and_then(Json::as_str), code);
+        }
+    };
+    match value {
+        Json::String(code) => visit(None, code),
+        Json::Object(object) => match crate::fhirpath::field(object, "coding") {
+            Some(Json::Array(codings)) => codings
+                .iter()
+                .filter_map(Json::as_object)
+                .for_each(&mut coding),
+            Some(Json::Object(single)) => coding(single),
+            Some(_) => {}
+            None => coding(object),
+        },
+        _ => {}
     }
 }
 
@@ -512,6 +542,47 @@ fn place<'x>(location: &'x Loc<'x>, found: &'x Found) -> Loc<'x> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn key_filter_holds_every_key_of_an_object_and_rejects_most_others() {
+        let object = serde_json::json!({"resourceType": "Observation", "id": "x", "status": "final",
+            "code": {}, "subject": {}, "effectiveDateTime": "2024", "component": [], "_status": {}});
+        let object = object.as_object().unwrap();
+        let keys = KeyFilter::of(object);
+        assert!(object.keys().all(|key| keys.may_hold(key)));
+        assert!(
+            keys.may_hold("effective[x]"),
+            "a choice element is always looked for"
+        );
+        let absent = [
+            "identifier",
+            "basedOn",
+            "partOf",
+            "category",
+            "focus",
+            "encounter",
+            "issued",
+            "performer",
+            "dataAbsentReason",
+            "interpretation",
+            "note",
+            "bodySite",
+            "method",
+            "specimen",
+            "device",
+            "referenceRange",
+            "hasMember",
+            "derivedFrom",
+            "meta",
+            "text",
+        ];
+        let looked_up = absent.iter().filter(|name| keys.may_hold(name)).count();
+        assert!(
+            looked_up <= 4,
+            "{looked_up} of {} absent names pass",
+            absent.len()
+        );
+    }
 
     #[test]
     fn patterns_match_partially() {

@@ -16,12 +16,15 @@ mod natives;
 pub mod profiles;
 pub mod terminology;
 
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::Value as Json;
 
 pub use crate::config::{DEFAULT_PROFILES, Policy, ValidateConfig};
+use crate::fhirpath;
 use crate::issue::{Issue, Severity};
 pub use profiles::{Profile, ProfileError, ProfileSet};
 
@@ -41,6 +44,10 @@ const BP_PANEL: &str = "85354-9";
 pub struct ProfileValidator {
     set: Arc<ProfileSet>,
     config: ValidateConfig,
+    /// The profiles of a resource that claims none, by resource type, as
+    /// `[any resource, a blood-pressure panel]`: worked out once here rather than for each of
+    /// the millions of resources a drop holds.
+    unclaimed: HashMap<String, [Vec<Arc<Profile>>; 2]>,
 }
 
 impl ProfileValidator {
@@ -52,29 +59,111 @@ impl ProfileValidator {
         } else {
             ProfileSet::load(dir)?
         };
-        Ok(ProfileValidator {
+        let mut validator = ProfileValidator {
             set: Arc::new(set),
             config: config.clone(),
-        })
+            unclaimed: HashMap::new(),
+        };
+        let resource_types: BTreeSet<String> = validator
+            .set
+            .profiles
+            .values()
+            .map(|p| p.resource_type.clone())
+            .collect();
+        for resource_type in resource_types {
+            let profiles = [false, true].map(|bp_panel| {
+                validator.select(validator.implied(&resource_type, bp_panel), &resource_type)
+            });
+            validator.unclaimed.insert(resource_type, profiles);
+        }
+        Ok(validator)
     }
 
-    /// The profiles `resource` is held to, and a warning for each claimed profile we do not ship.
-    fn applicable(&self, resource: &Json) -> (Vec<Arc<Profile>>, Vec<Issue>) {
-        let resource_type = resource
-            .get("resourceType")
-            .and_then(Json::as_str)
-            .unwrap_or_default();
+    /// The profiles every `resource_type` resource is held to, claimed or not: its base
+    /// definition, plus `bp` for a blood-pressure panel and US Core for a patient where the
+    /// configuration says so.
+    fn implied(&self, resource_type: &str, bp_panel: bool) -> Vec<String> {
         let mut urls = vec![format!(
             "http://hl7.org/fhir/StructureDefinition/{resource_type}"
         )];
+        if resource_type == "Observation" && self.config.bp_panels_to_bp_profile && bp_panel {
+            urls.push(BP_PROFILE.to_string());
+        }
+        if resource_type == "Patient" && self.config.patients_to_us_core {
+            urls.push(US_CORE_PATIENT.to_string());
+        }
+        urls
+    }
+
+    /// The shipped profiles of `urls` that constrain `resource_type`, less those another of them
+    /// derives from.
+    fn select(&self, mut urls: Vec<String>, resource_type: &str) -> Vec<Arc<Profile>> {
+        urls.sort();
+        urls.dedup();
+        let profiles: Vec<Arc<Profile>> = urls
+            .iter()
+            .filter_map(|u| self.set.profiles.get(u).cloned())
+            .filter(|p| p.resource_type == resource_type)
+            .collect();
+        // A profile's snapshot carries its bases' constraints: walking a base as well finds nothing
+        // more (the walk is most of validation's time).
+        let bases: Vec<&String> = profiles.iter().flat_map(|p| &p.bases).collect();
+        profiles
+            .iter()
+            .filter(|p| !bases.contains(&&p.url))
+            .cloned()
+            .collect()
+    }
+
+    /// The profiles `resource` is held to, and a warning for each claimed profile we do not ship.
+    fn applicable(&self, resource: &Json) -> (Cow<'_, [Arc<Profile>]>, Vec<Issue>) {
+        let resource_type = fhirpath::resource_type(resource).unwrap_or_default();
+        let at = |path: &[&str]| {
+            path.iter().try_fold(resource, |json, step| {
+                fhirpath::field(json.as_object()?, step)
+            })
+        };
+        let is_bp_panel = || {
+            resource_type == "Observation"
+                && at(&["code", "coding"])
+                    .and_then(Json::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c.get("system").and_then(Json::as_str) == Some("http://loinc.org")
+                            && c.get("code").and_then(Json::as_str) == Some(BP_PANEL)
+                    })
+        };
+        let claimed = || {
+            at(&["meta", "profile"])
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Json::as_str)
+        };
+        let implied = match self.unclaimed.get(resource_type) {
+            Some(by_panel) => by_panel[usize::from(is_bp_panel())].as_slice(),
+            None => &[],
+        };
+        // A claimed profile changes nothing when it is shipped and already implied, or another
+        // profile held to derives from it (a reading claiming `bp` or `vitalsigns`).
+        let adds_nothing = |url: &str| {
+            self.set
+                .profiles
+                .get(terminology::canonical(url))
+                .is_some_and(|claimed| {
+                    claimed.resource_type != resource_type
+                        || implied
+                            .iter()
+                            .any(|p| p.url == claimed.url || p.bases.contains(&claimed.url))
+                })
+        };
+        if claimed().all(adds_nothing) {
+            return (Cow::Borrowed(implied), Vec::new());
+        }
+        let mut urls = self.implied(resource_type, is_bp_panel());
         let mut issues = Vec::new();
-        let claimed = resource
-            .pointer("/meta/profile")
-            .and_then(Json::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Json::as_str);
-        for (i, url) in claimed.enumerate() {
+        for (i, url) in claimed().enumerate() {
             let url = terminology::canonical(url);
             if self.set.profiles.contains_key(url) {
                 urls.push(url.to_string());
@@ -89,46 +178,14 @@ impl ProfileValidator {
                 });
             }
         }
-        let is_bp_panel = || {
-            resource
-                .pointer("/code/coding")
-                .and_then(Json::as_array)
-                .into_iter()
-                .flatten()
-                .any(|c| {
-                    c.get("system").and_then(Json::as_str) == Some("http://loinc.org")
-                        && c.get("code").and_then(Json::as_str) == Some(BP_PANEL)
-                })
-        };
-        if resource_type == "Observation" && self.config.bp_panels_to_bp_profile && is_bp_panel() {
-            urls.push(BP_PROFILE.to_string());
-        }
-        if resource_type == "Patient" && self.config.patients_to_us_core {
-            urls.push(US_CORE_PATIENT.to_string());
-        }
-        urls.sort();
-        urls.dedup();
-        let profiles: Vec<Arc<Profile>> = urls
-            .iter()
-            .filter_map(|u| self.set.profiles.get(u).cloned())
-            .filter(|p| p.resource_type == resource_type)
-            .collect();
-        // A profile's snapshot carries its bases' constraints: walking a base as well finds nothing
-        // more (the walk is most of validation's time).
-        let bases: Vec<&String> = profiles.iter().flat_map(|p| &p.bases).collect();
-        let profiles = profiles
-            .iter()
-            .filter(|p| !bases.contains(&&p.url))
-            .cloned()
-            .collect();
-        (profiles, issues)
+        (Cow::Owned(self.select(urls, resource_type)), issues)
     }
 
     /// Every issue of `resource` against its profiles, with the configured policies applied.
     pub fn validate(&self, resource: &Json) -> Vec<Issue> {
         let (profiles, mut issues) = self.applicable(resource);
-        for profile in profiles {
-            let mut walker = engine::Walker::new(&profile, resource);
+        for profile in profiles.iter() {
+            let mut walker = engine::Walker::new(profile, resource);
             walker.run();
             issues.extend(walker.issues);
         }

@@ -8,7 +8,7 @@
 
 use serde_json::Value as Json;
 
-use crate::fhirpath::{Item, children};
+use crate::fhirpath::{choice_type, field};
 
 /// A native evaluation of one invariant on the node it applies to: `Some(holds)`, or `None` to
 /// leave it to the engine.
@@ -64,20 +64,32 @@ pub fn native(expression: &str) -> Option<Native> {
 }
 
 /// Whether the member path `steps` from `value` reaches anything, exactly as the engine's member
-/// access does (arrays fan out, nulls are skipped, `value` finds `valueQuantity`).
+/// access ([`children`](crate::fhirpath::children)) does: arrays fan out, nulls are skipped, `value`
+/// finds `valueQuantity`. Walked in place rather than through collections: it runs several times
+/// on every element the validator visits.
 fn exists(value: &Json, steps: &[&str]) -> bool {
-    let mut nodes = vec![Item::Node(value, None)];
-    for step in steps {
-        let mut next = Vec::new();
-        for node in &nodes {
-            children(node, step, &mut next);
-        }
-        if next.is_empty() {
-            return false;
-        }
-        nodes = next;
+    let Some((step, rest)) = steps.split_first() else {
+        return true;
+    };
+    let Json::Object(map) = value else {
+        return false;
+    };
+    let child = field(map, step).or_else(|| {
+        map.iter()
+            .find(|(key, _)| {
+                key.len() > step.len()
+                    && key.starts_with(step)
+                    && choice_type(&key[step.len()..]).is_some()
+            })
+            .map(|(_, child)| child)
+    });
+    match child {
+        None | Some(Json::Null) => false,
+        Some(Json::Array(items)) => items
+            .iter()
+            .any(|item| !item.is_null() && exists(item, rest)),
+        Some(child) => exists(child, rest),
     }
-    true
 }
 
 /// `ele-1` evaluated natively: a primitive has a value; an object needs a child other than its
@@ -105,7 +117,7 @@ fn ele_1(value: &Json) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhirpath::{Collection, Expression, Variables};
+    use crate::fhirpath::{Collection, Expression, Item, Variables};
 
     /// `%resource` for the engine: the node itself (each node is checked as a resource would be).
     struct Resource<'a>(&'a Json);

@@ -290,3 +290,83 @@ fn outside_the_checkout_the_built_in_profiles_hold() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("my-profiles"));
 }
+
+/// A profile a resource claims in `meta.profile` is held to when it is shipped, and warned about
+/// when it is not; a claimed profile that another one held to derives from adds nothing. Checked
+/// through `validate --json` on the official heart-rate example under four claims.
+#[test]
+fn claimed_profiles_are_held_to_or_warned_about() {
+    use crate::common::vitalake;
+    let example: Value = serde_json::from_str(
+        &std::fs::read_to_string(shared_fhir("r4/examples/Observation-heart-rate.json")).unwrap(),
+    )
+    .unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let claims = [
+        ("none", None),
+        (
+            "vital-signs",
+            Some("http://hl7.org/fhir/StructureDefinition/vitalsigns"),
+        ),
+        (
+            "not-shipped",
+            Some("http://example.org/StructureDefinition/ward-heart-rate"),
+        ),
+        (
+            "us-core-bp",
+            Some("http://hl7.org/fhir/us/core/StructureDefinition/us-core-blood-pressure|9.0.0"),
+        ),
+    ];
+    for (name, claim) in claims {
+        let mut resource = example.clone();
+        let object = resource.as_object_mut().unwrap();
+        object.remove("meta");
+        if let Some(url) = claim {
+            object.insert("meta".into(), serde_json::json!({"profile": [url]}));
+        }
+        let path = folder.path().join(format!("{name}.json"));
+        std::fs::write(&path, resource.to_string()).unwrap();
+        let out = vitalake()
+            .args(["validate", "--json"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let outcomes: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let found: Vec<(String, String, String)> = outcomes
+            .iter()
+            .flat_map(|o| o["outcome"]["issue"].as_array().unwrap().clone())
+            .filter(|i| i["severity"] != "information")
+            .map(|i| {
+                let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                let rule = &i["details"]["coding"][0]["code"];
+                (text(&i["severity"]), text(rule), text(&i["expression"][0]))
+            })
+            .collect();
+        let has = |severity: &str, rule: &str, at: &str| {
+            found.contains(&(severity.into(), rule.into(), at.into()))
+        };
+        match name {
+            "none" | "vital-signs" => {
+                assert!(
+                    out.status.success() && found.is_empty(),
+                    "{name}: {found:?}"
+                )
+            }
+            "not-shipped" => {
+                assert!(out.status.success(), "{name}: {found:?}");
+                assert!(
+                    has("warning", "profile", "Observation.meta.profile[0]"),
+                    "{found:?}"
+                );
+            }
+            _ => {
+                assert_eq!(out.status.code(), Some(1), "{name}: {found:?}");
+                assert!(has("error", "pattern", "Observation.code"), "{found:?}");
+                assert!(
+                    has("error", "cardinality", "Observation.component"),
+                    "{found:?}"
+                );
+            }
+        }
+    }
+}
