@@ -185,19 +185,27 @@ pub fn children<'a>(item: &Item<'a>, name: &str, out: &mut Collection<'a>) {
         Json::Null => {}
         json => out.push(Item::Node(json, resource_type(json).or(type_name))),
     };
+    if let Some((child, type_name)) = member(map, name) {
+        push(child, type_name, out);
+    }
+}
+
+/// The member `name` of `map` as FHIRPath reads it: the key itself, or else the first choice key
+/// it names (`value` finds `valueQuantity`), with that choice's type.
+pub fn member<'a>(
+    map: &'a serde_json::Map<String, Json>,
+    name: &str,
+) -> Option<(&'a Json, Option<&'a str>)> {
     if let Some(child) = value::field(map, name) {
-        push(child, None, out);
-        return;
+        return Some((child, None));
     }
-    for (key, child) in map {
-        if key.len() > name.len()
-            && key.starts_with(name)
-            && let Some(type_name) = choice_type(&key[name.len()..])
-        {
-            push(child, Some(type_name), out);
-            return;
-        }
-    }
+    map.iter().find_map(|(key, child)| {
+        let type_name = key
+            .strip_prefix(name)
+            .filter(|suffix| !suffix.is_empty())
+            .and_then(choice_type)?;
+        Some((child, Some(type_name)))
+    })
 }
 
 /// The single item of a collection, `None` when empty, an error when there are several.

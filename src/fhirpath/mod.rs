@@ -22,7 +22,7 @@ mod parse;
 mod temporal;
 mod value;
 
-pub use eval::{EvalError, Variables, children};
+pub use eval::{EvalError, Variables, children, member};
 pub use functions::reference_parts;
 pub use parse::ParseError;
 pub use temporal::{DateTimeValue, Precision, TimeValue};

@@ -545,7 +545,7 @@ mod tests {
 
     #[test]
     fn key_filter_holds_every_key_of_an_object_and_rejects_most_others() {
-        let object = serde_json::json!({"resourceType": "Observation", "id": "x", "status": "final",
+        let object = json!({"resourceType": "Observation", "id": "x", "status": "final",
             "code": {}, "subject": {}, "effectiveDateTime": "2024", "component": [], "_status": {}});
         let object = object.as_object().unwrap();
         let keys = KeyFilter::of(object);

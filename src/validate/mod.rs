@@ -123,17 +123,15 @@ impl ProfileValidator {
                 fhirpath::field(json.as_object()?, step)
             })
         };
-        let is_bp_panel = || {
-            resource_type == "Observation"
-                && at(&["code", "coding"])
-                    .and_then(Json::as_array)
-                    .into_iter()
-                    .flatten()
-                    .any(|c| {
-                        c.get("system").and_then(Json::as_str) == Some("http://loinc.org")
-                            && c.get("code").and_then(Json::as_str) == Some(BP_PANEL)
-                    })
-        };
+        let bp_panel = resource_type == "Observation"
+            && at(&["code", "coding"])
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c.get("system").and_then(Json::as_str) == Some("http://loinc.org")
+                        && c.get("code").and_then(Json::as_str) == Some(BP_PANEL)
+                });
         let claimed = || {
             at(&["meta", "profile"])
                 .and_then(Json::as_array)
@@ -142,7 +140,7 @@ impl ProfileValidator {
                 .filter_map(Json::as_str)
         };
         let implied = match self.unclaimed.get(resource_type) {
-            Some(by_panel) => by_panel[usize::from(is_bp_panel())].as_slice(),
+            Some(by_panel) => by_panel[usize::from(bp_panel)].as_slice(),
             None => &[],
         };
         // A claimed profile changes nothing when it is shipped and already implied, or another
@@ -161,7 +159,7 @@ impl ProfileValidator {
         if claimed().all(adds_nothing) {
             return (Cow::Borrowed(implied), Vec::new());
         }
-        let mut urls = self.implied(resource_type, is_bp_panel());
+        let mut urls = self.implied(resource_type, bp_panel);
         let mut issues = Vec::new();
         for (i, url) in claimed().enumerate() {
             let url = terminology::canonical(url);

@@ -8,7 +8,7 @@
 
 use serde_json::Value as Json;
 
-use crate::fhirpath::{choice_type, field};
+use crate::fhirpath::member;
 
 /// A native evaluation of one invariant on the node it applies to: `Some(holds)`, or `None` to
 /// leave it to the engine.
@@ -64,8 +64,7 @@ pub fn native(expression: &str) -> Option<Native> {
 }
 
 /// Whether the member path `steps` from `value` reaches anything, exactly as the engine's member
-/// access ([`children`](crate::fhirpath::children)) does: arrays fan out, nulls are skipped, `value`
-/// finds `valueQuantity`. Walked in place rather than through collections: it runs several times
+/// access ([`member`]) does: arrays fan out, nulls are skipped, `value` finds `valueQuantity`. Walked in place rather than through collections: it runs several times
 /// on every element the validator visits.
 fn exists(value: &Json, steps: &[&str]) -> bool {
     let Some((step, rest)) = steps.split_first() else {
@@ -74,16 +73,7 @@ fn exists(value: &Json, steps: &[&str]) -> bool {
     let Json::Object(map) = value else {
         return false;
     };
-    let child = field(map, step).or_else(|| {
-        map.iter()
-            .find(|(key, _)| {
-                key.len() > step.len()
-                    && key.starts_with(step)
-                    && choice_type(&key[step.len()..]).is_some()
-            })
-            .map(|(_, child)| child)
-    });
-    match child {
+    match member(map, step).map(|(child, _)| child) {
         None | Some(Json::Null) => false,
         Some(Json::Array(items)) => items
             .iter()
