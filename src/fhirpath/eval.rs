@@ -9,6 +9,7 @@ use std::cmp::Ordering;
 
 use rust_decimal::Decimal;
 use serde_json::Value as Json;
+use smallvec::smallvec;
 
 use super::parse::{BinaryOp, Expr, Literal};
 use super::value::{self, Collection, Item, choice_type, resource_type};
@@ -49,29 +50,32 @@ pub struct Env<'e, 'a> {
 }
 
 pub fn eval<'a>(
-    expr: &Expr,
+    expr: &'a Expr,
     frame: Frame<'_, 'a>,
     env: &Env<'_, 'a>,
 ) -> Result<Collection<'a>, EvalError> {
     Ok(match expr {
-        Expr::Empty => Vec::new(),
-        Expr::Literal(literal) => vec![literal_item(literal)],
-        Expr::This => frame.this.to_vec(),
+        Expr::Empty => Collection::new(),
+        Expr::Literal(literal) => smallvec![literal_item(literal)],
+        Expr::This => Collection::from(frame.this),
         Expr::Index => frame
             .index
             .map(|i| Item::Integer(i as i64))
             .into_iter()
             .collect(),
-        Expr::Total => frame.total.map(<[_]>::to_vec).unwrap_or_default(),
+        Expr::Total => frame.total.map(Collection::from).unwrap_or_default(),
         Expr::Variable(name) => match env.variables.get(name) {
             Some(value) => value,
             None => return fail(format!("undefined variable %{name}")),
         },
         Expr::Member { base: None, name } => {
-            let mut out = Vec::new();
+            let mut out = Collection::new();
             for item in frame.this {
-                // `Patient.name`: a leading type name selects the focus itself when it is that resource.
-                if item.json().and_then(resource_type) == Some(name) {
+                // `Patient.name`: a leading type name selects the focus itself when it is that
+                // resource. Type names start with a capital and element names never do.
+                if name.starts_with(|c: char| c.is_ascii_uppercase())
+                    && item.json().and_then(resource_type) == Some(name)
+                {
                     out.push(item.clone());
                 } else {
                     children(item, name, &mut out);
@@ -84,7 +88,7 @@ pub fn eval<'a>(
             name,
         } => {
             let input = eval(base, frame, env)?;
-            let mut out = Vec::with_capacity(input.len());
+            let mut out = Collection::with_capacity(input.len());
             for item in &input {
                 children(item, name, &mut out);
             }
@@ -97,7 +101,7 @@ pub fn eval<'a>(
         } => {
             let input = match base {
                 Some(base) => eval(base, frame, env)?,
-                None => frame.this.to_vec(),
+                None => Collection::from(frame.this),
             };
             let call = super::functions::Call {
                 input,
@@ -112,7 +116,7 @@ pub fn eval<'a>(
             let input = eval(base, frame, env)?;
             let index = eval(index, frame, env)?;
             match singleton(&index, "index")? {
-                None => Vec::new(),
+                None => Collection::new(),
                 Some(Item::Integer(i)) => usize::try_from(*i)
                     .ok()
                     .and_then(|i| input.into_iter().nth(i))
@@ -131,18 +135,18 @@ pub fn eval<'a>(
         Expr::Negate(inner) => {
             let input = eval(inner, frame, env)?;
             match singleton(&input, "unary minus")?.map(Item::primitive) {
-                None => Vec::new(),
-                Some(Item::Integer(i)) => vec![Item::Integer(-i)],
-                Some(Item::Decimal(d)) => vec![Item::Decimal(-d)],
-                Some(Item::Quantity(v, u)) => vec![Item::Quantity(-v, u)],
+                None => Collection::new(),
+                Some(Item::Integer(i)) => smallvec![Item::Integer(-i)],
+                Some(Item::Decimal(d)) => smallvec![Item::Decimal(-d)],
+                Some(Item::Quantity(v, u)) => smallvec![Item::Quantity(-v, u)],
                 Some(_) => return fail("unary minus needs a number"),
             }
         }
         Expr::Is(inner, type_name) => {
             let input = eval(inner, frame, env)?;
             match singleton(&input, "is")? {
-                None => Vec::new(),
-                Some(item) => vec![Item::Boolean(item.is_type(type_name))],
+                None => Collection::new(),
+                Some(item) => smallvec![Item::Boolean(item.is_type(type_name))],
             }
         }
         Expr::As(inner, type_name) => {
@@ -156,16 +160,17 @@ pub fn eval<'a>(
     })
 }
 
-pub fn literal_item(literal: &Literal) -> Item<'static> {
+/// A literal as an item; a string or unit is lent by the expression, not copied on every evaluation.
+pub fn literal_item(literal: &Literal) -> Item<'_> {
     match literal {
         Literal::Boolean(b) => Item::Boolean(*b),
         Literal::Integer(i) => Item::Integer(*i),
         Literal::Decimal(d) => Item::Decimal(*d),
-        Literal::String(s) => Item::String(Cow::Owned(s.clone())),
+        Literal::String(s) => Item::String(Cow::Borrowed(s)),
         Literal::Date(d) => Item::Date(*d),
         Literal::DateTime(d) => Item::DateTime(*d),
         Literal::Time(t) => Item::Time(*t),
-        Literal::Quantity(v, u) => Item::Quantity(*v, Cow::Owned(u.clone())),
+        Literal::Quantity(v, u) => Item::Quantity(*v, Cow::Borrowed(u)),
     }
 }
 
@@ -196,16 +201,30 @@ pub fn member<'a>(
     map: &'a serde_json::Map<String, Json>,
     name: &str,
 ) -> Option<(&'a Json, Option<&'a str>)> {
-    if let Some(child) = value::field(map, name) {
-        return Some((child, None));
-    }
-    map.iter().find_map(|(key, child)| {
+    let choice = |(key, child): (&'a String, &'a Json)| {
         let type_name = key
             .strip_prefix(name)
             .filter(|suffix| !suffix.is_empty())
             .and_then(choice_type)?;
         Some((child, Some(type_name)))
-    })
+    };
+    if map.len() > value::SCANNED_KEYS {
+        return match value::field(map, name) {
+            Some(child) => Some((child, None)),
+            None => map.iter().find_map(choice),
+        };
+    }
+    // A small object is scanned once for both: the key itself wins wherever it sits.
+    let mut first_choice = None;
+    for (key, child) in map {
+        if key == name {
+            return Some((child, None));
+        }
+        if first_choice.is_none() {
+            first_choice = choice((key, child));
+        }
+    }
+    first_choice
 }
 
 /// The single item of a collection, `None` when empty, an error when there are several.
@@ -235,14 +254,14 @@ pub fn to_boolean(collection: &[Item], what: &str) -> Result<Option<bool>, EvalE
     })
 }
 
-fn boolean_result(value: Option<bool>) -> Collection<'static> {
+fn boolean_result<'a>(value: Option<bool>) -> Collection<'a> {
     value.map(Item::Boolean).into_iter().collect()
 }
 
 fn binary<'a>(
     op: BinaryOp,
-    left: &Expr,
-    right: &Expr,
+    left: &'a Expr,
+    right: &'a Expr,
     frame: Frame<'_, 'a>,
     env: &Env<'_, 'a>,
 ) -> Result<Collection<'a>, EvalError> {
@@ -252,9 +271,9 @@ fn binary<'a>(
     if matches!(op, And | Or | Implies) {
         let a = to_boolean(&l, "a logical operand")?;
         match (op, a) {
-            (And, Some(false)) => return Ok(vec![Item::Boolean(false)]),
-            (Or, Some(true)) => return Ok(vec![Item::Boolean(true)]),
-            (Implies, Some(false)) => return Ok(vec![Item::Boolean(true)]),
+            (And, Some(false)) => return Ok(smallvec![Item::Boolean(false)]),
+            (Or, Some(true)) => return Ok(smallvec![Item::Boolean(true)]),
+            (Implies, Some(false)) => return Ok(smallvec![Item::Boolean(true)]),
             _ => {}
         }
         let b = to_boolean(&eval(right, frame, env)?, "a logical operand")?;
@@ -287,7 +306,7 @@ fn binary<'a>(
         Contains => membership(&l, &r)?,
         Equal | NotEqual => {
             if l.is_empty() || r.is_empty() {
-                return Ok(Vec::new());
+                return Ok(Collection::new());
             }
             let same = if l.len() != r.len() {
                 Some(false)
@@ -301,14 +320,14 @@ fn binary<'a>(
         Equivalent | NotEquivalent => {
             let same =
                 l.len() == r.len() && l.iter().all(|a| r.iter().any(|b| value::equivalent(a, b)));
-            vec![Item::Boolean(same == (op == Equivalent))]
+            smallvec![Item::Boolean(same == (op == Equivalent))]
         }
         Less | Greater | LessOrEqual | GreaterOrEqual => {
             let (Some(a), Some(b)) = (
                 singleton(&l, "a comparison")?,
                 singleton(&r, "a comparison")?,
             ) else {
-                return Ok(Vec::new());
+                return Ok(Collection::new());
             };
             let Some(ordering) = value::compare(a, b) else {
                 return fail(format!(
@@ -331,12 +350,12 @@ fn binary<'a>(
                     .map(Cow::into_owned)
                     .unwrap_or_default())
             };
-            vec![Item::string(text(&l)? + &text(&r)?)]
+            smallvec![Item::string(text(&l)? + &text(&r)?)]
         }
         Add | Subtract | Multiply | Divide | IntegerDivide | Modulo => {
             let (Some(a), Some(b)) = (singleton(&l, "arithmetic")?, singleton(&r, "arithmetic")?)
             else {
-                return Ok(Vec::new());
+                return Ok(Collection::new());
             };
             arithmetic(op, a.primitive(), b.primitive())?
                 .into_iter()
@@ -347,7 +366,7 @@ fn binary<'a>(
 }
 
 fn union<'a>(mut l: Collection<'a>, r: Collection<'a>) -> Collection<'a> {
-    let mut out: Collection<'a> = Vec::with_capacity(l.len() + r.len());
+    let mut out: Collection<'a> = Collection::with_capacity(l.len() + r.len());
     for item in l.drain(..).chain(r) {
         if !out
             .iter()
@@ -362,9 +381,9 @@ fn union<'a>(mut l: Collection<'a>, r: Collection<'a>) -> Collection<'a> {
 /// `collection contains item`.
 fn membership<'a>(collection: &[Item<'a>], item: &[Item<'a>]) -> Result<Collection<'a>, EvalError> {
     let Some(item) = singleton(item, "in/contains")? else {
-        return Ok(Vec::new());
+        return Ok(Collection::new());
     };
-    Ok(vec![Item::Boolean(
+    Ok(smallvec![Item::Boolean(
         collection
             .iter()
             .any(|c| value::equals(c, item) == Some(true)),

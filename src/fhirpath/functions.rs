@@ -8,6 +8,7 @@ use std::borrow::Cow;
 
 use rust_decimal::Decimal;
 use serde_json::Value as Json;
+use smallvec::smallvec;
 
 use super::eval::{Env, EvalError, Frame, eval, fail, singleton, to_boolean};
 use super::parse::Expr;
@@ -33,7 +34,7 @@ impl std::fmt::Debug for Function {
 /// One call of a function: its input collection and its unevaluated arguments.
 pub struct Call<'c, 'a> {
     pub input: Collection<'a>,
-    pub args: &'c [Expr],
+    pub args: &'a [Expr],
     pub frame: Frame<'c, 'a>,
     pub env: &'c Env<'c, 'a>,
 }
@@ -133,12 +134,12 @@ static FUNCTIONS: &[Function] = &[
         .chain(c.arg(0)?)
         .collect())),
     function!("contains", 1..=1, |c| text_test(c, |s, a| s.contains(a))),
-    function!("count", 0..=0, |c| Ok(vec![Item::Integer(
+    function!("count", 0..=0, |c| Ok(smallvec![Item::Integer(
         c.input.len() as i64
     )])),
     function!("descendants", 0..=0, descendants),
     function!("distinct", 0..=0, |c| Ok(distinct(c.input.clone()))),
-    function!("empty", 0..=0, |c| Ok(vec![Item::Boolean(
+    function!("empty", 0..=0, |c| Ok(smallvec![Item::Boolean(
         c.input.is_empty()
     )])),
     function!("endsWith", 1..=1, |c| text_test(c, |s, a| s.ends_with(a))),
@@ -164,15 +165,15 @@ static FUNCTIONS: &[Function] = &[
     function!("hasValue", 0..=0, |c| {
         let has =
             matches!(c.input.as_slice(), [item] if !matches!(item.primitive(), Item::Node(..)));
-        Ok(vec![Item::Boolean(has)])
+        Ok(smallvec![Item::Boolean(has)])
     }),
     function!("highBoundary", 0..=1, |c| boundary(c, true)),
     function!("iif", 2..=3, iif),
     function!("indexOf", 1..=1, |c| {
         let (Some(s), Some(a)) = (c.input_text()?, c.string_arg(0)?) else {
-            return Ok(Vec::new());
+            return Ok(Collection::new());
         };
-        Ok(vec![Item::Integer(
+        Ok(smallvec![Item::Integer(
             s.find(&a).map_or(-1, |i| s[..i].chars().count() as i64),
         )])
     }),
@@ -190,7 +191,7 @@ static FUNCTIONS: &[Function] = &[
         .map(|i| Item::Boolean(i.is_type(c.type_arg())))
         .into_iter()
         .collect())),
-    function!("isDistinct", 0..=0, |c| Ok(vec![Item::Boolean(
+    function!("isDistinct", 0..=0, |c| Ok(smallvec![Item::Boolean(
         distinct(c.input.clone()).len() == c.input.len()
     )])),
     function!("join", 0..=1, join),
@@ -213,11 +214,11 @@ static FUNCTIONS: &[Function] = &[
         .collect())),
     function!("matches", 1..=1, |c| {
         let (Some(s), Some(pattern)) = (c.input_text()?, c.string_arg(0)?) else {
-            return Ok(Vec::new());
+            return Ok(Collection::new());
         };
         let regex = regex::Regex::new(&pattern)
             .map_err(|e| EvalError(format!("bad regular expression: {e}")))?;
-        Ok(vec![Item::Boolean(regex.is_match(&s))])
+        Ok(smallvec![Item::Boolean(regex.is_match(&s))])
     }),
     function!("not", 0..=0, |c| Ok(to_boolean(&c.input, "not()")?
         .map(|b| Item::Boolean(!b))
@@ -242,9 +243,9 @@ static FUNCTIONS: &[Function] = &[
     function!("replace", 2..=2, |c| {
         let (Some(s), Some(from), Some(to)) = (c.input_text()?, c.string_arg(0)?, c.string_arg(1)?)
         else {
-            return Ok(Vec::new());
+            return Ok(Collection::new());
         };
-        Ok(vec![Item::string(s.replace(&from, &to))])
+        Ok(smallvec![Item::string(s.replace(&from, &to))])
     }),
     function!("round", 0..=1, |c| {
         let places = c
@@ -257,7 +258,7 @@ static FUNCTIONS: &[Function] = &[
         numeric(c, |d| Some(d.round_dp(u32::try_from(places).ok()?)))
     }),
     function!("select", 1..=1, |c| {
-        let mut out = Vec::new();
+        let mut out = Collection::new();
         for (i, item) in c.input.iter().enumerate() {
             out.extend(c.for_item(0, item, i)?);
         }
@@ -275,10 +276,10 @@ static FUNCTIONS: &[Function] = &[
         .starts_with(a))),
     function!("substring", 1..=2, |c| {
         let Some(s) = c.input_text()? else {
-            return Ok(Vec::new());
+            return Ok(Collection::new());
         };
         let Some(start) = c.integer_arg(0)? else {
-            return Ok(Vec::new());
+            return Ok(Collection::new());
         };
         let length = if c.args.len() > 1 {
             c.integer_arg(1)?
@@ -287,14 +288,14 @@ static FUNCTIONS: &[Function] = &[
         };
         let count = s.chars().count() as i64;
         if start < 0 || start >= count {
-            return Ok(Vec::new());
+            return Ok(Collection::new());
         }
         let taken: String = s
             .chars()
             .skip(start as usize)
             .take(length.unwrap_or(count).max(0) as usize)
             .collect();
-        Ok(vec![Item::string(taken)])
+        Ok(smallvec![Item::string(taken)])
     }),
     function!("tail", 0..=0, |c| Ok(c
         .input
@@ -353,7 +354,7 @@ static FUNCTIONS: &[Function] = &[
         .into_iter()
         .collect())),
     function!("where", 1..=1, |c| {
-        let mut out = Vec::new();
+        let mut out = Collection::new();
         for (i, item) in c.input.iter().enumerate() {
             if to_boolean(&c.for_item(0, item, i)?, "where() criteria")? == Some(true) {
                 out.push(item.clone());
@@ -372,7 +373,7 @@ pub fn lookup(name: &str) -> Option<&'static Function> {
 }
 
 fn distinct(items: Collection) -> Collection {
-    let mut out: Collection = Vec::with_capacity(items.len());
+    let mut out: Collection = Collection::with_capacity(items.len());
     for item in items {
         if !out
             .iter()
@@ -386,23 +387,23 @@ fn distinct(items: Collection) -> Collection {
 
 fn exists<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
     if c.args.is_empty() {
-        return Ok(vec![Item::Boolean(!c.input.is_empty())]);
+        return Ok(smallvec![Item::Boolean(!c.input.is_empty())]);
     }
     for (i, item) in c.input.iter().enumerate() {
         if to_boolean(&c.for_item(0, item, i)?, "exists() criteria")? == Some(true) {
-            return Ok(vec![Item::Boolean(true)]);
+            return Ok(smallvec![Item::Boolean(true)]);
         }
     }
-    Ok(vec![Item::Boolean(false)])
+    Ok(smallvec![Item::Boolean(false)])
 }
 
 fn all<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
     for (i, item) in c.input.iter().enumerate() {
         if to_boolean(&c.for_item(0, item, i)?, "all() criteria")? != Some(true) {
-            return Ok(vec![Item::Boolean(false)]);
+            return Ok(smallvec![Item::Boolean(false)]);
         }
     }
-    Ok(vec![Item::Boolean(true)])
+    Ok(smallvec![Item::Boolean(true)])
 }
 
 /// `allTrue` (want true, every), `anyTrue` (want true, any), `allFalse`, `anyFalse`.
@@ -420,7 +421,7 @@ fn all_booleans<'a>(
     } else {
         matches.into_iter().any(|m| m)
     };
-    Ok(vec![Item::Boolean(result)])
+    Ok(smallvec![Item::Boolean(result)])
 }
 
 fn iif<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
@@ -430,13 +431,13 @@ fn iif<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
     match (criterion, c.args.get(2)) {
         (Some(true), _) => eval(&c.args[1], frame, c.env),
         (_, Some(otherwise)) => eval(otherwise, frame, c.env),
-        _ => Ok(Vec::new()),
+        _ => Ok(Collection::new()),
     }
 }
 
 /// `repeat(expr)`: `expr` applied to the input, then to each result, depth first, without repeats.
 fn repeat<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
-    let mut out: Collection<'a> = Vec::new();
+    let mut out: Collection<'a> = Collection::new();
     let mut stack: Vec<Item<'a>> = Vec::new();
     for (i, item) in c.input.iter().enumerate().rev() {
         stack.extend(c.for_item(0, item, i)?.into_iter().rev());
@@ -458,7 +459,7 @@ fn repeat<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
 }
 
 fn children<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
-    let mut out = Vec::new();
+    let mut out = Collection::new();
     for item in &c.input {
         child_nodes(item, &mut out);
     }
@@ -480,10 +481,10 @@ fn child_nodes<'a>(item: &Item<'a>, out: &mut Collection<'a>) {
 }
 
 fn descendants<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
-    let mut out = Vec::new();
+    let mut out = Collection::new();
     let mut frontier = c.input.clone();
     while !frontier.is_empty() {
-        let mut next = Vec::new();
+        let mut next = Collection::new();
         for item in &frontier {
             child_nodes(item, &mut next);
         }
@@ -498,9 +499,9 @@ fn text_test<'a>(
     test: fn(&str, &str) -> bool,
 ) -> Result<Collection<'a>, EvalError> {
     let (Some(s), Some(a)) = (c.input_text()?, c.string_arg(0)?) else {
-        return Ok(Vec::new());
+        return Ok(Collection::new());
     };
-    Ok(vec![Item::Boolean(test(&s, &a))])
+    Ok(smallvec![Item::Boolean(test(&s, &a))])
 }
 
 fn numeric<'a>(
@@ -509,7 +510,7 @@ fn numeric<'a>(
 ) -> Result<Collection<'a>, EvalError> {
     Ok(
         match singleton(&c.input, "a math function")?.map(Item::primitive) {
-            None => Vec::new(),
+            None => Collection::new(),
             Some(Item::Integer(i)) => f(Decimal::from(i))
                 .and_then(|d| i64::try_from(d).ok())
                 .map(Item::Integer)
@@ -537,14 +538,14 @@ fn join<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
             None => return fail("join() works on strings"),
         }
     }
-    Ok(vec![Item::string(out)])
+    Ok(smallvec![Item::string(out)])
 }
 
 fn extension<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
     let Some(url) = c.string_arg(0)? else {
-        return Ok(Vec::new());
+        return Ok(Collection::new());
     };
-    let mut out = Vec::new();
+    let mut out = Collection::new();
     for item in &c.input {
         let Some(Json::Array(extensions)) = item.json().and_then(|j| j.get("extension")) else {
             continue;
@@ -574,7 +575,7 @@ fn get_resource_key<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
 /// to another type than the one asked for gives nothing.
 fn get_reference_key<'a>(c: &Call<'_, 'a>) -> Result<Collection<'a>, EvalError> {
     let wanted = c.args.first().and_then(Expr::type_name);
-    let mut out = Vec::new();
+    let mut out = Collection::new();
     for item in &c.input {
         let Some(reference) = item
             .json()
@@ -622,7 +623,7 @@ pub fn reference_parts(reference: &str) -> Option<(Option<&str>, &str)> {
 /// `lowBoundary()` / `highBoundary()` of decimals, dates, date-times and times.
 fn boundary<'a>(c: &Call<'_, 'a>, high: bool) -> Result<Collection<'a>, EvalError> {
     let Some(item) = singleton(&c.input, "a boundary function")? else {
-        return Ok(Vec::new());
+        return Ok(Collection::new());
     };
     let typed = match item {
         Item::Node(Json::String(s), None) => match super::temporal::DateTimeValue::parse(s) {
@@ -633,18 +634,20 @@ fn boundary<'a>(c: &Call<'_, 'a>, high: bool) -> Result<Collection<'a>, EvalErro
         _ => item.primitive(),
     };
     Ok(match typed {
-        Item::Decimal(d) => vec![Item::Decimal(decimal_boundary(d, high))],
-        Item::Integer(i) => vec![Item::Decimal(decimal_boundary(Decimal::from(i), high))],
-        Item::Date(d) if d.precision <= Precision::Day => vec![Item::Date(d.date_boundary(high))],
+        Item::Decimal(d) => smallvec![Item::Decimal(decimal_boundary(d, high))],
+        Item::Integer(i) => smallvec![Item::Decimal(decimal_boundary(Decimal::from(i), high))],
+        Item::Date(d) if d.precision <= Precision::Day => {
+            smallvec![Item::Date(d.date_boundary(high))]
+        }
         Item::Date(d) | Item::DateTime(d) => {
-            vec![Item::DateTime(if high {
+            smallvec![Item::DateTime(if high {
                 d.high_boundary()
             } else {
                 d.low_boundary()
             })]
         }
-        Item::Time(t) => vec![Item::Time(t.boundary(high))],
-        _ => Vec::new(),
+        Item::Time(t) => smallvec![Item::Time(t.boundary(high))],
+        _ => Collection::new(),
     })
 }
 

@@ -58,7 +58,7 @@ impl Expression {
 
     /// Evaluates with `focus` as the input collection (`$this`).
     pub fn evaluate<'a>(
-        &self,
+        &'a self,
         focus: &[Item<'a>],
         variables: &dyn Variables<'a>,
     ) -> Result<Collection<'a>, EvalError> {
@@ -72,7 +72,7 @@ impl Expression {
 
     /// Evaluates on a whole resource.
     pub fn evaluate_resource<'a>(
-        &self,
+        &'a self,
         resource: &'a Json,
         variables: &dyn Variables<'a>,
     ) -> Result<Collection<'a>, EvalError> {

@@ -14,8 +14,10 @@ use serde_json::Value as Json;
 
 use super::temporal::{DateTimeValue, TimeValue};
 
-/// Objects up to this many keys are searched by a scan: most FHIR elements have a handful.
-const SCANNED_KEYS: usize = 8;
+/// Objects up to this many keys are searched by a scan: most FHIR elements have a handful, and a
+/// reading or a dispense has 9 to 11 at its root, where a scan also beat hashing (an A/B of ingest
+/// with validation, BENCHMARKS.md issue 25).
+pub(super) const SCANNED_KEYS: usize = 12;
 
 /// The entry of `key` in `map`. `fhirbolt` turns on `serde_json`'s `preserve_order`, so every map is
 /// an `IndexMap` hashing with SipHash; comparing a few short keys is cheaper than hashing one, and
@@ -57,8 +59,9 @@ pub enum Item<'a> {
     Quantity(Decimal, Cow<'a, str>),
 }
 
-/// FHIRPath works on ordered collections; most hold zero or one item.
-pub type Collection<'a> = Vec<Item<'a>>;
+/// FHIRPath works on ordered collections; most hold zero or one item, kept inline: every step of
+/// every expression makes one, and the views and invariants evaluate dozens per resource.
+pub type Collection<'a> = smallvec::SmallVec<[Item<'a>; 1]>;
 
 /// FHIR primitive types, spelled as in the specification: a choice suffix (`valueDateTime`) names one
 /// of these with its first letter in lower case.

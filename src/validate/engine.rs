@@ -6,6 +6,7 @@
 //! are FHIRPaths into the instance (`Observation.component[1].valueQuantity.code`).
 
 use serde_json::{Map, Value as Json};
+use smallvec::smallvec;
 
 use super::profiles::{Element, Profile, Strength};
 use crate::fhirpath::{Collection, Item, Variables};
@@ -19,10 +20,12 @@ struct InvariantVariables<'a> {
 impl<'a> Variables<'a> for InvariantVariables<'a> {
     fn get(&self, name: &str) -> Option<Collection<'a>> {
         match name {
-            "resource" | "rootResource" | "context" => Some(vec![Item::Node(self.resource, None)]),
-            "ucum" => Some(vec![Item::string("http://unitsofmeasure.org")]),
-            "sct" => Some(vec![Item::string("http://snomed.info/sct")]),
-            "loinc" => Some(vec![Item::string("http://loinc.org")]),
+            "resource" | "rootResource" | "context" => {
+                Some(smallvec![Item::Node(self.resource, None)])
+            }
+            "ucum" => Some(smallvec![Item::string("http://unitsofmeasure.org")]),
+            "sct" => Some(smallvec![Item::string("http://snomed.info/sct")]),
+            "loinc" => Some(smallvec![Item::string("http://loinc.org")]),
             _ => None,
         }
     }
@@ -33,6 +36,9 @@ pub struct Walker<'p, 'a> {
     resource: &'a Json,
     pub issues: Vec<Issue>,
 }
+
+/// The values found for an element: most elements hold one or two, kept without an allocation.
+type FoundValues<'a> = smallvec::SmallVec<[Found<'a>; 2]>;
 
 /// One value found for an element, with its JSON key and choice type.
 struct Found<'a> {
@@ -200,7 +206,7 @@ impl<'p, 'a> Walker<'p, 'a> {
                 invariant.human.clone(),
             )
         };
-        if let Some(holds) = invariant.native.and_then(|native| native(value)) {
+        if let Some(holds) = invariant.native.and_then(|native| native(value, type_name)) {
             if !holds {
                 self.issues.push(failed(location));
             }
@@ -279,8 +285,8 @@ impl<'p, 'a> Walker<'p, 'a> {
         element: &Element,
         object: &'a Map<String, Json>,
         location: &Loc<'_>,
-    ) -> Vec<Found<'a>> {
-        let mut found = Vec::new();
+    ) -> FoundValues<'a> {
+        let mut found = FoundValues::new();
         let mut push = |key: &'a str, json: &'a Json, type_name: Option<&'a str>| match json {
             Json::Array(items) => found.extend(items.iter().enumerate().map(|(i, value)| Found {
                 key,
@@ -335,7 +341,7 @@ impl<'p, 'a> Walker<'p, 'a> {
             let found = if keys.may_hold(&element.name) {
                 self.find(element, object, location)
             } else {
-                Vec::new()
+                FoundValues::new()
             };
             self.check_cardinality(
                 element,

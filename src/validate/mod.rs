@@ -187,9 +187,7 @@ impl ProfileValidator {
             walker.run();
             issues.extend(walker.issues);
         }
-        // The same invariant is often inherited by several profiles: report it once.
-        let mut seen = std::collections::HashSet::new();
-        issues.retain(|i| seen.insert((i.rule.clone(), i.location.clone(), i.message.clone())));
+        let mut issues = reported_once(issues);
         for issue in &mut issues {
             match self.config.policy.get(&issue.rule) {
                 Some(Policy::Quarantine) => issue.severity = Severity::Error,
@@ -210,6 +208,24 @@ impl Check for ProfileValidator {
     fn check(&self, _resource_type: &str, resource: &Json) -> Vec<Issue> {
         self.validate(resource)
     }
+}
+
+/// `issues` without repeats, in order: the same invariant is often inherited by several profiles
+/// (every profile of a reading finds its missing narrative).
+fn reported_once(issues: Vec<Issue>) -> Vec<Issue> {
+    if issues.len() < 2 {
+        return issues;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<bool> = issues
+        .iter()
+        .map(|i| seen.insert((i.rule.as_str(), i.location.as_str(), i.message.as_str())))
+        .collect();
+    issues
+        .into_iter()
+        .zip(first)
+        .filter_map(|(issue, first)| first.then_some(issue))
+        .collect()
 }
 
 /// A FHIR `OperationOutcome` for a resource's issues (`vitalake validate --json`).

@@ -8,14 +8,18 @@
 
 use serde_json::Value as Json;
 
-use crate::fhirpath::member;
+use crate::fhirpath::{DateTimeValue, Precision, member};
 
-/// A native evaluation of one invariant on the node it applies to: `Some(holds)`, or `None` to
-/// leave it to the engine.
-pub type Native = fn(&Json) -> Option<bool>;
+/// A native evaluation of one invariant on the node it applies to, given the node's choice type
+/// when it has one (`effectiveDateTime` is a `dateTime`): `Some(holds)`, or `None` to leave it to
+/// the engine.
+pub type Native = fn(&Json, Option<&str>) -> Option<bool>;
 
 /// `ele-1` as FHIR writes it; it holds on every element of every resource.
 const ELE_1: &str = "hasValue() or (children().count() > id.count())";
+
+/// `vs-1` (vital signs: an effective dateTime is precise to the day).
+const VS_1: &str = "($this as dateTime).toString().length() >= 8";
 
 /// `dom-3` (every contained resource is referenced from the rest of the resource).
 const DOM_3: &str = "contained.where((('#'+id in (%resource.descendants().reference | %resource.descendants().as(canonical) | %resource.descendants().as(uri) | %resource.descendants().as(url))) or descendants().where(reference = '#').exists() or descendants().where(as(canonical) = '#').exists() or descendants().where(as(canonical) = '#').exists()).not()).trace('unmatched', id).empty()";
@@ -23,42 +27,52 @@ const DOM_3: &str = "contained.where((('#'+id in (%resource.descendants().refere
 /// The native evaluation of the invariant `expression`, if there is one.
 pub fn native(expression: &str) -> Option<Native> {
     Some(match expression {
-        ELE_1 => |v| Some(ele_1(v)),
-        "contained.contained.empty()" => |v| Some(!exists(v, &["contained", "contained"])),
-        "contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()" => |v| {
+        ELE_1 => |v, _| Some(ele_1(v)),
+        // `vs-1`: a dateTime is precise to the day. The engine's `toString()` of the parsed value
+        // is 8 characters or more exactly when it has a day.
+        VS_1 => |v, type_name| {
+            let text = v.as_str().filter(|_| type_name == Some("dateTime"))?;
+            Some(match DateTimeValue::parse(text) {
+                Some(parsed) => parsed.precision >= Precision::Day,
+                None => text.chars().count() >= 8,
+            })
+        },
+        "contained.contained.empty()" => |v, _| Some(!exists(v, &["contained", "contained"])),
+        "contained.meta.versionId.empty() and contained.meta.lastUpdated.empty()" => |v, _| {
             Some(
                 !exists(v, &["contained", "meta", "versionId"])
                     && !exists(v, &["contained", "meta", "lastUpdated"]),
             )
         },
         "contained.meta.security.empty()" => {
-            |v| Some(!exists(v, &["contained", "meta", "security"]))
+            |v, _| Some(!exists(v, &["contained", "meta", "security"]))
         }
-        "text.`div`.exists()" => |v| Some(exists(v, &["text", "div"])),
+        "text.`div`.exists()" => |v, _| Some(exists(v, &["text", "div"])),
         "extension.exists() != value.exists()" => {
-            |v| Some(exists(v, &["extension"]) != exists(v, &["value"]))
+            |v, _| Some(exists(v, &["extension"]) != exists(v, &["value"]))
         }
         "dataAbsentReason.empty() or value.empty()" => {
-            |v| Some(!exists(v, &["dataAbsentReason"]) || !exists(v, &["value"]))
+            |v, _| Some(!exists(v, &["dataAbsentReason"]) || !exists(v, &["value"]))
         }
         "value.exists() or dataAbsentReason.exists()" => {
-            |v| Some(exists(v, &["value"]) || exists(v, &["dataAbsentReason"]))
+            |v, _| Some(exists(v, &["value"]) || exists(v, &["dataAbsentReason"]))
         }
         "(component.empty() and hasMember.empty()) implies (dataAbsentReason.exists() or value.exists())" => {
-            |v| {
+            |v, _| {
                 let needs_value = !exists(v, &["component"]) && !exists(v, &["hasMember"]);
                 Some(!needs_value || exists(v, &["dataAbsentReason"]) || exists(v, &["value"]))
             }
         }
         "low.exists() or high.exists() or text.exists()" => {
-            |v| Some(exists(v, &["low"]) || exists(v, &["high"]) || exists(v, &["text"]))
+            |v, _| Some(exists(v, &["low"]) || exists(v, &["high"]) || exists(v, &["text"]))
         }
-        // `value.empty() or …`: true without the rest when there is no value.
+        // `obs-7`, `value.empty() or component.code.where(…).empty()`: true without the rest when
+        // there is no value or no component.
         "value.empty() or component.code.where(coding.intersect(%resource.code.coding).exists()).empty()" => {
-            |v| (!exists(v, &["value"])).then_some(true)
+            |v, _| (!exists(v, &["value"]) || !exists(v, &["component"])).then_some(true)
         }
         // `contained.where(…)….empty()`: true when nothing is contained.
-        DOM_3 => |v| (!exists(v, &["contained"])).then_some(true),
+        DOM_3 => |v, _| (!exists(v, &["contained"])).then_some(true),
         _ => return None,
     })
 }
@@ -114,20 +128,29 @@ mod tests {
 
     impl<'a> Variables<'a> for Resource<'a> {
         fn get(&self, name: &str) -> Option<Collection<'a>> {
-            (name == "resource").then(|| vec![Item::Node(self.0, None)])
+            (name == "resource").then(|| smallvec::smallvec![Item::Node(self.0, None)])
         }
     }
 
+    /// A node and the choice type the walker would give it.
+    type Typed<'a> = (&'a Json, Option<&'a str>);
+
     /// Every value under `json`, `json` included, arrays by their items (the walker checks an
-    /// element's values one by one).
-    fn nodes<'a>(json: &'a Json, out: &mut Vec<&'a Json>) {
+    /// element's values one by one), each with the choice type its key names, as the walker
+    /// passes it (`effectiveDateTime` is a `dateTime`).
+    fn nodes<'a>(json: &'a Json, type_name: Option<&'a str>, out: &mut Vec<Typed<'a>>) {
         match json {
             Json::Object(object) => {
-                out.push(json);
-                object.values().for_each(|v| nodes(v, out));
+                out.push((json, type_name));
+                for (key, value) in object {
+                    let suffix = key
+                        .find(|c: char| c.is_ascii_uppercase())
+                        .map(|i| &key[i..]);
+                    nodes(value, suffix.and_then(crate::fhirpath::choice_type), out);
+                }
             }
-            Json::Array(items) => items.iter().for_each(|v| nodes(v, out)),
-            _ => out.push(json),
+            Json::Array(items) => items.iter().for_each(|v| nodes(v, type_name, out)),
+            _ => out.push((json, type_name)),
         }
     }
 
@@ -166,12 +189,16 @@ mod tests {
             {"contained": [{"resourceType": "Patient", "contained": [{"resourceType": "Patient"}]}]},
             {"contained": [{"resourceType": "Patient", "meta": {"versionId": "1"}}]},
             {"contained": [{"resourceType": "Patient", "meta": [{"security": [{"code": "x"}]}]}]},
-            {"low": {"value": 1}}, {"high": null, "text": "t"}, {"_value": {"id": "x"}}
+            {"low": {"value": 1}}, {"high": null, "text": "t"}, {"_value": {"id": "x"}},
+            {"effectiveDateTime": "2026"}, {"effectiveDateTime": "2026-11"},
+            {"effectiveDateTime": "2026-11-09"}, {"effectiveDateTime": "2026-11-09T07:41:00+01:00"},
+            {"effectiveDateTime": "not a date"}, {"effectiveDateTime": "20261109"},
+            {"effectiveString": "2026"}
         ]);
         let resources = sample_resources();
         let mut all = Vec::new();
         for json in resources.iter().chain(edge_cases.as_array().unwrap()) {
-            nodes(json, &mut all);
+            nodes(json, None, &mut all);
         }
         let texts = [
             ELE_1,
@@ -184,6 +211,7 @@ mod tests {
             "value.exists() or dataAbsentReason.exists()",
             "(component.empty() and hasMember.empty()) implies (dataAbsentReason.exists() or value.exists())",
             "low.exists() or high.exists() or text.exists()",
+            VS_1,
             "value.empty() or component.code.where(coding.intersect(%resource.code.coding).exists()).empty()",
             DOM_3,
         ];
@@ -191,11 +219,14 @@ mod tests {
         for text in texts {
             let native = native(text).unwrap_or_else(|| panic!("no native for {text}"));
             let expression = Expression::parse(text).unwrap();
-            for node in &all {
-                let Some(holds) = native(node) else { continue };
+            let answered_before = answered;
+            for &(node, type_name) in &all {
+                let Some(holds) = native(node, type_name) else {
+                    continue;
+                };
                 answered += 1;
                 let result = expression
-                    .evaluate(&[Item::Node(node, None)], &Resource(node))
+                    .evaluate(&[Item::Node(node, type_name)], &Resource(node))
                     .unwrap();
                 let engine = match result.as_slice() {
                     [] => None,
@@ -205,8 +236,12 @@ mod tests {
                     },
                     _ => panic!("{text} gave several items"),
                 };
-                assert_eq!(Some(holds), engine, "{text} on {node}");
+                assert_eq!(Some(holds), engine, "{text} on {node} ({type_name:?})");
             }
+            assert!(
+                answered > answered_before,
+                "{text} was never answered natively"
+            );
         }
         assert!(answered > 10_000, "only {answered} comparisons");
         assert!(native("name.exists()").is_none());

@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 
 use serde_json::Value as Json;
+use smallvec::smallvec;
 
 use super::columns::{Cell, ColumnType};
 use super::{ColumnSpec, View, parse_path};
@@ -213,12 +214,12 @@ struct ViewVariables<'v, 'a> {
 impl<'v: 'a, 'a> Variables<'a> for ViewVariables<'v, 'a> {
     fn get(&self, name: &str) -> Option<Collection<'a>> {
         match name {
-            "rowIndex" => Some(vec![Item::Integer(self.row_index as i64)]),
-            "resource" => Some(vec![Item::Node(self.resource, None)]),
+            "rowIndex" => Some(smallvec![Item::Integer(self.row_index as i64)]),
+            "resource" => Some(smallvec![Item::Node(self.resource, None)]),
             _ => {
                 let (_, value) = self.view.constants.iter().find(|(n, _)| n == name)?;
                 // A string constant is lent, not copied: views read `%loinc` on every resource.
-                Some(vec![match value {
+                Some(smallvec![match value {
                     Item::String(text) => Item::String(Cow::Borrowed(text.as_ref())),
                     other => other.clone(),
                 }])
@@ -293,7 +294,7 @@ struct Runner<'v, 'a, F> {
 impl<'v: 'a, 'a, F: CellForm> Runner<'v, 'a, F> {
     fn evaluate(
         &self,
-        expression: &Expression,
+        expression: &'a Expression,
         focus: &Item<'a>,
         row_index: usize,
     ) -> Result<Collection<'a>, RunError> {
@@ -302,7 +303,7 @@ impl<'v: 'a, 'a, F: CellForm> Runner<'v, 'a, F> {
 
     fn evaluate_on(
         &self,
-        expression: &Expression,
+        expression: &'a Expression,
         focus: &[Item<'a>],
         row_index: usize,
     ) -> Result<Collection<'a>, RunError> {
@@ -325,7 +326,7 @@ impl<'v: 'a, 'a, F: CellForm> Runner<'v, 'a, F> {
 
     fn rows(
         &self,
-        select: &Select,
+        select: &'a Select,
         focus: &Item<'a>,
         row_index: usize,
     ) -> Result<Vec<Vec<F::Cell>>, RunError> {
@@ -348,7 +349,7 @@ impl<'v: 'a, 'a, F: CellForm> Runner<'v, 'a, F> {
                 Ok(out)
             }
             Iteration::Repeat(paths) => {
-                let mut items = Vec::new();
+                let mut items = Collection::new();
                 self.repeat(paths, focus, row_index, &mut items)?;
                 let mut out = Vec::new();
                 for (i, item) in items.iter().enumerate() {
@@ -362,7 +363,7 @@ impl<'v: 'a, 'a, F: CellForm> Runner<'v, 'a, F> {
     /// The items `repeat` reaches from `focus`, depth first, in path order.
     fn repeat(
         &self,
-        paths: &[Expression],
+        paths: &'a [Expression],
         focus: &Item<'a>,
         row_index: usize,
         out: &mut Collection<'a>,
@@ -384,7 +385,7 @@ impl<'v: 'a, 'a, F: CellForm> Runner<'v, 'a, F> {
 
     fn rows_at(
         &self,
-        select: &Select,
+        select: &'a Select,
         focus: &Item<'a>,
         row_index: usize,
     ) -> Result<Vec<Vec<F::Cell>>, RunError> {
@@ -412,7 +413,7 @@ impl<'v: 'a, 'a, F: CellForm> Runner<'v, 'a, F> {
 
     fn cell(
         &self,
-        column: &Column,
+        column: &'a Column,
         focus: &[Item<'a>],
         row_index: usize,
     ) -> Result<F::Cell, RunError> {
