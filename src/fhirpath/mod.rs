@@ -56,7 +56,8 @@ impl Expression {
         out
     }
 
-    /// Evaluates with `focus` as the input collection (`$this`).
+    /// Evaluates with `focus` as the input collection (`$this`). The result borrows from the
+    /// resource and from the expression (its string literals), so neither is copied.
     pub fn evaluate<'a>(
         &'a self,
         focus: &[Item<'a>],
