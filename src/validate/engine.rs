@@ -347,7 +347,7 @@ impl<'p, 'a> Walker<'p, 'a> {
                 element,
                 found.len(),
                 &Loc::Child(location, &element.name, None),
-                "",
+                None,
             );
             for value in &found {
                 let at = place(location, value);
@@ -359,16 +359,23 @@ impl<'p, 'a> Walker<'p, 'a> {
         }
     }
 
+    /// Cardinality of `element` given `count` values; `slice` names the slice they were counted
+    /// for, formatted only into an issue.
     fn check_cardinality(
         &mut self,
         element: &Element,
         count: usize,
         location: &Loc<'_>,
-        what: &str,
+        slice: Option<&str>,
     ) {
         let count = count as u64;
+        let what = || {
+            slice
+                .map(|name| format!("slice '{name}': "))
+                .unwrap_or_default()
+        };
         if count < element.min {
-            let message = format!("{what}at least {} required, found {count}", element.min);
+            let message = format!("{}at least {} required, found {count}", what(), element.min);
             self.issues.push(issue(
                 Severity::Error,
                 location.to_string(),
@@ -379,7 +386,7 @@ impl<'p, 'a> Walker<'p, 'a> {
         if let Some(max) = element.max
             && count > max
         {
-            let message = format!("{what}at most {max} allowed, found {count}");
+            let message = format!("{}at most {max} allowed, found {count}", what());
             self.issues.push(issue(
                 Severity::Error,
                 location.to_string(),
@@ -414,18 +421,12 @@ impl<'p, 'a> Walker<'p, 'a> {
         }
         for (position, &slice) in element.slices.iter().enumerate() {
             let slice_element = self.element(slice);
-            if !slice_element.allows(counts[position]) {
-                let what = format!(
-                    "slice '{}': ",
-                    slice_element.slice_name.as_deref().unwrap_or("?")
-                );
-                self.check_cardinality(
-                    slice_element,
-                    counts[position],
-                    &Loc::Child(location, &element.name, None),
-                    &what,
-                );
-            }
+            self.check_cardinality(
+                slice_element,
+                counts[position],
+                &Loc::Child(location, &element.name, None),
+                Some(slice_element.slice_name.as_deref().unwrap_or("?")),
+            );
         }
     }
 
@@ -470,8 +471,9 @@ impl KeyFilter {
 /// checked on every coded element, and nearly every code is in its ValueSet.
 fn each_code<'v>(value: &'v Json, mut visit: impl FnMut(Option<&'v str>, &'v str)) {
     let mut coding = |object: &'v Map<String, Json>| {
-        if let Some(code) = object.get("code").and_then(Json::as_str) {
-            visit(object.get("system").and_then(Json::as_str), code);
+        let text = |key| crate::fhirpath::field(object, key).and_then(Json::as_str);
+        if let Some(code) = text("code") {
+            visit(text("system"), code);
         }
     };
     match value {

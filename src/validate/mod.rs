@@ -128,9 +128,10 @@ impl ProfileValidator {
                 .and_then(Json::as_array)
                 .into_iter()
                 .flatten()
-                .any(|c| {
-                    c.get("system").and_then(Json::as_str) == Some("http://loinc.org")
-                        && c.get("code").and_then(Json::as_str) == Some(BP_PANEL)
+                .filter_map(Json::as_object)
+                .any(|coding| {
+                    let text = |key| fhirpath::field(coding, key).and_then(Json::as_str);
+                    text("system") == Some("http://loinc.org") && text("code") == Some(BP_PANEL)
                 });
         let claimed = || {
             at(&["meta", "profile"])

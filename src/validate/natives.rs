@@ -78,8 +78,9 @@ pub fn native(expression: &str) -> Option<Native> {
 }
 
 /// Whether the member path `steps` from `value` reaches anything, exactly as the engine's member
-/// access ([`member`]) does: arrays fan out, nulls are skipped, `value` finds `valueQuantity`. Walked in place rather than through collections: it runs several times
-/// on every element the validator visits.
+/// access ([`member`]) does: arrays fan out, nulls are skipped, `value` finds `valueQuantity`.
+/// Walked in place rather than through collections: it runs several times on every element the
+/// validator visits.
 fn exists(value: &Json, steps: &[&str]) -> bool {
     let Some((step, rest)) = steps.split_first() else {
         return true;

@@ -92,14 +92,6 @@ pub struct Element {
     pub slice_values: Vec<(String, Vec<Json>)>,
 }
 
-impl Element {
-    /// Whether `count` values are within this element's cardinality.
-    pub fn allows(&self, count: usize) -> bool {
-        let count = count as u64;
-        count >= self.min && self.max.is_none_or(|max| count <= max)
-    }
-}
-
 /// A compiled profile: its elements in an arena, element 0 the root.
 #[derive(Debug)]
 pub struct Profile {
