@@ -321,7 +321,8 @@ async fn append_all(
                 .with_metadata("vitalake.batch_id", batch_id)
                 .with_metadata("vitalake.operation", "ingest fhir")
                 .with_schema_merge()
-                .without_dictionary(&["raw"]),
+                .without_dictionary(&["raw", "resource_id", "full_url"])
+                .without_statistics(&["raw"]),
         );
         names.push((name, path));
     }

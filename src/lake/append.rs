@@ -9,7 +9,7 @@ use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 
@@ -35,6 +35,7 @@ pub struct AppendBuilder {
     merge_schema: bool,
     transactions: Vec<(String, i64)>,
     without_dictionary: Vec<String>,
+    without_statistics: Vec<String>,
 }
 
 impl AppendBuilder {
@@ -50,6 +51,7 @@ impl AppendBuilder {
             merge_schema: false,
             transactions: Vec::new(),
             without_dictionary: Vec::new(),
+            without_statistics: Vec::new(),
         }
     }
 
@@ -82,6 +84,13 @@ impl AppendBuilder {
     /// raw JSON) the writer would build one for nothing, some megabytes a chunk, until it gives up.
     pub fn without_dictionary(mut self, columns: &[&str]) -> Self {
         self.without_dictionary = columns.iter().map(|c| c.to_string()).collect();
+        self
+    }
+
+    /// Writes `columns` without Parquet statistics. A min and max of unique long texts (bronze's raw
+    /// JSON) skip nothing, and computing them compares every value's bytes with the page's.
+    pub fn without_statistics(mut self, columns: &[&str]) -> Self {
+        self.without_statistics = columns.iter().map(|c| c.to_string()).collect();
         self
     }
 
@@ -153,12 +162,18 @@ impl AppendBuilder {
         if !self.partition_columns.is_empty() {
             write = write.with_partition_columns(self.partition_columns);
         }
-        if !self.without_dictionary.is_empty() {
+        if !self.without_dictionary.is_empty() || !self.without_statistics.is_empty() {
             // Snappy, as delta-rs writes when given no properties.
             let mut properties = WriterProperties::builder().set_compression(Compression::SNAPPY);
             for column in &self.without_dictionary {
                 properties = properties
                     .set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
+            }
+            for column in &self.without_statistics {
+                properties = properties.set_column_statistics_enabled(
+                    ColumnPath::from(column.as_str()),
+                    EnabledStatistics::None,
+                );
             }
             write = write.with_writer_properties(properties.build());
         }

@@ -389,4 +389,37 @@ mod tests {
             "the other key kept, the listed ones replaced"
         );
     }
+
+    /// A column written without dictionary or statistics (bronze's raw JSON) has neither in the
+    /// Parquet file, and the other columns keep theirs: Delta skips files by them.
+    #[tokio::test]
+    async fn columns_written_plain_lose_only_their_own_dictionary_and_statistics() {
+        use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(dir.path().to_str().unwrap()).unwrap();
+        let keys: Vec<String> = (0..100).map(|n| format!("Observation/{n}")).collect();
+        AppendBuilder::new(lake.table("t").await.unwrap(), "t", vec![rows(&keys, 1)])
+            .without_dictionary(&["_key"])
+            .without_statistics(&["_key"])
+            .execute()
+            .await
+            .unwrap();
+        let file = std::fs::read_dir(dir.path().join("t"))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.extension().is_some_and(|e| e == "parquet"))
+            .expect("a data file");
+        let reader = SerializedFileReader::new(std::fs::File::open(file).unwrap()).unwrap();
+        let group = reader.metadata().row_group(0);
+        let (key, version) = (group.column(0), group.column(1));
+        assert_eq!(key.column_path().string(), "_key");
+        assert!(key.statistics().is_none(), "no min/max of the plain column");
+        assert!(key.dictionary_page_offset().is_none(), "no dictionary");
+        assert!(
+            version
+                .statistics()
+                .is_some_and(|s| s.min_bytes_opt().is_some())
+        );
+        assert!(version.dictionary_page_offset().is_some());
+    }
 }

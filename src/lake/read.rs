@@ -71,6 +71,18 @@ pub async fn stream(
         })
 }
 
+/// The next batch of a [`stream`] over table `name`, or `None` at its end.
+pub async fn next_batch(
+    batches: &mut SendableRecordBatchStream,
+    name: &str,
+) -> Result<Option<RecordBatch>, LakeError> {
+    use futures::TryStreamExt;
+    batches.try_next().await.map_err(|source| LakeError::Query {
+        table: name.to_string(),
+        source,
+    })
+}
+
 /// Runs `sql` (which reads from `t`) over `table` and collects the result.
 pub async fn query(
     table: &DeltaTable,

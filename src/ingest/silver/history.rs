@@ -181,8 +181,12 @@ pub(super) async fn history_from_bronze(
             "SELECT {columns} FROM t WHERE {}",
             key_predicate("resource_id", slice)
         );
-        for batch in read::query(&bronze, &bronze_name, &sql).await? {
+        // Batch by batch: a chunk of known patients reads tens of megabytes of raw JSON, which
+        // collected at once would all be held beside their parses.
+        let mut batches = read::stream(&bronze, &bronze_name, &sql).await?;
+        while let Some(batch) = read::next_batch(&mut batches, &bronze_name).await? {
             let resources = from_bronze("Patient", &batch);
+            drop(batch);
             patient_versions(view, &resources.iter().collect::<Vec<_>>(), patients);
         }
     }

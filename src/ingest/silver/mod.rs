@@ -31,7 +31,6 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use futures::TryStreamExt;
 use rayon::prelude::*;
 use serde_json::Value as Json;
 
@@ -58,7 +57,7 @@ use super::tables::{Provenance, QUARANTINE_TABLE, bronze_fhir_table, quarantine_
 use crate::fhir::{Location, Rejected, ResourceRecord};
 use crate::issue::{Issue, Severity};
 use crate::lake::stream_append::append_columns;
-use crate::lake::{AppendBuilder, Lake, LakeError, delete, read};
+use crate::lake::{AppendBuilder, Lake, delete, read};
 use crate::views::{self, Cell, View, ViewError};
 
 pub use crate::lake::layout::{HISTORY_TABLE, VERSIONS_PREFIX, versions_table, view_table};

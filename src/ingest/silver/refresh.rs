@@ -73,10 +73,7 @@ pub async fn refresh(
             };
             let mut stream =
                 read::stream(&bronze, &bronze_name, &format!("SELECT {columns} FROM t")).await?;
-            while let Some(batch) = stream.try_next().await.map_err(|source| LakeError::Query {
-                table: bronze_name.clone(),
-                source,
-            })? {
+            while let Some(batch) = read::next_batch(&mut stream, &bronze_name).await? {
                 let resources = from_bronze(resource_type, &batch);
                 report.resources_read += resources.len() as u64;
                 if let Some(view) = history_view {

@@ -181,10 +181,7 @@ impl<'l> SilverWriter<'l> {
             // both its old and new buffers, 200 MB, at its peak.
             hashes.reserve_exact(rows_in(&table));
             let mut stream = read::stream(&table, &name, "SELECT _key FROM t").await?;
-            while let Some(batch) = stream.try_next().await.map_err(|source| LakeError::Query {
-                table: name.clone(),
-                source,
-            })? {
+            while let Some(batch) = read::next_batch(&mut stream, &name).await? {
                 column_hashes(&batch, "_key", &mut hashes);
             }
         }
