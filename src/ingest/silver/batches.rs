@@ -232,7 +232,8 @@ pub(super) fn silver_append(
     let builder = AppendBuilder::new(table, name, vec![batch])
         .with_metadata("vitalake.batch_id", batch_id)
         .with_metadata("vitalake.operation", operation)
-        // Unique in every chunk: a dictionary would hold each value once more, for nothing.
+        // These repeat only within one resource's rows: a dictionary would hold each value once
+        // more, for nothing.
         .without_dictionary(&["id", "_key", "_ingest_order"]);
     let builder = fence.iter().fold(builder, |builder, (app_id, version)| {
         builder.with_transaction(app_id, *version)
