@@ -10,7 +10,6 @@ use deltalake::arrow::array::{RecordBatch, StringArray};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use deltalake::arrow::row::{RowConverter, SortField};
 use deltalake::arrow::util::display::{ArrayFormatter, FormatOptions};
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::lake::stream_append::conform;
@@ -129,11 +128,7 @@ pub async fn landed_checksum(
     )
     .await?;
     let mut checksum = Checksum::default();
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(|source| LakeError::Query {
-            table: name.to_string(),
-            source,
-        })?;
+    while let Some(batch) = read::next_batch(&mut stream, name).await? {
         let batch = conform(&batch, &schema).map_err(|source| LakeError::Schema {
             table: name.to_string(),
             source,

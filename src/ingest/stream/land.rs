@@ -15,7 +15,6 @@ use azure_messaging_eventhubs::CheckpointStore;
 use azure_messaging_eventhubs::models::Checkpoint;
 use deltalake::DeltaTable;
 use deltalake::arrow::array::RecordBatch;
-use futures::TryStreamExt;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
@@ -28,7 +27,7 @@ use crate::ingest::IngestError;
 use crate::ingest::silver::{ResourceToLand, SilverViews, SilverWriter, from_records, quote};
 use crate::ingest::tables::{Provenance, QUARANTINE_TABLE, quarantine_batch};
 use crate::lake::delete::delete_where;
-use crate::lake::{AppendBuilder, Lake, LakeError, app_version, read};
+use crate::lake::{AppendBuilder, Lake, app_version, read};
 use crate::stream::checkpoints::Checkpoints;
 use crate::stream::{Event, StreamId};
 
@@ -212,14 +211,7 @@ impl<'l> Lander<'l> {
             quote(partition_id),
         );
         let table = self.bronze_table().await?;
-        let batches: Vec<_> = read::stream(&table, &self.table_name, &sql)
-            .await?
-            .try_collect()
-            .await
-            .map_err(|source| LakeError::Query {
-                table: self.table_name.clone(),
-                source,
-            })?;
+        let batches = read::query(&table, &self.table_name, &sql).await?;
         self.bronze = Some(table);
         let mut parts = [(
             partition_id.to_string(),
