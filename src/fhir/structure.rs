@@ -44,6 +44,31 @@ pub fn check_and_parse(raw: &str, resource_type: &str) -> Result<serde_json::Val
     .map(|StrictJson(json)| json)
 }
 
+/// `raw` read as [`check_and_parse`] reads it, with no check yet: `None` when it is not JSON or
+/// repeats a key (the check then says where). [`check_parsed`] finishes the check.
+pub fn parse_strict(raw: &str) -> Option<serde_json::Value> {
+    serde_json::from_str::<StrictJson>(raw)
+        .ok()
+        .map(|StrictJson(json)| json)
+}
+
+/// [`check_and_parse`] of `parsed`, what [`parse_strict`] read from `raw`: a caller that needed
+/// the parse before it knew the resource type does not parse again.
+pub fn check_parsed(
+    raw: &str,
+    resource_type: &str,
+    parsed: serde_json::Value,
+) -> Result<serde_json::Value, Issue> {
+    known_resource_type(resource_type)?;
+    finish_check(
+        raw,
+        resource_type,
+        StrictJson(parsed),
+        |StrictJson(json), shape| push_resource_shape(json, shape),
+    )
+    .map(|StrictJson(json)| json)
+}
+
 /// Past this many bytes of shapes on a thread, new ones are checked without being remembered
 /// (extensions can vary without end).
 const MAX_ACCEPTED_SHAPE_BYTES: usize = 8 << 20;
@@ -66,17 +91,32 @@ fn check_reading<T: de::DeserializeOwned>(
     resource_type: &str,
     shape: impl FnOnce(&T, &mut Vec<u8>) -> Option<()>,
 ) -> Result<T, Issue> {
-    if !is_resource_type(resource_type) {
-        return Err(Issue::error(
+    known_resource_type(resource_type)?;
+    match serde_json::from_str::<T>(raw) {
+        Ok(parsed) => finish_check(raw, resource_type, parsed, shape),
+        Err(err) => Err(located(raw, resource_type, &err)),
+    }
+}
+
+fn known_resource_type(resource_type: &str) -> Result<(), Issue> {
+    if is_resource_type(resource_type) {
+        Ok(())
+    } else {
+        Err(Issue::error(
             "resourceType",
             resource_type,
             format!("unknown resourceType {resource_type:?}: not a FHIR R4 resource type"),
-        ));
+        ))
     }
-    let parsed = match serde_json::from_str::<T>(raw) {
-        Ok(parsed) => parsed,
-        Err(err) => return Err(located(raw, resource_type, &err)),
-    };
+}
+
+/// The check of `raw` once the duplicate-key pass read it into `parsed`.
+fn finish_check<T>(
+    raw: &str,
+    resource_type: &str,
+    parsed: T,
+    shape: impl FnOnce(&T, &mut Vec<u8>) -> Option<()>,
+) -> Result<T, Issue> {
     let mut key = Vec::new();
     let key = shape(&parsed, &mut key).map(|()| key);
     if let Some(key) = &key

@@ -16,27 +16,40 @@ pub(super) fn winners(
     redo: bool,
 ) -> (Vec<BronzeResource>, Vec<BronzeResource>) {
     let deletes = latest_deletes(resources.iter());
-    let mut newest: HashMap<String, BronzeResource> = HashMap::with_capacity(resources.len());
-    for resource in resources {
-        if erased(&resource, &deletes) {
+    // Decided on indices, then each resource is moved once: moving the resources themselves
+    // through a map, a partition and a sort was 6% of the CPU time of a chunk of readings.
+    let mut newest: HashMap<&str, usize> = HashMap::with_capacity(resources.len());
+    for (index, resource) in resources.iter().enumerate() {
+        if erased(resource, &deletes) {
             continue;
         }
-        match newest.get(&resource.key) {
-            Some(seen) if !newer(&resource, seen) => {}
-            _ => {
-                newest.insert(resource.key.clone(), resource);
-            }
-        }
+        newest
+            .entry(resource.key.as_str())
+            .and_modify(|seen| {
+                if newer(resource, &resources[*seen]) {
+                    *seen = index;
+                }
+            })
+            .or_insert(index);
     }
-    let (mut winners, losers): (Vec<_>, Vec<_>) = newest.into_values().partition(|r| {
+    let (mut won, lost): (Vec<usize>, Vec<usize>) = newest.into_values().partition(|&index| {
+        let r = &resources[index];
         // A delete in this chunk erased what silver held of its key.
         deletes.contains_key(&r.key)
             || known
                 .get(&r.key)
                 .is_none_or(|old| r.version > *old || (redo && r.version == *old))
     });
-    winners.sort_by(|a, b| a.key.cmp(&b.key));
-    (winners, losers)
+    // One winner per key: an unstable sort orders them as a stable one would.
+    won.sort_unstable_by(|&a, &b| resources[a].key.cmp(&resources[b].key));
+    let mut slots: Vec<Option<BronzeResource>> = resources.into_iter().map(Some).collect();
+    let mut take = |indices: Vec<usize>| -> Vec<BronzeResource> {
+        indices
+            .into_iter()
+            .map(|index| slots[index].take().expect("each index is taken once"))
+            .collect()
+    };
+    (take(won), take(lost))
 }
 
 /// One view's rows from a chunk's winners, and the keys whose rows in its table they replace.
