@@ -244,6 +244,7 @@ async fn write_chunks(
 ) -> Result<Written, IngestError> {
     let mut tables: HashMap<String, DeltaTable> = HashMap::new();
     let mut silver = silver::SilverWriter::new(lake, views.clone(), batch_id);
+    silver.one_replacing_write_at_a_time();
     let mut written = Written::default();
     while let Some(chunk) = rx.recv().await {
         lease.ensure_held()?;

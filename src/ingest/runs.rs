@@ -6,11 +6,12 @@
 //! rows from every table it may have touched and records `rolled_back`, so the lake holds either
 //! all of a run or none of it and the files are simply ingested again.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
-use deltalake::arrow::array::{Array, StringArray};
+use deltalake::arrow::array::{Array, RecordBatch, StringArray};
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::DataType;
+use deltalake::datafusion::prelude::{ident, lit};
 
 use crate::lake::{AppendBuilder, Lake, LakeError, delete, read};
 
@@ -43,16 +44,19 @@ pub async fn roll_back_unfinished(lake: &Lake) -> Result<Vec<String>, LakeError>
     let Some(runs) = lake.existing_table(INGEST_RUNS_TABLE).await? else {
         return Ok(Vec::new());
     };
-    let unfinished = strings(
-        read::query(
-            &runs,
-            INGEST_RUNS_TABLE,
-            "SELECT batch_id FROM t GROUP BY batch_id \
-             HAVING SUM(CASE WHEN event IN ('finished', 'rolled_back') THEN 1 ELSE 0 END) = 0 \
-             ORDER BY batch_id",
-        )
-        .await?,
-    );
+    // A few rows per run, read whole and grouped here rather than in SQL: an ingest parses no
+    // SQL (see `read::select`).
+    let rows = read::select_all(&runs, INGEST_RUNS_TABLE, &["batch_id", "event"], None).await?;
+    let mut ended: BTreeMap<String, bool> = BTreeMap::new();
+    for batch in &rows {
+        for (batch_id, event) in strings(batch, 0).into_iter().zip(strings(batch, 1)) {
+            *ended.entry(batch_id).or_default() |= event == "finished" || event == "rolled_back";
+        }
+    }
+    let unfinished: Vec<String> = ended
+        .into_iter()
+        .filter_map(|(batch_id, ended)| (!ended).then_some(batch_id))
+        .collect();
     if unfinished.is_empty() {
         return Ok(unfinished);
     }
@@ -103,29 +107,21 @@ pub async fn ingested_hashes(lake: &Lake) -> Result<HashSet<String>, LakeError> 
     let Some(log) = lake.existing_table(INGEST_LOG_TABLE).await? else {
         return Ok(HashSet::new());
     };
-    let batches = read::query(
-        &log,
-        INGEST_LOG_TABLE,
-        "SELECT DISTINCT source_sha256 FROM t WHERE status = 'ingested'",
-    )
-    .await?;
-    Ok(strings(batches).into_iter().collect())
+    let ingested = ident("status").eq(lit("ingested"));
+    let hashes =
+        read::select_all(&log, INGEST_LOG_TABLE, &["source_sha256"], Some(ingested)).await?;
+    Ok(hashes.iter().flat_map(|batch| strings(batch, 0)).collect())
 }
 
-/// The first column of `batches` as strings.
-fn strings(batches: Vec<deltalake::arrow::array::RecordBatch>) -> Vec<String> {
-    batches
-        .iter()
-        .flat_map(|b| {
-            // DataFusion may hand strings back as Utf8View: normalise first.
-            let column = cast(b.column(0), &DataType::Utf8).expect("a string column");
-            let column = column
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .expect("cast to Utf8");
-            (0..column.len())
-                .map(|i| column.value(i).to_string())
-                .collect::<Vec<_>>()
-        })
+/// Column `index` of `batch` as strings.
+fn strings(batch: &RecordBatch, index: usize) -> Vec<String> {
+    // DataFusion may hand strings back as Utf8View: normalise first.
+    let column = cast(batch.column(index), &DataType::Utf8).expect("a string column");
+    let column = column
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("cast to Utf8");
+    (0..column.len())
+        .map(|i| column.value(i).to_string())
         .collect()
 }

@@ -13,7 +13,7 @@ use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 
-use super::LakeError;
+use super::{LakeError, Predicate};
 
 /// What an append did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub struct AppendBuilder {
     batches: Vec<RecordBatch>,
     metadata: HashMap<String, serde_json::Value>,
     partition_columns: Vec<String>,
-    replace_where: Option<String>,
+    replace_where: Option<Predicate>,
     replace_all: bool,
     merge_schema: bool,
     transactions: Vec<(String, i64)>,
@@ -67,9 +67,9 @@ impl AppendBuilder {
         self
     }
 
-    /// Replaces the rows matching `predicate` (DataFusion SQL) with the batches, in the same commit:
-    /// readers see the old rows or the new ones, never neither. Every new row must match it.
-    pub fn replacing(mut self, predicate: impl Into<String>) -> Self {
+    /// Replaces the rows matching `predicate` with the batches, in the same commit: readers see the
+    /// old rows or the new ones, never neither. Every new row must match it.
+    pub fn replacing(mut self, predicate: impl Into<Predicate>) -> Self {
         self.replace_where = Some(predicate.into());
         self
     }
@@ -156,8 +156,10 @@ impl AppendBuilder {
         } else if self.merge_schema {
             write = write.with_schema_mode(SchemaMode::Merge);
         }
-        if let Some(predicate) = self.replace_where {
-            write = write.with_replace_where(predicate);
+        match self.replace_where {
+            Some(Predicate::Sql(sql)) => write = write.with_replace_where(sql),
+            Some(Predicate::Expr(expr)) => write = write.with_replace_where(expr),
+            None => {}
         }
         if !self.partition_columns.is_empty() {
             write = write.with_partition_columns(self.partition_columns);

@@ -19,6 +19,8 @@ pub mod stream_append;
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
 
+use deltalake::datafusion::prelude::Expr;
+use deltalake::datafusion::scalar::ScalarValue;
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore};
 use futures::TryStreamExt;
 use url::Url;
@@ -121,6 +123,42 @@ pub fn in_list(expr: &str, values: impl IntoIterator<Item = String>) -> String {
         list.push_str(&value);
     }
     format!("{expr} IN ({list})")
+}
+
+/// [`in_list`] built as a DataFusion expression: `column IN (NULL, keys...)` with no SQL to parse.
+/// For the predicates made on every chunk that names known keys: the SQL parser was the largest
+/// piece of machine code a 1 GB ingest kept resident (BENCHMARKS.md, issue 25).
+pub fn keys_in<'k>(column: &str, keys: impl IntoIterator<Item = &'k str>) -> Expr {
+    use deltalake::datafusion::prelude::{ident, lit};
+    let list = std::iter::once(lit(ScalarValue::Utf8(None)))
+        .chain(keys.into_iter().map(lit))
+        .collect();
+    ident(column).in_list(list, false)
+}
+
+/// A predicate over a table: DataFusion SQL, or an expression built in code.
+#[derive(Debug, Clone)]
+pub enum Predicate {
+    Sql(String),
+    Expr(Expr),
+}
+
+impl From<String> for Predicate {
+    fn from(sql: String) -> Self {
+        Predicate::Sql(sql)
+    }
+}
+
+impl From<&str> for Predicate {
+    fn from(sql: &str) -> Self {
+        Predicate::Sql(sql.to_string())
+    }
+}
+
+impl From<Expr> for Predicate {
+    fn from(expr: Expr) -> Self {
+        Predicate::Expr(expr)
+    }
 }
 
 /// The Arrow schema of a loaded table.
@@ -388,6 +426,20 @@ mod tests {
             [(1, 1), (2, 5000)],
             "the other key kept, the listed ones replaced"
         );
+        let predicate = keys_in("_key", keys.iter().map(String::as_str));
+        let (table, _) = AppendBuilder::new(table, "t", vec![rows(&keys, 3)])
+            .replacing(predicate)
+            .execute()
+            .await
+            .unwrap();
+        let versions = read::query(&table, "t", "SELECT DISTINCT version FROM t ORDER BY 1")
+            .await
+            .unwrap();
+        let versions: Vec<i64> = versions
+            .iter()
+            .flat_map(|b| b.column(0).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(versions, [1, 3], "built as an expression, the same");
     }
 
     /// A column written without dictionary or statistics (bronze's raw JSON) has neither in the

@@ -4,7 +4,7 @@
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::execution::SendableRecordBatchStream;
-use deltalake::datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use deltalake::datafusion::prelude::{DataFrame, Expr, SessionConfig, SessionContext, ident};
 
 use super::LakeError;
 
@@ -81,6 +81,58 @@ pub async fn next_batch(
         table: name.to_string(),
         source,
     })
+}
+
+/// The rows of `table` where `predicate` holds (all with none), `columns` only, as they come:
+/// the plan is built from expressions, with no SQL to parse.
+pub async fn select(
+    table: &DeltaTable,
+    name: &str,
+    columns: &[&str],
+    predicate: Option<Expr>,
+) -> Result<SendableRecordBatchStream, LakeError> {
+    let err = |source| LakeError::Query {
+        table: name.to_string(),
+        source,
+    };
+    let ctx = session();
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(|source| LakeError::Delta {
+            table: name.to_string(),
+            source,
+        })?;
+    let mut frame = ctx
+        .read_table(table.table_provider().await.map_err(err)?)
+        .map_err(err)?;
+    if let Some(predicate) = predicate {
+        frame = frame.filter(predicate).map_err(err)?;
+    }
+    let columns = columns
+        .iter()
+        .map(|column| ident(*column))
+        .collect::<Vec<_>>();
+    frame
+        .select(columns)
+        .map_err(err)?
+        .execute_stream()
+        .await
+        .map_err(err)
+}
+
+/// [`select`], collected.
+pub async fn select_all(
+    table: &DeltaTable,
+    name: &str,
+    columns: &[&str],
+    predicate: Option<Expr>,
+) -> Result<Vec<RecordBatch>, LakeError> {
+    let mut batches = select(table, name, columns, predicate).await?;
+    let mut all = Vec::new();
+    while let Some(batch) = next_batch(&mut batches, name).await? {
+        all.push(batch);
+    }
+    Ok(all)
 }
 
 /// Runs `sql` (which reads from `t`) over `table` and collects the result.

@@ -28,11 +28,13 @@ pub(super) async fn known_versions(
     for floor in floors {
         for slice in missing.chunks(10_000) {
             let keys = key_predicate("_key", slice.iter().copied());
-            let sql = match &floor {
-                Some(floor) => format!("{SELECT_VERSIONS} WHERE {floor} AND {keys}"),
-                None => format!("{SELECT_VERSIONS} WHERE {keys}"),
+            let predicate = match &floor {
+                Some(floor) => floor.clone().and(keys),
+                None => keys,
             };
-            for batch in read::query(&table, &name, &sql).await? {
+            let mut batches =
+                read::select(&table, &name, &VERSION_COLUMNS, Some(predicate)).await?;
+            while let Some(batch) = read::next_batch(&mut batches, &name).await? {
                 add_versions(&batch, &mut known);
             }
         }
@@ -44,12 +46,12 @@ pub(super) async fn known_versions(
     Ok(known)
 }
 
-const SELECT_VERSIONS: &str = "SELECT _key, _version_id, _last_updated, _ingest_order FROM t";
+const VERSION_COLUMNS: [&str; 4] = ["_key", "_version_id", "_last_updated", "_ingest_order"];
 
 /// The rows ingested at `micros` or later: ingest orders start with the ingest time, in
 /// microseconds, as 20 digits.
-fn ingested_since(micros: i64) -> String {
-    format!("_ingest_order >= '{micros:020}'")
+fn ingested_since(micros: i64) -> Expr {
+    ident("_ingest_order").gt_eq(lit(format!("{micros:020}")))
 }
 
 fn add_versions(batch: &RecordBatch, known: &mut HashMap<String, VersionKey>) {
@@ -176,7 +178,7 @@ pub(super) enum Replace {
     /// Only new keys: a plain append, which reads nothing.
     Nothing,
     /// Replace the rows matching this predicate, in the same commit.
-    Matching(String),
+    Matching(Expr),
     /// Replace the whole table (a rebuild).
     All,
 }
@@ -191,11 +193,13 @@ pub(super) enum Replace {
 /// only, however long the table's history (the keys themselves are spread over every file, so
 /// they skip nothing).
 pub(super) fn replace_known(keys: &[&String], floor: &str) -> Replace {
-    Replace::Matching(format!(
-        "(_ingest_order >= {} OR _ingest_order IS NULL) AND {}",
-        quote(floor),
-        key_predicate("_key", keys.iter().copied())
-    ))
+    let ingest_order = || ident("_ingest_order");
+    Replace::Matching(
+        ingest_order()
+            .gt_eq(lit(floor))
+            .or(ingest_order().is_null())
+            .and(key_predicate("_key", keys.iter().copied())),
+    )
 }
 
 /// The oldest ingest order among `winners` and the versions of them silver holds (`known`): no row

@@ -182,15 +182,28 @@ fn bronze_resource(record: ResourceRecord, provenance: Arc<Provenance>) -> Bronz
 pub(super) fn bronze_columns(
     table: &deltalake::DeltaTable,
     name: &str,
-) -> Result<String, IngestError> {
+) -> Result<Vec<&'static str>, IngestError> {
     let schema = crate::lake::arrow_schema(table, name)?;
-    Ok(match schema.field_with_name("deleted") {
-        Ok(_) => format!("{BRONZE_COLUMNS}, deleted"),
-        Err(_) => BRONZE_COLUMNS.to_string(),
-    })
+    let mut columns = BRONZE_COLUMNS.to_vec();
+    if schema.field_with_name("deleted").is_ok() {
+        columns.push("deleted");
+    }
+    Ok(columns)
 }
 
-pub(super) const BRONZE_COLUMNS: &str = "resource_id, version_id, last_updated, full_url, source_uri, source_sha256, line, json_path, raw, ingested_at, batch_id";
+const BRONZE_COLUMNS: [&str; 11] = [
+    "resource_id",
+    "version_id",
+    "last_updated",
+    "full_url",
+    "source_uri",
+    "source_sha256",
+    "line",
+    "json_path",
+    "raw",
+    "ingested_at",
+    "batch_id",
+];
 
 /// Every version of every `resource_type` resource in bronze, parsed (`views run --bronze`, the
 /// tool for trying a view on what the lake holds). Empty when bronze has none of that type.

@@ -177,13 +177,10 @@ pub(super) async fn history_from_bronze(
     };
     let columns = bronze_columns(&bronze, &bronze_name)?;
     for slice in ids.chunks(10_000) {
-        let sql = format!(
-            "SELECT {columns} FROM t WHERE {}",
-            key_predicate("resource_id", slice)
-        );
+        let predicate = key_predicate("resource_id", slice);
         // Batch by batch: a chunk of known patients reads tens of megabytes of raw JSON, which
         // collected at once would all be held beside their parses.
-        let mut batches = read::stream(&bronze, &bronze_name, &sql).await?;
+        let mut batches = read::select(&bronze, &bronze_name, &columns, Some(predicate)).await?;
         while let Some(batch) = read::next_batch(&mut batches, &bronze_name).await? {
             let resources = from_bronze("Patient", &batch);
             drop(batch);

@@ -31,6 +31,7 @@ use deltalake::arrow::array::{
 };
 use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::datafusion::prelude::{Expr, ident, lit};
 use rayon::prelude::*;
 use serde_json::Value as Json;
 
@@ -259,11 +260,9 @@ pub(crate) fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
-pub(super) fn key_predicate<'k>(
-    column: &str,
-    keys: impl IntoIterator<Item = &'k String>,
-) -> String {
-    crate::lake::in_list(column, keys.into_iter().map(|k| quote(k)))
+/// `column IN (keys)`, built without SQL (see [`crate::lake::keys_in`]).
+pub(super) fn key_predicate<'k>(column: &str, keys: impl IntoIterator<Item = &'k String>) -> Expr {
+    crate::lake::keys_in(column, keys.into_iter().map(String::as_str))
 }
 
 #[cfg(test)]

@@ -60,9 +60,9 @@ pub async fn refresh(
         if let Some(bronze) = lake.existing_table(&bronze_name).await? {
             let columns = bronze_columns(&bronze, &bronze_name)?;
             // The delete events first (few): each erases the versions ingested before it.
-            let deletes = if columns.ends_with("deleted") {
-                let sql = format!("SELECT {columns} FROM t WHERE deleted");
-                let batches = read::query(&bronze, &bronze_name, &sql).await?;
+            let deletes = if columns.contains(&"deleted") {
+                let deleted = Some(ident("deleted"));
+                let batches = read::select_all(&bronze, &bronze_name, &columns, deleted).await?;
                 let events: Vec<BronzeResource> = batches
                     .iter()
                     .flat_map(|b| from_bronze(resource_type, b))
@@ -71,8 +71,7 @@ pub async fn refresh(
             } else {
                 HashMap::new()
             };
-            let mut stream =
-                read::stream(&bronze, &bronze_name, &format!("SELECT {columns} FROM t")).await?;
+            let mut stream = read::select(&bronze, &bronze_name, &columns, None).await?;
             while let Some(batch) = read::next_batch(&mut stream, &bronze_name).await? {
                 let resources = from_bronze(resource_type, &batch);
                 report.resources_read += resources.len() as u64;
