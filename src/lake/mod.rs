@@ -137,7 +137,7 @@ pub fn keys_in<'k>(column: &str, keys: impl IntoIterator<Item = &'k str>) -> Exp
 }
 
 /// A predicate over a table: DataFusion SQL, or an expression built in code.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Predicate {
     Sql(String),
     Expr(Expr),
@@ -146,12 +146,6 @@ pub enum Predicate {
 impl From<String> for Predicate {
     fn from(sql: String) -> Self {
         Predicate::Sql(sql)
-    }
-}
-
-impl From<&str> for Predicate {
-    fn from(sql: &str) -> Self {
-        Predicate::Sql(sql.to_string())
     }
 }
 

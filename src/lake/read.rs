@@ -1,8 +1,12 @@
 //! Small SQL reads over one table, for bookkeeping (which files were ingested, which runs are open).
 //! The table is registered as `t`.
 
+use std::sync::Arc;
+
 use deltalake::DeltaTable;
 use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::datafusion::catalog::TableProvider;
+use deltalake::datafusion::error::DataFusionError;
 use deltalake::datafusion::execution::SendableRecordBatchStream;
 use deltalake::datafusion::prelude::{DataFrame, Expr, SessionConfig, SessionContext, ident};
 
@@ -28,30 +32,40 @@ pub async fn register(
     name: &str,
     alias: &str,
 ) -> Result<(), LakeError> {
-    let err = |source| LakeError::Query {
-        table: name.to_string(),
-        source,
-    };
+    let provider = provider(ctx, table, name).await?;
+    ctx.register_table(alias, provider)
+        .map_err(query_error(name))?;
+    Ok(())
+}
+
+/// `table` as a DataFusion table of `ctx`, whose session learns the table's object store.
+async fn provider(
+    ctx: &SessionContext,
+    table: &DeltaTable,
+    name: &str,
+) -> Result<Arc<dyn TableProvider>, LakeError> {
     table
         .update_datafusion_session(&ctx.state())
         .map_err(|source| LakeError::Delta {
             table: name.to_string(),
             source,
         })?;
-    let provider = table.table_provider().await.map_err(err)?;
-    ctx.register_table(alias, provider).map_err(err)?;
-    Ok(())
+    table.table_provider().await.map_err(query_error(name))
+}
+
+/// A DataFusion error of a read of table `name`.
+fn query_error(name: &str) -> impl Fn(DataFusionError) -> LakeError {
+    move |source| LakeError::Query {
+        table: name.to_string(),
+        source,
+    }
 }
 
 /// The plan of `sql` over `table` registered as `t`.
 async fn dataframe(table: &DeltaTable, name: &str, sql: &str) -> Result<DataFrame, LakeError> {
-    let err = |source| LakeError::Query {
-        table: name.to_string(),
-        source,
-    };
     let ctx = session();
     register(&ctx, table, name, "t").await?;
-    ctx.sql(sql).await.map_err(err)
+    ctx.sql(sql).await.map_err(query_error(name))
 }
 
 /// Runs `sql` (which reads from `t`) over `table` and returns the batches as they come, for reads
@@ -62,13 +76,7 @@ pub async fn stream(
     sql: &str,
 ) -> Result<SendableRecordBatchStream, LakeError> {
     let frame = dataframe(table, name, sql).await?;
-    frame
-        .execute_stream()
-        .await
-        .map_err(|source| LakeError::Query {
-            table: name.to_string(),
-            source,
-        })
+    frame.execute_stream().await.map_err(query_error(name))
 }
 
 /// The next batch of a [`stream`] over table `name`, or `None` at its end.
@@ -77,10 +85,7 @@ pub async fn next_batch(
     name: &str,
 ) -> Result<Option<RecordBatch>, LakeError> {
     use futures::TryStreamExt;
-    batches.try_next().await.map_err(|source| LakeError::Query {
-        table: name.to_string(),
-        source,
-    })
+    batches.try_next().await.map_err(query_error(name))
 }
 
 /// The rows of `table` where `predicate` holds (all with none), `columns` only, as they come:
@@ -91,22 +96,13 @@ pub async fn select(
     columns: &[&str],
     predicate: Option<Expr>,
 ) -> Result<SendableRecordBatchStream, LakeError> {
-    let err = |source| LakeError::Query {
-        table: name.to_string(),
-        source,
-    };
+    let err = query_error(name);
     let ctx = session();
-    table
-        .update_datafusion_session(&ctx.state())
-        .map_err(|source| LakeError::Delta {
-            table: name.to_string(),
-            source,
-        })?;
     let mut frame = ctx
-        .read_table(table.table_provider().await.map_err(err)?)
-        .map_err(err)?;
+        .read_table(provider(&ctx, table, name).await?)
+        .map_err(&err)?;
     if let Some(predicate) = predicate {
-        frame = frame.filter(predicate).map_err(err)?;
+        frame = frame.filter(predicate).map_err(&err)?;
     }
     let columns = columns
         .iter()
@@ -114,7 +110,7 @@ pub async fn select(
         .collect::<Vec<_>>();
     frame
         .select(columns)
-        .map_err(err)?
+        .map_err(&err)?
         .execute_stream()
         .await
         .map_err(err)
@@ -142,8 +138,5 @@ pub async fn query(
     sql: &str,
 ) -> Result<Vec<RecordBatch>, LakeError> {
     let frame = dataframe(table, name, sql).await?;
-    frame.collect().await.map_err(|source| LakeError::Query {
-        table: name.to_string(),
-        source,
-    })
+    frame.collect().await.map_err(query_error(name))
 }

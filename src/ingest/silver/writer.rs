@@ -151,9 +151,10 @@ impl<'l> SilverWriter<'l> {
     }
 
     /// Makes the replacing writes of a chunk one at a time. Each reads and rewrites the files
-    /// holding the rows it replaces, and a chunk of known patients rewrites three tables: made
-    /// together, they were 44 MB of the peak of a 1 GB ingest, for 0.5 s. `ingest fhir` takes that
-    /// trade; the stream does not, as its time to silver would grow by half (BENCHMARKS.md).
+    /// holding the rows it replaces, and a chunk of known patients rewrites three tables: one at a
+    /// time took 30-50 MB off the peak of a 1 GB ingest, and 158 MB off a landing of corrections
+    /// spread over a million readings, for about 0.4 s. `ingest fhir` takes that trade; the stream
+    /// does not, as its time to silver would grow by half (BENCHMARKS.md, issue 25).
     pub fn one_replacing_write_at_a_time(&mut self) {
         self.one_replacing_write = true;
     }
