@@ -44,8 +44,7 @@ pub async fn roll_back_unfinished(lake: &Lake) -> Result<Vec<String>, LakeError>
     let Some(runs) = lake.existing_table(INGEST_RUNS_TABLE).await? else {
         return Ok(Vec::new());
     };
-    // A few rows per run, read whole and grouped here rather than in SQL: an ingest parses no
-    // SQL (see `read::select`).
+    // A few rows per run, read whole and grouped here rather than in SQL (see `read::select`).
     let rows = read::select_all(&runs, INGEST_RUNS_TABLE, &["batch_id", "event"], None).await?;
     let mut ended: BTreeMap<String, bool> = BTreeMap::new();
     for batch in &rows {
