@@ -38,10 +38,7 @@ pub fn check(raw: &str, resource_type: &str) -> Result<(), Issue> {
 /// [`push_resource_shape`]) is not read again: a stream's readings come in a handful of shapes, and
 /// the typed read was most of the check's time.
 pub fn check_and_parse(raw: &str, resource_type: &str) -> Result<serde_json::Value, Issue> {
-    check_reading::<StrictJson>(raw, resource_type, |StrictJson(json), shape| {
-        push_resource_shape(json, shape)
-    })
-    .map(|StrictJson(json)| json)
+    check_reading(raw, resource_type, strict_shape).map(|StrictJson(json)| json)
 }
 
 /// `raw` read as [`check_and_parse`] reads it, with no check yet: `None` when it is not JSON or
@@ -60,13 +57,12 @@ pub fn check_parsed(
     parsed: serde_json::Value,
 ) -> Result<serde_json::Value, Issue> {
     known_resource_type(resource_type)?;
-    finish_check(
-        raw,
-        resource_type,
-        StrictJson(parsed),
-        |StrictJson(json), shape| push_resource_shape(json, shape),
-    )
-    .map(|StrictJson(json)| json)
+    finish_check(raw, resource_type, StrictJson(parsed), strict_shape).map(|StrictJson(json)| json)
+}
+
+/// The shape [`finish_check`] remembers a strictly read resource by.
+fn strict_shape(StrictJson(json): &StrictJson, shape: &mut Vec<u8>) -> Option<()> {
+    push_resource_shape(json, shape)
 }
 
 /// Past this many bytes of shapes on a thread, new ones are checked without being remembered

@@ -79,7 +79,7 @@ pub async fn stream(
     frame.execute_stream().await.map_err(query_error(name))
 }
 
-/// The next batch of a [`stream`] over table `name`, or `None` at its end.
+/// The next batch of a [`stream`] or [`select`] over table `name`, or `None` at its end.
 pub async fn next_batch(
     batches: &mut SendableRecordBatchStream,
     name: &str,
@@ -88,14 +88,14 @@ pub async fn next_batch(
     batches.try_next().await.map_err(query_error(name))
 }
 
-/// The rows of `table` where `predicate` holds (all with none), `columns` only, as they come:
-/// the plan is built from expressions, with no SQL to parse.
-pub async fn select(
+/// The plan reading `columns` of the rows of `table` where `predicate` holds (every row with
+/// none), built from expressions: no SQL to parse.
+async fn selection(
     table: &DeltaTable,
     name: &str,
     columns: &[&str],
     predicate: Option<Expr>,
-) -> Result<SendableRecordBatchStream, LakeError> {
+) -> Result<DataFrame, LakeError> {
     let err = query_error(name);
     let ctx = session();
     let mut frame = ctx
@@ -108,27 +108,29 @@ pub async fn select(
         .iter()
         .map(|column| ident(*column))
         .collect::<Vec<_>>();
-    frame
-        .select(columns)
-        .map_err(&err)?
-        .execute_stream()
-        .await
-        .map_err(err)
+    frame.select(columns).map_err(err)
 }
 
-/// [`select`], collected.
+/// [`selection`]'s rows as they come.
+pub async fn select(
+    table: &DeltaTable,
+    name: &str,
+    columns: &[&str],
+    predicate: Option<Expr>,
+) -> Result<SendableRecordBatchStream, LakeError> {
+    let frame = selection(table, name, columns, predicate).await?;
+    frame.execute_stream().await.map_err(query_error(name))
+}
+
+/// [`selection`]'s rows, collected.
 pub async fn select_all(
     table: &DeltaTable,
     name: &str,
     columns: &[&str],
     predicate: Option<Expr>,
 ) -> Result<Vec<RecordBatch>, LakeError> {
-    let mut batches = select(table, name, columns, predicate).await?;
-    let mut all = Vec::new();
-    while let Some(batch) = next_batch(&mut batches, name).await? {
-        all.push(batch);
-    }
-    Ok(all)
+    let frame = selection(table, name, columns, predicate).await?;
+    frame.collect().await.map_err(query_error(name))
 }
 
 /// Runs `sql` (which reads from `t`) over `table` and collects the result.
