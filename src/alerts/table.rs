@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 
 use deltalake::arrow::array::{
-    ArrayRef, AsArray, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
@@ -173,21 +173,17 @@ pub async fn undelivered(
     );
     let mut waiting = Vec::new();
     for batch in crate::lake::read::query(&table, ALERTS_TABLE, &sql).await? {
-        let column = |i: usize| {
-            deltalake::arrow::compute::cast(batch.column(i), &DataType::Utf8)
-                .expect("a string column casts to Utf8")
-        };
+        let column = |i: usize| crate::lake::read::text_column(batch.column(i));
         let (ids, patients, events) = (column(0), column(1), column(2));
         for row in 0..batch.num_rows() {
-            let id = ids.as_string::<i32>().value(row);
+            let id = ids.value(row);
             if delivered.contains(id) {
                 continue;
             }
             waiting.push(Outgoing {
                 id: id.to_string(),
-                patient: patients.as_string::<i32>().value(row).to_string(),
-                event: serde_json::from_str(events.as_string::<i32>().value(row))
-                    .unwrap_or_default(),
+                patient: patients.value(row).to_string(),
+                event: serde_json::from_str(events.value(row)).unwrap_or_default(),
             });
         }
     }
@@ -216,15 +212,8 @@ async fn ids(lake: &Lake, table: &str, sql: &str) -> Result<HashSet<String>, Lak
     };
     let mut ids = HashSet::new();
     for batch in crate::lake::read::query(&delta, table, sql).await? {
-        let column = deltalake::arrow::compute::cast(batch.column(0), &DataType::Utf8)
-            .expect("a string column casts to Utf8");
-        ids.extend(
-            column
-                .as_string::<i32>()
-                .iter()
-                .flatten()
-                .map(str::to_string),
-        );
+        let column = crate::lake::read::text_column(batch.column(0));
+        ids.extend(column.iter().flatten().map(str::to_string));
     }
     Ok(ids)
 }

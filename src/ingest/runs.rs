@@ -8,9 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use deltalake::arrow::array::{Array, RecordBatch, StringArray};
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::DataType;
+use deltalake::arrow::array::{Array, RecordBatch};
 use deltalake::datafusion::prelude::{ident, lit};
 
 use crate::lake::{AppendBuilder, Lake, LakeError, delete, read};
@@ -114,12 +112,7 @@ pub async fn ingested_hashes(lake: &Lake) -> Result<HashSet<String>, LakeError> 
 
 /// Column `index` of `batch` as strings.
 fn strings(batch: &RecordBatch, index: usize) -> Vec<String> {
-    // DataFusion may hand strings back as Utf8View: normalise first.
-    let column = cast(batch.column(index), &DataType::Utf8).expect("a string column");
-    let column = column
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .expect("cast to Utf8");
+    let column = read::text_column(batch.column(index));
     (0..column.len())
         .map(|i| column.value(i).to_string())
         .collect()

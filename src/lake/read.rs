@@ -4,6 +4,9 @@
 use std::sync::Arc;
 
 use deltalake::DeltaTable;
+use deltalake::arrow::array::{ArrayRef, AsArray, StringArray};
+use deltalake::arrow::compute::cast;
+use deltalake::arrow::datatypes::DataType;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::datafusion::catalog::TableProvider;
 use deltalake::datafusion::error::DataFusionError;
@@ -141,4 +144,15 @@ pub async fn query(
 ) -> Result<Vec<RecordBatch>, LakeError> {
     let frame = dataframe(table, name, sql).await?;
     frame.collect().await.map_err(query_error(name))
+}
+
+/// A column of a read's result as text. DataFusion hands strings back as `Utf8`, `LargeUtf8` or
+/// `Utf8View` depending on the plan; readers of a string column take it through here rather than
+/// guess. Panics on a column that does not cast to text, which a read of string columns never
+/// returns.
+pub fn text_column(column: &ArrayRef) -> StringArray {
+    cast(column, &DataType::Utf8)
+        .expect("a string column casts to Utf8")
+        .as_string::<i32>()
+        .clone()
 }

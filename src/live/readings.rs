@@ -4,8 +4,7 @@
 //! `profiles/views/`) serves silver, the rules and their backtest alike.
 
 use deltalake::arrow::array::{Array, AsArray, Float64Array, StringArray};
-use deltalake::arrow::compute::cast;
-use deltalake::arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
+use deltalake::arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 
 use crate::ingest::silver::{Flattened, SilverViews};
 use crate::lake::{Lake, LakeError, read};
@@ -129,12 +128,7 @@ pub async fn from_silver(lake: &Lake, since: i64) -> Result<Vec<Reading>, LakeEr
              WHERE patient_id IS NOT NULL AND effective_time >= '{since_text}'"
         );
         for batch in read::query(&table, table_name, &sql).await? {
-            let strings = |i: usize| {
-                cast(batch.column(i), &DataType::Utf8)
-                    .expect("a string column casts to Utf8")
-                    .as_string::<i32>()
-                    .clone()
-            };
+            let strings = |i: usize| read::text_column(batch.column(i));
             let numbers = |i: usize| batch.column(i).as_primitive::<Float64Type>().clone();
             let (ids, patients, units, devices) = (strings(0), strings(1), strings(6), strings(7));
             let times = batch

@@ -17,9 +17,8 @@
 use std::sync::{Arc, LazyLock};
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
-use deltalake::arrow::compute::cast;
 use deltalake::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
 use crate::lake::{AppendBuilder, Lake, LakeError, read, utc_timestamp};
@@ -113,13 +112,9 @@ pub async fn state(lake: &Lake, export_key: &str) -> Result<ExportState, LakeErr
     .await?;
     let mut state = ExportState::default();
     for batch in &batches {
-        let columns: Vec<ArrayRef> = batch
-            .columns()
-            .iter()
-            .map(|c| cast(c, &DataType::Utf8).expect("string columns"))
-            .collect();
+        let columns: Vec<StringArray> = batch.columns().iter().map(read::text_column).collect();
         let text = |column: usize, row: usize| {
-            let column = columns[column].as_string::<i32>();
+            let column = &columns[column];
             (!column.is_null(row)).then(|| column.value(row).to_string())
         };
         for row in 0..batch.num_rows() {

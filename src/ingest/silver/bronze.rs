@@ -11,6 +11,9 @@ pub struct BronzeResource {
     pub version: VersionKey,
     /// When this version became valid: `meta.lastUpdated`, else when it was ingested.
     pub valid_from: i64,
+    /// The JSON text, which silver reads only to flatten the resource: empty when `flattened`
+    /// came with it. Bronze's batch holds the text by then, and a chunk's 8 MB held a second time
+    /// until its silver merge ends would only add to the peak.
     pub raw: String,
     /// The rows of the views, when they ran where the resource was decoded ([`flatten_ahead`]).
     pub flattened: Option<Flattened>,
@@ -24,12 +27,7 @@ pub(super) fn strings(batch: &RecordBatch, name: &str) -> StringArray {
     let column = batch
         .column_by_name(name)
         .unwrap_or_else(|| panic!("bronze has column {name}"));
-    let column = cast(column, &DataType::Utf8).expect("string columns cast to Utf8");
-    column
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .expect("cast to Utf8")
-        .clone()
+    crate::lake::read::text_column(column)
 }
 
 pub(super) fn integers(batch: &RecordBatch, name: &str) -> Int64Array {
@@ -127,13 +125,19 @@ pub type ResourceToLand = (ResourceRecord, Arc<Provenance>, Option<Flattened>);
 
 /// The resources of one type just decoded (a file's or the stream's), as [`from_bronze`] would
 /// read them back from their bronze rows: moved, with their rows flattened ahead, rather than
-/// copied through an Arrow batch.
+/// copied through an Arrow batch. A resource flattened ahead keeps no text (see
+/// [`BronzeResource::raw`]).
 pub fn from_records(records: Vec<ResourceToLand>) -> Vec<BronzeResource> {
     records
         .into_iter()
-        .map(|(record, provenance, flattened)| BronzeResource {
-            flattened,
-            ..bronze_resource(record, provenance)
+        .map(|(mut record, provenance, flattened)| {
+            if flattened.is_some() {
+                record.raw = String::new();
+            }
+            BronzeResource {
+                flattened,
+                ..bronze_resource(record, provenance)
+            }
         })
         .collect()
 }

@@ -345,6 +345,17 @@ mod tests {
             moved[2].key,
             "ab12:line 9 $.entry[1].resource.entry[3].resource"
         );
+        // Flattened ahead, a resource's rows are all silver reads: its text is bronze's alone.
+        let flattened = Flattened {
+            rows: Vec::new(),
+            rejected: None,
+        };
+        let landed = from_records(vec![(
+            record(Some("o2"), None, 10, Vec::new()),
+            provenance.clone(),
+            Some(flattened),
+        )]);
+        assert!(landed[0].raw.is_empty() && landed[0].flattened.is_some());
     }
 
     #[test]

@@ -74,8 +74,8 @@ pub async fn partition_patients(
         partition_id.replace('\'', "''")
     );
     for batch in crate::lake::read::query(&table, bronze, &sql).await? {
-        let keys = cast(batch.column(0), &DataType::Utf8).expect("text casts to text");
-        patients.extend(keys.as_string::<i32>().iter().flatten().map(str::to_string));
+        let keys = crate::lake::read::text_column(batch.column(0));
+        patients.extend(keys.iter().flatten().map(str::to_string));
     }
     Ok(patients)
 }
