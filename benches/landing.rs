@@ -17,10 +17,12 @@
 //! Each batch is landed twice over, in the same run: by a running `vitalake stream --follow` (the
 //! landing's own `commit_ms`: bronze, silver and checkpoint, after the process has started and read
 //! what it needs once), and by `vitalake ingest fhir` (the whole command, process start included).
-//! Two kinds of batch, three landings of each (`VITALAKE_BENCH_LANDINGS`) per lake and per command,
+//! Three kinds of batch, three landings of each (`VITALAKE_BENCH_LANDINGS`) per lake and per command,
 //! a fresh batch each time:
 //! - **recent**: the corrections amend readings ingested in the last 12 hours (a device re-sends,
 //!   a nurse fixes an entry: what corrections are in practice);
+//! - **past**: the corrections amend readings of one half-day in the middle of the history (a
+//!   feed re-sends an old period);
 //! - **spread**: the corrections amend readings drawn from the whole history (the worst case).
 
 mod support;
@@ -361,7 +363,12 @@ fn main() {
             text
         };
         let last_hours = rows.saturating_sub(READINGS_PER_DAY / 2)..rows;
-        let kinds = [("recent", last_hours), ("spread", 0..rows)];
+        let past_hours = rows / 2..(rows / 2 + READINGS_PER_DAY / 2).min(rows);
+        let kinds = [
+            ("recent", last_hours),
+            ("past", past_hours),
+            ("spread", 0..rows),
+        ];
 
         // Each kind in turn, first through the stream, then through `ingest fhir`: a spread batch
         // rewrites every file, into fewer and larger ones, which the recent batches must not meet.
