@@ -371,7 +371,7 @@ fn main() {
         ];
 
         // Each kind in turn, first through the stream, then through `ingest fhir`: a spread batch
-        // rewrites every file, into fewer and larger ones, which the recent batches must not meet.
+        // rewrites every file, into fewer and larger ones, which the other batches must not meet.
         for (kind, from) in &kinds {
             // One stream process, warmed up by a landing of new readings (it reads the keys
             // silver holds once, as a long-running stream does at its start).
