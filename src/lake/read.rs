@@ -1,5 +1,7 @@
-//! Small SQL reads over one table, for bookkeeping (which files were ingested, which runs are open).
-//! The table is registered as `t`.
+//! Reads of one table: SQL over it registered as `t` ([`query`], [`stream`]), for bookkeeping and
+//! reports, or a selection of columns and rows built as DataFusion expressions ([`select`],
+//! [`select_all`]), for the reads an ingest makes on every chunk, with no SQL to parse. Strings
+//! come back through [`text_column`] whatever type the plan gave them.
 
 use std::sync::Arc;
 
