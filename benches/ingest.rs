@@ -9,6 +9,10 @@
 //! (default 1024); data is generated under `target/bench-data` and reused. A third input holds the
 //! whole record (encounters, conditions, labs, claims...): `VITALAKE_BENCH_SYNTHEA_COPIES` (default
 //! 10) copies of the Synthea bundles of `../shared/fhir/synthea`, their UUIDs made unique per copy.
+//!
+//! This machine's run-to-run noise (10-15%) is as large as what validation costs, so ingest runs
+//! `VITALAKE_BENCH_ROUNDS` (default 3) times with and times without validation, alternating which
+//! goes first, and the table gives medians; validation's cost is the median of each round's pair.
 
 #[allow(dead_code)]
 mod support;
@@ -66,17 +70,31 @@ fn main() {
     let synthea = data.join(format!("synthea-x{synthea_copies}"));
     ensure_synthea(&synthea, synthea_copies);
 
+    let rounds = env_or("VITALAKE_BENCH_ROUNDS", 3).max(1) as usize;
     println!(
-        "\n| input | bytes | resources | parse-only floor | ingest (bronze + silver) | ingest / floor | + profile validation | validation adds | peak RSS (with validation) | same with the 4 views before issue 24 | all views / 4 views |"
+        "\n| input | bytes | resources | parse-only floor | ingest (bronze + silver) | ingest / floor | + profile validation | validation adds (each round) | peak RSS (with validation; max) | same with the 4 views before issue 24 | all views / 4 views |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for input in [&drop, &ndjson_file, &synthea] {
         let floor = parse_floor(input);
-        let plain = ingest(input, &data, false, &all_views);
-        let validated = ingest(input, &data, true, &all_views);
+        let (mut plain, mut validated) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // Each goes first in every other round: the first run after the floor was slower.
+            for validate in [round % 2 == 1, round % 2 == 0] {
+                let runs = if validate { &mut validated } else { &mut plain };
+                runs.push(ingest(input, &data, validate, &all_views));
+            }
+        }
+        let adds: Vec<f64> = plain
+            .iter()
+            .zip(&validated)
+            .map(|(plain, validated)| (validated.secs / plain.secs - 1.0) * 100.0)
+            .collect();
+        let peak_max = validated.iter().map(|m| m.peak_rss_kb).max().unwrap();
+        let (plain, validated) = (median_run(plain), median_run(validated));
         let four = ingest(input, &data, true, &four_views);
         println!(
-            "| {} | {:.0} MB | {} | {:.0} res/s, {:.1} MB/s | {:.1} s, {:.0} res/s | {:.2}x | {:.1} s, {:.0} res/s | {:+.0}% | {:.0} MB | {:.1} s, {:.0} MB | {:.2}x |",
+            "| {} | {:.0} MB | {} | {:.0} res/s, {:.1} MB/s | {:.1} s, {:.0} res/s | {:.2}x | {:.1} s, {:.0} res/s | {:+.0}% ({}) | {:.0} MB ({:.0}) | {:.1} s, {:.0} MB | {:.2}x |",
             input.file_name().unwrap().to_string_lossy(),
             floor.bytes as f64 / 1e6,
             floor.resources,
@@ -87,13 +105,35 @@ fn main() {
             floor.secs / plain.secs,
             validated.secs,
             validated.resources as f64 / validated.secs,
-            (validated.secs / plain.secs - 1.0) * 100.0,
+            median(adds.clone()),
+            adds.iter()
+                .map(|add| format!("{add:+.0}%"))
+                .collect::<Vec<_>>()
+                .join(", "),
             validated.peak_rss_kb as f64 / 1024.0,
+            peak_max as f64 / 1024.0,
             four.secs,
             four.peak_rss_kb as f64 / 1024.0,
             validated.secs / four.secs,
         );
     }
+}
+
+/// The run of median time, with the median peak RSS of all the runs.
+fn median_run(mut runs: Vec<Measured>) -> Measured {
+    let peak_rss_kb = median(runs.iter().map(|m| m.peak_rss_kb as f64).collect()) as u64;
+    runs.sort_by(|a, b| a.secs.total_cmp(&b.secs));
+    let middle = runs.swap_remove(runs.len() / 2);
+    Measured {
+        peak_rss_kb,
+        ..middle
+    }
+}
+
+/// The middle value (the upper one of an even count, as `median_run` takes).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn env_or(var: &str, default: u64) -> u64 {

@@ -32,6 +32,7 @@
 //! types here and prints the report it gets back.
 
 pub mod alerts;
+pub mod allocator;
 pub mod config;
 pub mod demo;
 pub mod entra;

@@ -69,7 +69,7 @@ pub struct StreamArgs {
 }
 
 pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<ExitCode> {
-    keep_freed_memory();
+    vitalake::allocator::keep_freed_memory();
     let mut source = SourceSpec::parse(&args.source, args.follow)
         .map_err(|e| vitalake::Error::from(IngestError::from(e)))?;
     if let Some(start) = args.start {
@@ -113,31 +113,4 @@ pub async fn run(config: &Config, args: StreamArgs) -> anyhow::Result<ExitCode> 
         .await
         .map_err(vitalake::Error::from)?;
     print_report(&report, args.json, true)
-}
-
-/// mimalloc gives freed memory back to the OS after 10 ms. A stream landing frees its batch's
-/// parsed resources (hundreds of MB) and the next one, a second later, faulted every page in
-/// again: that cost the stream a quarter of its throughput (BENCHMARKS.md, issue 5). For the
-/// stream, freed memory is kept 3 s, longer than a landing; the other commands keep mimalloc's
-/// default, which their peak-memory figures were measured with. `MIMALLOC_PURGE_DELAY` in the
-/// environment still decides.
-fn keep_freed_memory() {
-    use std::ffi::{c_int, c_long};
-    // `mi_option_purge_delay` in mimalloc's include/mimalloc.h (libmimalloc-sys 0.1.49, the same
-    // in its v2, which we link, and v3); the call is skipped unless it reads the documented
-    // default, 10.
-    const MI_OPTION_PURGE_DELAY: c_int = 15;
-    unsafe extern "C" {
-        fn mi_option_get(option: c_int) -> c_long;
-        fn mi_option_set(option: c_int, value: c_long);
-    }
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: both only read or write mimalloc's option table; any value is valid.
-    unsafe {
-        if mi_option_get(MI_OPTION_PURGE_DELAY) == 10 {
-            mi_option_set(MI_OPTION_PURGE_DELAY, 3000);
-        }
-    }
 }

@@ -317,8 +317,12 @@ impl<'l> SilverWriter<'l> {
                 .expect("loaded by plan");
             hashes.extend(plan.winners.iter().map(|r| key_hash(&r.key)));
             // Freeing thousands of resources (texts, rows) is real work, done on a worker rather
-            // than on the thread that lands the next batch.
-            rayon::spawn(move || drop(plan));
+            // than on the thread that lands the next batch; the worker may then wait for the
+            // next chunk, so it gives the memory back at once.
+            rayon::spawn(move || {
+                drop(plan);
+                crate::allocator::give_back_freed_memory();
+            });
         }
         Ok(metrics)
     }
@@ -434,7 +438,10 @@ impl<'l> SilverWriter<'l> {
             "silver merge planned"
         );
         // Versions older than what silver or the chunk holds stay in bronze only.
-        rayon::spawn(move || drop(losers));
+        rayon::spawn(move || {
+            drop(losers);
+            crate::allocator::give_back_freed_memory();
+        });
         Ok(PlannedType {
             resource_type,
             replacing,
