@@ -13,6 +13,11 @@
 use std::ffi::{c_int, c_long};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+// The functions below are mimalloc's C API, which the `mimalloc` crate links but does not expose.
+// Naming the crate links it into every binary of this library, tests included, where nothing else
+// would (only `main.rs` and the benches make it the allocator).
+extern crate mimalloc as _;
+
 // `mi_option_purge_delay` in mimalloc's include/mimalloc.h (libmimalloc-sys 0.1.49, the same in its
 // v2, which we link, and v3).
 const MI_OPTION_PURGE_DELAY: c_int = 15;

@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: `vitalake.toml` plus environment overrides, and every part's settings types;
 //!   secrets only from the environment.
+//! - [`allocator`]: when freed memory goes back to the system (mimalloc's controls).
 //! - [`issue`]: one finding about a record (severity, location, rule, message), shared by every checker.
 //! - [`entra`]: Microsoft Entra ID sign-in from the environment (Event Hubs, FHIR services).
 //! - [`lake`]: Delta tables: paths, open/create, append, delete, maintenance; knows nothing about FHIR.
