@@ -37,6 +37,16 @@ impl KnownKeys {
     }
 }
 
+/// Frees `garbage` (thousands of resources: texts, rows) on a worker rather than on the thread that
+/// lands the next batch, for it is real work. The worker may then wait for the next chunk, so it
+/// gives the memory back at once.
+fn free_on_worker(garbage: impl Send + 'static) {
+    rayon::spawn(move || {
+        drop(garbage);
+        crate::allocator::give_back_freed_memory();
+    });
+}
+
 /// The `patient_history` view, when `resource_type` is `Patient` and the views define it.
 fn history_view<'v>(views: &'v SilverViews, resource_type: &str) -> Option<(usize, &'v View)> {
     views
@@ -316,13 +326,7 @@ impl<'l> SilverWriter<'l> {
                 .get_mut(&plan.resource_type)
                 .expect("loaded by plan");
             hashes.extend(plan.winners.iter().map(|r| key_hash(&r.key)));
-            // Freeing thousands of resources (texts, rows) is real work, done on a worker rather
-            // than on the thread that lands the next batch; the worker may then wait for the
-            // next chunk, so it gives the memory back at once.
-            rayon::spawn(move || {
-                drop(plan);
-                crate::allocator::give_back_freed_memory();
-            });
+            free_on_worker(plan);
         }
         Ok(metrics)
     }
@@ -438,10 +442,7 @@ impl<'l> SilverWriter<'l> {
             "silver merge planned"
         );
         // Versions older than what silver or the chunk holds stay in bronze only.
-        rayon::spawn(move || {
-            drop(losers);
-            crate::allocator::give_back_freed_memory();
-        });
+        free_on_worker(losers);
         Ok(PlannedType {
             resource_type,
             replacing,
