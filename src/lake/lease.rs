@@ -47,12 +47,13 @@ pub enum LeaseError {
         since: String,
     },
     #[error(
-        "lost the lease {name} on {lake}: it could not be renewed for {secs} s, so another run may hold the lake now; this run stopped before its next commit and the next run rolls it back"
+        "lost the lease {name} on {lake}: {why}; this run stopped before its next commit and the next run rolls it back"
     )]
     Lost {
         lake: String,
         name: String,
-        secs: u64,
+        /// Taken over, or not renewed for so long that another run may have taken it.
+        why: String,
     },
     #[error("lease {name} on {lake}: {source}")]
     Storage {
@@ -340,14 +341,21 @@ impl Remote {
 
     fn ensure_held(&self, lake: &str, name: &str) -> Result<(), LeaseError> {
         let state = self.state.lock().expect("lease state");
-        if state.taken || state.renewed.elapsed() > self.ttl * 3 / 4 {
-            return Err(LeaseError::Lost {
-                lake: lake.to_string(),
-                name: name.to_string(),
-                secs: state.renewed.elapsed().as_secs(),
-            });
-        }
-        Ok(())
+        let why = if state.taken {
+            "another run took it over".to_string()
+        } else if state.renewed.elapsed() > self.ttl * 3 / 4 {
+            format!(
+                "it could not be renewed for {} s, so another run may hold the lake now",
+                state.renewed.elapsed().as_secs()
+            )
+        } else {
+            return Ok(());
+        };
+        Err(LeaseError::Lost {
+            lake: lake.to_string(),
+            name: name.to_string(),
+            why,
+        })
     }
 
     async fn release(&self) {

@@ -14,6 +14,7 @@ mod local_store;
 pub mod maintain;
 pub mod merge;
 pub mod read;
+mod remote_store;
 pub mod stream_append;
 
 use std::path::PathBuf;
@@ -318,11 +319,13 @@ impl Lake {
     }
 }
 
-/// Tells deltalake how to reach the lake: Azure's handlers, and our pooled store for local folders.
+/// Tells deltalake how to reach the lake: Azure's handlers with our settled conditional puts, and
+/// our pooled store for local folders.
 fn register_store_handlers() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         deltalake::azure::register_handlers(None);
+        remote_store::register();
         local_store::register();
     });
 }

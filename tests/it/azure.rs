@@ -3,8 +3,9 @@
 //! that talks to ADLS Gen2. The test command installs Azurite (npm package `azurite`) and puts
 //! `azurite-blob` on PATH; without it this test fails and says how to get it.
 //!
-//! What only a live account can check (README): Entra ID / managed-identity credentials, the
-//! `dfs` endpoint with hierarchical namespace, and network behaviour such as throttling.
+//! Network faults are made here by a relay in front of Azurite ([`crate::cutting_proxy`]). What
+//! only a live account can check (README): Entra ID / managed-identity credentials, the `dfs`
+//! endpoint with hierarchical namespace, and throttling.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,6 +22,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use crate::common::{count, generate, run_ok, vitalake};
+use crate::cutting_proxy::{Cut, CuttingProxy, Rule};
 
 /// Azurite's documented development account.
 const ACCOUNT: &str = "devstoreaccount1";
@@ -350,14 +352,19 @@ async fn a_killed_holder_gives_the_azure_lake_up_after_its_lease_expires() {
         serde_json::from_slice(&run_ok(&mut ingest_into(lake_uri, &drop, 3)).stdout).unwrap();
     assert_eq!(report["rolled_back_runs"].as_array().unwrap().len(), 1);
     assert_eq!(report["files_skipped"].as_array().unwrap().len(), 0);
-    // The lake holds what one clean run into a local lake holds.
-    let clean = dir.path().join("clean-lake");
+    assert_holds_one_clean_run(lake_uri, dir.path(), &drop).await;
+}
+
+/// Asserts that the lake at `lake_uri` holds what one clean run of `drop` into a local lake holds:
+/// the same resources in bronze, and the same rows in silver.
+async fn assert_holds_one_clean_run(lake_uri: &str, dir: &std::path::Path, drop: &std::path::Path) {
+    let clean = dir.join("clean-lake");
     let clean_run: Value = serde_json::from_slice(
         &run_ok(
             vitalake()
                 .args(["ingest", "fhir", "--json", "--lake"])
                 .arg(&clean)
-                .arg(&drop),
+                .arg(drop),
         )
         .stdout,
     )
@@ -372,6 +379,133 @@ async fn a_killed_holder_gives_the_azure_lake_up_after_its_lease_expires() {
             "{resource_type}"
         );
     }
+    let clean = vitalake::lake::Lake::open(clean.to_str().unwrap()).unwrap();
+    for table in ["silver/fhir/patient", "silver/fhir/blood_pressure"] {
+        assert_eq!(
+            count(&lake, table).await,
+            count(&clean, table).await,
+            "{table}"
+        );
+    }
+}
+
+/// A network that cuts requests short neither fails a run nor lands a commit twice. Through a
+/// relay that cuts two commits' answers (the connection closed, and reset) after Azure carried
+/// them out, one commit before it reaches Azure, and the answer to a lease renewal, `ingest fhir`
+/// on an Azure lake succeeds, keeps its lease, and leaves what one clean run leaves: a commit
+/// that took effect is not written again as the table's next version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_cut_short_neither_fail_an_ingest_nor_land_twice() {
+    let azurite = Azurite::shared();
+    azurite.create_container("cut");
+    let dir = tempfile::tempdir().unwrap();
+    let drop = generate(dir.path(), 150, 11, &[]);
+    let lake_uri = "abfss://cut@devstoreaccount1.dfs.core.windows.net/hospital";
+    let commit =
+        |table: &str, version: u64| format!("/hospital/{table}/_delta_log/{version:020}.json");
+    let lease = format!("/hospital/{}", vitalake::ingest::INGEST_LEASE);
+    let proxy = CuttingProxy::start(
+        azurite.port,
+        vec![
+            Rule::put(&commit("bronze/fhir/Patient", 1), 1, Cut::AnswerClosed),
+            Rule::put(&commit("bronze/fhir/Observation", 2), 1, Cut::AnswerReset),
+            Rule::put(&commit("silver/fhir/patient", 1), 1, Cut::BeforeRequest),
+            // The first put takes the lease, the second renews it.
+            Rule::put(&lease, 2, Cut::AnswerClosed),
+        ],
+    )
+    .await;
+
+    run_ok(ingest_into(lake_uri, &drop, 2).env("AZURITE_BLOB_STORAGE_URL", proxy.url()));
+    assert_eq!(proxy.unfired(), Vec::<String>::new(), "every cut happened");
+    let store = MicrosoftAzureBuilder::from_env()
+        .with_url("abfss://cut@devstoreaccount1.dfs.core.windows.net/")
+        .build()
+        .unwrap();
+    assert_eq!(
+        files_added_twice(&store, "hospital").await,
+        Vec::<String>::new(),
+        "no commit is in a table's log twice"
+    );
+    assert_holds_one_clean_run(lake_uri, dir.path(), &drop).await;
+}
+
+/// A commit that loses a race for its version is still a conflict, not taken for its rival's
+/// success: the second of two writers that both start from version 0 lands as version 2, and the
+/// table holds both writers' rows.
+#[tokio::test]
+async fn a_commit_that_loses_a_race_lands_as_the_next_version() {
+    use deltalake::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    use vitalake::lake::AppendBuilder;
+    let azurite = Azurite::shared();
+    azurite.create_container("race");
+    let lake =
+        vitalake::lake::Lake::open("abfss://race@devstoreaccount1.dfs.core.windows.net/").unwrap();
+    let rows = |values: Vec<i64>| {
+        RecordBatch::try_from_iter([(
+            "n",
+            std::sync::Arc::new(Int64Array::from(values)) as ArrayRef,
+        )])
+        .unwrap()
+    };
+    AppendBuilder::new(lake.table("t").await.unwrap(), "t", vec![rows(vec![0])])
+        .execute()
+        .await
+        .unwrap();
+    let (first, second) = (
+        lake.table("t").await.unwrap(),
+        lake.table("t").await.unwrap(),
+    );
+    let (_, won) = AppendBuilder::new(first, "t", vec![rows(vec![1, 2])])
+        .execute()
+        .await
+        .unwrap();
+    let (_, lost) = AppendBuilder::new(second, "t", vec![rows(vec![3, 4, 5])])
+        .execute()
+        .await
+        .unwrap();
+    assert_eq!((won.version, lost.version), (1, 2));
+    assert_eq!(count(&lake, "t").await, 6);
+}
+
+/// The data files that two commits of one table's Delta log add, under `prefix`.
+async fn files_added_twice(store: &impl ObjectStore, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let mut objects: Vec<_> = store
+        .list(Some(&prefix.into()))
+        .try_collect()
+        .await
+        .unwrap();
+    objects.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut added = std::collections::HashSet::new();
+    let mut twice = Vec::new();
+    for commit in objects.iter().filter(|o| {
+        o.location.as_ref().contains("/_delta_log/") && o.location.as_ref().ends_with(".json")
+    }) {
+        let table = commit
+            .location
+            .as_ref()
+            .split("/_delta_log/")
+            .next()
+            .unwrap();
+        let bytes = store
+            .get(&commit.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        for action in bytes.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            let action: Value = serde_json::from_slice(action).unwrap();
+            if let Some(path) = action["add"]["path"].as_str() {
+                let file = format!("{table}/{path}");
+                if !added.insert(file.clone()) {
+                    twice.push(format!("{file} again in {}", commit.location));
+                }
+            }
+        }
+    }
+    twice
 }
 
 /// A holder whose lease was taken over (it could not renew in time and another run took the
@@ -403,5 +537,8 @@ async fn a_lease_taken_over_is_lost_to_its_old_holder() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let lost = lease.ensure_held().unwrap_err().to_string();
-    assert!(lost.contains("lost the lease"), "{lost}");
+    assert!(
+        lost.contains("lost the lease") && lost.contains("another run took it over"),
+        "{lost}"
+    );
 }

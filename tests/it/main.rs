@@ -6,6 +6,7 @@ mod bad_input;
 mod bulk_server;
 mod common;
 mod crash;
+mod cutting_proxy;
 mod db;
 mod eventhubs;
 mod eventhubs_peer;
