@@ -64,21 +64,22 @@ struct SettledPuts {
 }
 
 impl SettledPuts {
-    /// The put's result if `location` holds exactly `ours` under a version other than `replaced`
-    /// (the version a put if unchanged replaces); `None` if not, or if it cannot be read.
+    /// The put's result if `location` holds exactly `ours`, under another version than the one a
+    /// put in `mode` replaces; `None` if not, or if it cannot be read.
     async fn landed(
         &self,
         location: &Path,
-        ours: &Bytes,
-        replaced: Option<&Option<String>>,
+        ours: &PutPayload,
+        mode: &PutMode,
     ) -> Option<PutResult> {
         let found = self.inner.get(location).await.ok()?;
         let meta = found.meta.clone();
-        if replaced.is_some_and(|etag| meta.e_tag == *etag) {
+        let replaced = matches!(mode, PutMode::Update(v) if meta.e_tag == v.e_tag);
+        if replaced || meta.size != ours.content_length() as u64 {
             return None;
         }
         let bytes = found.bytes().await.ok()?;
-        (bytes == *ours).then_some(PutResult {
+        (bytes == Bytes::from(ours.clone())).then_some(PutResult {
             e_tag: meta.e_tag,
             version: meta.version,
         })
@@ -99,13 +100,10 @@ impl ObjectStore for SettledPuts {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        let replaced = match &opts.mode {
+        if opts.mode == PutMode::Overwrite {
             // object_store sends a plain put again itself: it is the same whether done once or twice.
-            PutMode::Overwrite => return self.inner.put_opts(location, payload, opts).await,
-            PutMode::Create => None,
-            PutMode::Update(version) => Some(version.e_tag.clone()),
-        };
-        let ours = Bytes::from(payload.clone());
+            return self.inner.put_opts(location, payload, opts).await;
+        }
         let mut attempt = 1;
         loop {
             let error = match self
@@ -125,7 +123,7 @@ impl ObjectStore for SettledPuts {
             if !cut_short && !conflict {
                 return Err(error);
             }
-            if let Some(landed) = self.landed(location, &ours, replaced.as_ref()).await {
+            if let Some(landed) = self.landed(location, &payload, &opts.mode).await {
                 tracing::info!(path = %location, "a conditional put whose answer was lost had taken effect");
                 return Ok(landed);
             }
