@@ -6,7 +6,8 @@
 //! - after a reset it returns the transport error: the run fails, though its commit may be in;
 //! - after a closed connection it sends the put again, and when the first one took effect the
 //!   second fails as a conflict. deltalake then writes the same commit again as the table's next
-//!   version (the rows twice), and a lease renewal believes another run took the lake.
+//!   version (its data files added twice in the log), and a lease renewal believes another run
+//!   took the lake.
 //!
 //! Here such a put reads the object back: our bytes under a version other than the one we
 //! replaced mean it took effect. Otherwise a put cut short is sent again (a few times) and a
