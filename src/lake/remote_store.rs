@@ -13,6 +13,8 @@
 //! replaced mean it took effect. Otherwise a put cut short is sent again (a few times) and a
 //! conflict stays a conflict. Another writer's commit or lease record never equals ours byte for
 //! byte: a commit names its data files by UUID, a lease record its holder's pid, host and start.
+//! The stream's ownership blobs (`stream::checkpoints`) use the same puts: one names its owner,
+//! and a renewal of the same bytes is told apart by its new version.
 
 use std::fmt;
 use std::ops::Range;
@@ -45,6 +47,12 @@ pub(super) fn register() {
     }
 }
 
+/// `store` with its conditional puts settled as the module docs say. For the other users of
+/// conditional puts on Azure: the stream's checkpoint and ownership blobs.
+pub(crate) fn settled(store: ObjectStoreRef) -> ObjectStoreRef {
+    Arc::new(SettledPuts { inner: store })
+}
+
 struct SettledAzureFactory;
 
 impl ObjectStoreFactory for SettledAzureFactory {
@@ -54,7 +62,7 @@ impl ObjectStoreFactory for SettledAzureFactory {
         config: &StorageConfig,
     ) -> DeltaResult<(ObjectStoreRef, Path)> {
         let (store, path) = AzureFactory::default().parse_url_opts(url, config)?;
-        Ok((Arc::new(SettledPuts { inner: store }), path))
+        Ok((settled(store), path))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The checkpoint store on Azure Blob Storage, through `object_store`: a claim is a put with
 //! `If-Match: <etag>` (or `If-None-Match: *` for a partition nobody has owned), so the storage
-//! service itself decides which of two racing instances wins.
+//! service itself decides which of two racing instances wins. A claim cut short by the network is
+//! settled by reading it back (`lake::remote_store`).
 
 use std::sync::Arc;
 
@@ -29,7 +30,8 @@ impl BlobStore {
             .build()
             .map_err(|e| error(location, e))?;
         Ok(BlobStore {
-            store: Arc::new(store),
+            // A claim whose answer the network loses is read back, not taken for a lost race.
+            store: crate::lake::settle_conditional_puts(Arc::new(store)),
             prefix: Path::from(url.path().trim_matches('/')),
             location: location.to_string(),
         })
