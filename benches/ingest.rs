@@ -22,6 +22,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use rayon::prelude::*;
+use support::median;
 
 /// The floor gets the same allocator as the `vitalake` binary, so the comparison is like for like.
 #[global_allocator]
@@ -128,12 +129,6 @@ fn median_run(mut runs: Vec<Measured>) -> Measured {
         peak_rss_kb,
         ..middle
     }
-}
-
-/// The middle value (the upper one of an even count, as `median_run` takes).
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn env_or(var: &str, default: u64) -> u64 {

@@ -40,7 +40,7 @@ use deltalake::arrow::array::{
 use deltalake::arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use deltalake::arrow::record_batch::RecordBatch;
 use rand::{Rng, SeedableRng};
-use support::{bp_reading, env, query_csv, run_sampling_rss, sample_lake, vitalake};
+use support::{bp_reading, env, median, query_csv, run_sampling_rss, sample_lake, vitalake};
 use vitalake::lake::{AppendBuilder, Lake, arrow_schema};
 
 const READINGS: &str = "silver/fhir/blood_pressure";
@@ -262,11 +262,6 @@ fn batch(
         (next_new..next_new + CHANGED as u64).map(|n| observation(&reading(n, patients), 1, now)),
     );
     lines.join("\n") + "\n"
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// `vitalake stream --follow` on `file`, its log lines read as they come. Background compaction

@@ -42,6 +42,12 @@ fn vm_hwm_kb(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The middle value (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// A whole-number setting from the environment, or `default`.
 pub fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)

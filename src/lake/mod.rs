@@ -29,7 +29,7 @@ use url::Url;
 pub use append::{AppendBuilder, AppendMetrics};
 pub use lease::{Lease, LeaseError};
 pub use merge::{MergeByKey, MergeMetrics};
-pub(crate) use remote_store::settled as settle_conditional_puts;
+pub(crate) use remote_store::settle_conditional_puts;
 pub use stream_append::StreamingAppend;
 
 /// The column type of every point in time the lake writes: microseconds, UTC (what Spark and

@@ -49,7 +49,7 @@ pub(super) fn register() {
 
 /// `store` with its conditional puts settled as the module docs say. For the other users of
 /// conditional puts on Azure: the stream's checkpoint and ownership blobs.
-pub(crate) fn settled(store: ObjectStoreRef) -> ObjectStoreRef {
+pub(crate) fn settle_conditional_puts(store: ObjectStoreRef) -> ObjectStoreRef {
     Arc::new(SettledPuts { inner: store })
 }
 
@@ -62,7 +62,7 @@ impl ObjectStoreFactory for SettledAzureFactory {
         config: &StorageConfig,
     ) -> DeltaResult<(ObjectStoreRef, Path)> {
         let (store, path) = AzureFactory::default().parse_url_opts(url, config)?;
-        Ok((settled(store), path))
+        Ok((settle_conditional_puts(store), path))
     }
 }
 
