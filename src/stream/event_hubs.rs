@@ -280,7 +280,8 @@ impl EventHubsSource {
 ///   in [`Recoveries::receivers_rebuilt`];
 /// - a rebuilt receiver that stalls again at the same place, a partition receiver that fails
 ///   before delivering a single event, or a hub that stops answering (so it cannot say whether
-///   events wait) makes this process build its consumer and processor again. The new processor
+///   events wait), or a processor that stops on an error (the checkpoint store failed a claim),
+///   makes this process build its consumer and processor again. The new processor
 ///   carries the same owner id (the consumer's application id): it finds its claims in the store
 ///   and reads on from the checkpoints at once, instead of waiting for them to expire.
 pub async fn open(
@@ -342,6 +343,7 @@ pub async fn open(
                     false
                 }
                 Some(delivered_any) = failed.recv() => !delivered_any,
+                () = consumer.stopped.cancelled() => true,
                 _ = check.tick() => watchdog.needs_new_consumer(&consumer, &progress).await,
                 () = stop.cancelled() => return,
             };
@@ -518,6 +520,8 @@ impl Progress {
 struct Consumer {
     processor: Arc<EventProcessor>,
     probe: ConsumerClient,
+    /// Cancelled when the processor stops on an error: the consumer is then built again.
+    stopped: CancellationToken,
 }
 
 impl Consumer {
@@ -562,14 +566,20 @@ impl Consumer {
             .await
             .map_err(|e| error("starting the Event Hubs processor", e))?;
         let running = processor.clone();
+        let stopped = CancellationToken::new();
+        let on_failure = stopped.clone();
         tokio::spawn(async move {
+            // The SDK's processor ends at the first error of a load-balancing round (a checkpoint
+            // store that did not answer): without a new one, no partition is claimed or kept again.
             if let Err(e) = running.run().await {
                 tracing::error!(error = %e, "Event Hubs processor stopped");
+                on_failure.cancel();
             }
         });
         Ok(Consumer {
             processor,
             probe: client().await?,
+            stopped,
         })
     }
 

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use azure_messaging_eventhubs::CheckpointStore;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
@@ -23,6 +24,9 @@ use sha2::Sha256;
 
 use crate::common::{count, generate, run_ok, vitalake};
 use crate::cutting_proxy::{Cut, CuttingProxy, Rule};
+use crate::eventhubs::{BRONZE, STREAM_FROM_THE_PEER, against, send, stop};
+use crate::eventhubs_peer::Peer;
+use crate::stream::{assert_every_event_once_in, expected, generate_stream};
 
 /// Azurite's documented development account.
 const ACCOUNT: &str = "devstoreaccount1";
@@ -540,5 +544,78 @@ async fn a_lease_taken_over_is_lost_to_its_old_holder() {
     assert!(
         lost.contains("lost the lease") && lost.contains("another run took it over"),
         "{lost}"
+    );
+}
+
+/// `vitalake stream` from Event Hubs into a lake on Blob storage, its checkpoints and partition
+/// ownership beside the lake, as in production, while the network cuts its first claims of both
+/// partitions and a checkpoint short: every event lands once, and each partition ends owned by the
+/// stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_into_an_azure_lake_survives_claims_and_checkpoints_cut_short() {
+    let azurite = Azurite::shared();
+    azurite.create_container("streamed");
+    let peer = Peer::start("observations", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = generate_stream(&dir.path().join("stream"), 8, 6, 31);
+    let expected = expected(&file);
+    send(&peer, &dir.path().join("unused-lake"), &file);
+
+    let lake_uri = "abfss://streamed@devstoreaccount1.dfs.core.windows.net/hospital";
+    let proxy = CuttingProxy::start(
+        azurite.port,
+        vec![
+            // Carried out, but the answer lost: the claim is read back and stands.
+            Rule::put("/ownership/0", 1, Cut::AnswerClosed),
+            // Three claims in a row that never arrive: the store gives up, the SDK's processor
+            // stops, and the stream builds a new one, which claims the partition again.
+            Rule::put("/ownership/1", 1, Cut::BeforeRequest),
+            Rule::put("/ownership/1", 2, Cut::BeforeRequest),
+            Rule::put("/ownership/1", 3, Cut::BeforeRequest),
+            Rule::put("/checkpoint/0", 1, Cut::AnswerReset),
+        ],
+    )
+    .await;
+    let log = std::fs::File::create(dir.path().join("stream.log")).unwrap();
+    let stream = against(&peer, std::path::Path::new(lake_uri))
+        .args(STREAM_FROM_THE_PEER)
+        .env("AZURE_STORAGE_USE_EMULATOR", "true")
+        .env("AZURITE_BLOB_STORAGE_URL", proxy.url())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let lake = vitalake::lake::Lake::open(lake_uri).unwrap();
+    let logs = || std::fs::read_to_string(dir.path().join("stream.log")).unwrap_or_default();
+    let started = Instant::now();
+    // Bronze complete and both partitions checkpointed: everything has reached silver.
+    while count(&lake, BRONZE).await < expected.events || !proxy.unfired().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "after 90 s bronze has {} of {} events, cuts not yet made: {:?}; stream log:\n{}",
+            count(&lake, BRONZE).await,
+            expected.events,
+            proxy.unfired(),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let status = stop(stream);
+    assert!(
+        status.success(),
+        "SIGTERM is a clean stop: {status}\n{}",
+        logs()
+    );
+    assert_every_event_once_in(&lake, BRONZE, &expected).await;
+    let owners =
+        vitalake::stream::checkpoints::Checkpoints::open(&format!("{lake_uri}/_checkpoints"))
+            .unwrap()
+            .list_ownerships(crate::eventhubs_peer::NAMESPACE, "observations", "$Default")
+            .await
+            .unwrap();
+    assert_eq!(owners.len(), 2, "{owners:?}");
+    assert!(
+        owners.iter().all(|o| o.owner_id == owners[0].owner_id),
+        "one stream owns both partitions: {owners:?}"
     );
 }

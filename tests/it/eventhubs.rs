@@ -98,7 +98,7 @@ async fn the_official_client_sends_and_receives_through_the_peer() {
 }
 
 /// `vitalake` with the environment that points it at the peer.
-fn against(peer: &Peer, lake: &Path) -> Command {
+pub(crate) fn against(peer: &Peer, lake: &Path) -> Command {
     let mut cmd = vitalake();
     cmd.env("EVENTHUBS_CONNECTION_STRING", peer.connection_string())
         .env("EVENTHUBS_ENDPOINT", peer.endpoint())
@@ -110,7 +110,7 @@ fn against(peer: &Peer, lake: &Path) -> Command {
     cmd
 }
 
-fn send(peer: &Peer, lake: &Path, file: &Path) -> String {
+pub(crate) fn send(peer: &Peer, lake: &Path, file: &Path) -> String {
     let child = against(peer, lake)
         .env(
             "VITALAKE_LOG",
@@ -150,7 +150,7 @@ fn finish_within(mut child: Child, what: &str) -> std::process::Output {
 }
 
 /// SIGTERM, then the exit status (within 90 s).
-fn stop(child: Child) -> std::process::ExitStatus {
+pub(crate) fn stop(child: Child) -> std::process::ExitStatus {
     run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
     finish_within(child, "vitalake stream after SIGTERM").status
 }
@@ -160,7 +160,7 @@ fn start_stream(peer: &Peer, lake: &Path) -> Child {
 }
 
 /// `vitalake stream` on the peer's `observations` hub, landing every 200 ms.
-const STREAM_FROM_THE_PEER: [&str; 5] = [
+pub(crate) const STREAM_FROM_THE_PEER: [&str; 5] = [
     "stream",
     "--source",
     "eventhubs:observations",
@@ -217,7 +217,7 @@ fn stream_logs(lake: &vitalake::lake::Lake) -> String {
     logs.join("\n---\n")
 }
 
-const BRONZE: &str = "bronze/eventhubs/observations";
+pub(crate) const BRONZE: &str = "bronze/eventhubs/observations";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sent_events_land_once_in_patient_order_and_bad_ones_in_quarantine() {
