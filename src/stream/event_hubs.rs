@@ -315,11 +315,15 @@ pub async fn open(
             recoveries,
             rebuilt_at: HashMap::new(),
         };
+        // Processors stopped since a partition was last claimed: a store that keeps failing (its
+        // credentials revoked, say) is tried again less and less often, not in a tight loop.
+        let mut processor_stops = 0u32;
         loop {
             let reconnect = tokio::select! {
                 client = consumer.processor.next_partition_client() => {
                     match client {
                         Ok(client) => {
+                            processor_stops = 0;
                             let id = client.get_partition_id().to_string();
                             tracing::info!(partition_id = id, "partition claimed");
                             // Where the reader starts: the watchdog's first evidence.
@@ -343,7 +347,10 @@ pub async fn open(
                     false
                 }
                 Some(delivered_any) = failed.recv() => !delivered_any,
-                () = consumer.stopped.cancelled() => true,
+                () = consumer.stopped.cancelled() => {
+                    processor_stops += 1;
+                    true
+                }
                 _ = check.tick() => watchdog.needs_new_consumer(&consumer, &progress).await,
                 () = stop.cancelled() => return,
             };
@@ -356,6 +363,13 @@ pub async fn open(
                 .reconnects
                 .fetch_add(1, Ordering::Relaxed);
             let _ = consumer.processor.shutdown().await;
+            if processor_stops > 1 {
+                let wait = Duration::from_secs(1 << (processor_stops - 2).min(5));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
             consumer = loop {
                 // A connection that hangs is given up too, like one that fails.
                 let connecting = Consumer::connect(&options, &checkpoints, &owner);
