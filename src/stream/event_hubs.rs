@@ -281,9 +281,9 @@ impl EventHubsSource {
 /// - a rebuilt receiver that stalls again at the same place, a partition receiver that fails
 ///   before delivering a single event, or a hub that stops answering (so it cannot say whether
 ///   events wait), or a processor that stops on an error (the checkpoint store failed a claim),
-///   makes this process build its consumer and processor again. The new processor
-///   carries the same owner id (the consumer's application id): it finds its claims in the store
-///   and reads on from the checkpoints at once, instead of waiting for them to expire.
+///   makes this process build its consumer and processor again. The new processor carries the
+///   same owner id (the consumer's application id): it finds its claims in the store and reads on
+///   from the checkpoints at once, instead of waiting for them to expire.
 pub async fn open(
     options: &EventHubsOptions,
     checkpoints: Arc<Checkpoints>,
