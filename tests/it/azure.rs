@@ -115,6 +115,16 @@ impl Azurite {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The `object_store` client of one container, reading the lake's objects directly.
+    pub fn store(&self, container: &str) -> object_store::azure::MicrosoftAzure {
+        MicrosoftAzureBuilder::from_env()
+            .with_url(format!(
+                "abfss://{container}@{ACCOUNT}.dfs.core.windows.net/"
+            ))
+            .build()
+            .unwrap()
+    }
+
     /// Creates a container with a Shared Key-signed REST call (no SDK here creates containers).
     pub fn create_container(&self, name: &str) {
         let date = chrono::Utc::now()
@@ -150,10 +160,7 @@ async fn landing_folder_on_blob_storage_into_a_lake_on_blob_storage() {
 
     let dir = tempfile::tempdir().unwrap();
     let drop = generate(dir.path(), 12, 3, &["--invalid", "--gzip"]);
-    let landing = MicrosoftAzureBuilder::from_env()
-        .with_url("abfss://landing@devstoreaccount1.dfs.core.windows.net/")
-        .build()
-        .unwrap();
+    let landing = azurite.store("landing");
     let mut uploaded = 0;
     for entry in walk(&drop) {
         let name = format!(
@@ -309,10 +316,7 @@ async fn a_killed_holder_gives_the_azure_lake_up_after_its_lease_expires() {
     let dir = tempfile::tempdir().unwrap();
     let drop = generate(dir.path(), 150, 11, &[]);
     let lake_uri = "abfss://killed@devstoreaccount1.dfs.core.windows.net/hospital";
-    let store = MicrosoftAzureBuilder::from_env()
-        .with_url("abfss://killed@devstoreaccount1.dfs.core.windows.net/")
-        .build()
-        .unwrap();
+    let store = azurite.store("killed");
     let lease_blob = format!("hospital/{}", vitalake::ingest::INGEST_LEASE);
     let log = object_store::path::Path::from("hospital/bronze/fhir/Patient/_delta_log");
 
@@ -422,10 +426,7 @@ async fn requests_cut_short_neither_fail_an_ingest_nor_land_twice() {
 
     run_ok(ingest_into(lake_uri, &drop, 2).env("AZURITE_BLOB_STORAGE_URL", proxy.url()));
     assert_eq!(proxy.unfired(), Vec::<String>::new(), "every cut happened");
-    let store = MicrosoftAzureBuilder::from_env()
-        .with_url("abfss://cut@devstoreaccount1.dfs.core.windows.net/")
-        .build()
-        .unwrap();
+    let store = azurite.store("cut");
     assert_eq!(
         files_added_twice(&store, "hospital").await,
         Vec::<String>::new(),
@@ -526,10 +527,7 @@ async fn a_lease_taken_over_is_lost_to_its_old_holder() {
         .unwrap();
     lease.ensure_held().unwrap();
     // Another writer puts the blob unconditionally, as a run that took the expired lease would.
-    let store = MicrosoftAzureBuilder::from_env()
-        .with_url("abfss://taken@devstoreaccount1.dfs.core.windows.net/")
-        .build()
-        .unwrap();
+    let store = azurite.store("taken");
     store
         .put(
             &"test.lock".into(),
@@ -608,12 +606,11 @@ async fn a_stream_into_an_azure_lake_survives_claims_and_checkpoints_cut_short()
         logs()
     );
     assert_every_event_once_in(&lake, BRONZE, &expected).await;
-    let owners =
-        vitalake::stream::checkpoints::Checkpoints::open(&format!("{lake_uri}/_checkpoints"))
-            .unwrap()
-            .list_ownerships(crate::eventhubs_peer::NAMESPACE, "observations", "$Default")
-            .await
-            .unwrap();
+    let owners = vitalake::stream::checkpoints::Checkpoints::beside_lake(lake.root())
+        .unwrap()
+        .list_ownerships(crate::eventhubs_peer::NAMESPACE, "observations", "$Default")
+        .await
+        .unwrap();
     assert_eq!(owners.len(), 2, "{owners:?}");
     assert!(
         owners.iter().all(|o| o.owner_id == owners[0].owner_id),
